@@ -1,0 +1,74 @@
+// The C shim: ioctl request numbers (macros Swift cannot import) and thin variadic wrappers. No logic.
+#ifndef CKEEL_H
+#define CKEEL_H
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <sys/mman.h>
+#include <linux/falloc.h>
+#include <linux/kvm.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/eventfd.h>
+#include <sys/epoll.h>
+#include <sys/timerfd.h>
+#include <sys/signalfd.h>
+#include <sys/sysinfo.h>
+#include <fcntl.h>
+#include <termios.h>
+#include <pthread.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#include <linux/memfd.h>
+#include <signal.h>
+
+static inline int ckeel_ioctl(int fd, unsigned long request, unsigned long arg) { return ioctl(fd, request, arg); }
+static inline int ckeel_ioctl_ptr(int fd, unsigned long request, void *arg) { return ioctl(fd, request, arg); }
+static inline int ckeel_fcntl_int(int fd, int cmd, int arg) { return fcntl(fd, cmd, arg); }
+static inline int ckeel_memfd_create(const char *name, unsigned flags) { return memfd_create(name, flags); }
+static inline int ckeel_punch_hole(int fd, long offset, long length) { return fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length); }
+static inline int ckeel_open(const char *path, int flags, unsigned mode) { return open(path, flags, mode); }
+
+static const unsigned long CKEEL_KVM_GET_API_VERSION = KVM_GET_API_VERSION;
+static const unsigned long CKEEL_KVM_CREATE_VM = KVM_CREATE_VM;
+static const unsigned long CKEEL_KVM_CHECK_EXTENSION = KVM_CHECK_EXTENSION;
+static const unsigned long CKEEL_KVM_GET_VCPU_MMAP_SIZE = KVM_GET_VCPU_MMAP_SIZE;
+static const unsigned long CKEEL_KVM_GET_SUPPORTED_CPUID = KVM_GET_SUPPORTED_CPUID;
+static const unsigned long CKEEL_KVM_GET_MSR_INDEX_LIST = KVM_GET_MSR_INDEX_LIST;
+static const unsigned long CKEEL_KVM_SET_USER_MEMORY_REGION = KVM_SET_USER_MEMORY_REGION;
+static const unsigned long CKEEL_KVM_CREATE_VCPU = KVM_CREATE_VCPU;
+static const unsigned long CKEEL_KVM_SET_TSS_ADDR = KVM_SET_TSS_ADDR;
+static const unsigned long CKEEL_KVM_SET_IDENTITY_MAP_ADDR = KVM_SET_IDENTITY_MAP_ADDR;
+static const unsigned long CKEEL_KVM_CREATE_IRQCHIP = KVM_CREATE_IRQCHIP;
+static const unsigned long CKEEL_KVM_CREATE_PIT2 = KVM_CREATE_PIT2;
+static const unsigned long CKEEL_KVM_IRQ_LINE = KVM_IRQ_LINE;
+static const unsigned long CKEEL_KVM_IRQFD = KVM_IRQFD;
+static const unsigned long CKEEL_KVM_IOEVENTFD = KVM_IOEVENTFD;
+static const unsigned long CKEEL_KVM_SIGNAL_MSI = KVM_SIGNAL_MSI;
+static const unsigned long CKEEL_KVM_RUN = KVM_RUN;
+static const unsigned long CKEEL_KVM_GET_REGS = KVM_GET_REGS;
+static const unsigned long CKEEL_KVM_SET_REGS = KVM_SET_REGS;
+static const unsigned long CKEEL_KVM_GET_SREGS = KVM_GET_SREGS;
+static const unsigned long CKEEL_KVM_SET_SREGS = KVM_SET_SREGS;
+static const unsigned long CKEEL_KVM_SET_CPUID2 = KVM_SET_CPUID2;
+static const unsigned long CKEEL_KVM_GET_MSRS = KVM_GET_MSRS;
+static const unsigned long CKEEL_KVM_SET_MSRS = KVM_SET_MSRS;
+static const unsigned long CKEEL_KVM_GET_FPU = KVM_GET_FPU;
+static const unsigned long CKEEL_KVM_SET_FPU = KVM_SET_FPU;
+static const unsigned long CKEEL_KVM_GET_LAPIC = KVM_GET_LAPIC;
+static const unsigned long CKEEL_KVM_SET_LAPIC = KVM_SET_LAPIC;
+static const unsigned long CKEEL_KVM_GET_MP_STATE = KVM_GET_MP_STATE;
+static const unsigned long CKEEL_KVM_SET_MP_STATE = KVM_SET_MP_STATE;
+static const unsigned long CKEEL_KVM_GET_TSC_KHZ = KVM_GET_TSC_KHZ;
+static const unsigned long CKEEL_KVM_ENABLE_CAP = KVM_ENABLE_CAP;
+
+// struct kvm_run's exit payloads live in an anonymous union; these return pointers into it.
+static inline struct kvm_run_io_s { __u8 direction; __u8 size; __u16 port; __u32 count; __u64 data_offset; } *
+ckeel_run_io(struct kvm_run *run) { return (struct kvm_run_io_s *)&run->io; }
+static inline struct kvm_run_mmio_s { __u64 phys_addr; __u8 data[8]; __u32 len; __u8 is_write; } *
+ckeel_run_mmio(struct kvm_run *run) { return (struct kvm_run_mmio_s *)&run->mmio; }
+static inline __u32 ckeel_run_system_event_type(struct kvm_run *run) { return run->system_event.type; }
+static inline __u64 ckeel_run_fail_entry_reason(struct kvm_run *run) { return run->fail_entry.hardware_entry_failure_reason; }
+static inline __u32 ckeel_run_internal_suberror(struct kvm_run *run) { return run->internal.suberror; }
+
+#endif

@@ -1,0 +1,152 @@
+import CKeel
+import Glibc
+
+/// Why a guest-physical access was refused. Guest-made addresses are untrusted: every accessor
+/// below checks the whole range with overflow-safe arithmetic before touching host memory.
+public enum GuestMemoryError: Error, Equatable, CustomStringConvertible {
+    case outOfBounds(address: UInt64, length: UInt64)
+    case hostAllocationFailed(String)
+
+    public var description: String {
+        switch self {
+        case .outOfBounds(let a, let l): return "guest access [0x\(String(a, radix: 16)), +\(l)) is not RAM"
+        case .hostAllocationFailed(let why): return why
+        }
+    }
+}
+
+/// One contiguous piece of guest RAM: a guest-physical range backed by host memory that is a
+/// window into the machine's memfd at `fileOffset` (so a vhost-user backend can map the same pages).
+public struct GuestRegion: Sendable {
+    public let guestAddress: UInt64
+    public let size: UInt64
+    public let fileOffset: UInt64
+    nonisolated(unsafe) public let host: UnsafeMutableRawPointer
+
+    public var end: UInt64 { guestAddress + size }
+
+    @inline(__always)
+    func contains(_ address: UInt64, length: UInt64) -> Bool {
+        guard address >= guestAddress else { return false }
+        let offset = address - guestAddress
+        return offset <= size && length <= size - offset
+    }
+}
+
+/// Guest physical RAM: a set of non-overlapping regions, all carved out of one memfd.
+/// Narrow on purpose (as vm-memory's GuestMemory): reads, writes and bounds-checked slices.
+public final class GuestMemory: @unchecked Sendable {
+    public let regions: [GuestRegion]
+    /// The memfd that backs every region; shareable with another process.
+    public let fd: Int32
+    public let totalSize: UInt64
+
+    /// Creates memfd-backed RAM for `layout` (guest address, size), in guest-address order.
+    public init(layout: [(guestAddress: UInt64, size: UInt64)], name: String = "keel-ram") throws {
+        var total: UInt64 = 0
+        for (i, r) in layout.enumerated() {
+            guard r.size > 0, r.size % 4096 == 0, r.guestAddress % 4096 == 0 else {
+                throw GuestMemoryError.hostAllocationFailed("memory region \(i) is not page aligned")
+            }
+            let (sum, o) = total.addingReportingOverflow(r.size)
+            guard !o else { throw GuestMemoryError.hostAllocationFailed("memory size overflows") }
+            total = sum
+            if i > 0 { precondition(layout[i - 1].guestAddress + layout[i - 1].size <= r.guestAddress, "regions overlap") }
+        }
+        let fd = ckeel_memfd_create(name, UInt32(MFD_CLOEXEC))
+        guard fd >= 0 else { throw GuestMemoryError.hostAllocationFailed("memfd_create: \(String(cString: strerror(errno)))") }
+        guard ftruncate(fd, off_t(total)) == 0 else {
+            let e = errno; close(fd)
+            throw GuestMemoryError.hostAllocationFailed("cannot size guest RAM to \(total) bytes: \(String(cString: strerror(e)))")
+        }
+        var regions: [GuestRegion] = []
+        var offset: UInt64 = 0
+        for r in layout {
+            let p = mmap(nil, Int(r.size), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, off_t(offset))
+            guard let p, p != MAP_FAILED else {
+                let e = errno
+                for g in regions { munmap(g.host, Int(g.size)) }
+                close(fd)
+                throw GuestMemoryError.hostAllocationFailed("cannot map \(r.size) bytes of guest RAM: \(String(cString: strerror(e)))")
+            }
+            regions.append(GuestRegion(guestAddress: r.guestAddress, size: r.size, fileOffset: offset, host: p))
+            offset += r.size
+        }
+        self.regions = regions
+        self.fd = fd
+        self.totalSize = total
+    }
+
+    deinit {
+        for r in regions { munmap(r.host, Int(r.size)) }
+        close(fd)
+    }
+
+    @inline(__always)
+    func region(containing address: UInt64, length: UInt64) -> GuestRegion? {
+        for r in regions where r.contains(address, length: length) { return r }
+        return nil
+    }
+
+    /// Host pointer to `length` bytes at `address`, only if the whole range lies in one region.
+    @inline(__always)
+    public func hostPointer(_ address: UInt64, length: UInt64) -> UnsafeMutableRawPointer? {
+        guard let r = region(containing: address, length: length) else { return nil }
+        return r.host + Int(address - r.guestAddress)
+    }
+
+    /// A bounds-checked window into guest RAM (valid while this GuestMemory lives).
+    public func slice(at address: UInt64, length: Int) throws -> UnsafeMutableRawBufferPointer {
+        guard length >= 0, let p = hostPointer(address, length: UInt64(length)) else {
+            throw GuestMemoryError.outOfBounds(address: address, length: UInt64(max(length, 0)))
+        }
+        return UnsafeMutableRawBufferPointer(start: p, count: length)
+    }
+
+    public func read(into buffer: UnsafeMutableRawBufferPointer, at address: UInt64) throws {
+        guard buffer.count > 0 else { return }
+        let src = try slice(at: address, length: buffer.count)
+        buffer.baseAddress!.copyMemory(from: src.baseAddress!, byteCount: buffer.count)
+    }
+
+    public func write(_ bytes: UnsafeRawBufferPointer, at address: UInt64) throws {
+        guard bytes.count > 0 else { return }
+        let dst = try slice(at: address, length: bytes.count)
+        dst.baseAddress!.copyMemory(from: bytes.baseAddress!, byteCount: bytes.count)
+    }
+
+    public func write(_ bytes: [UInt8], at address: UInt64) throws {
+        try bytes.withUnsafeBytes { try write($0, at: address) }
+    }
+
+    public func readBytes(at address: UInt64, count: Int) throws -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: count)
+        try out.withUnsafeMutableBytes { try read(into: $0, at: address) }
+        return out
+    }
+
+    /// Little-endian load of a fixed-width integer (x86 guests are little-endian).
+    @inline(__always)
+    public func load<T: FixedWidthInteger>(_: T.Type = T.self, at address: UInt64) throws -> T {
+        guard let p = hostPointer(address, length: UInt64(MemoryLayout<T>.size)) else {
+            throw GuestMemoryError.outOfBounds(address: address, length: UInt64(MemoryLayout<T>.size))
+        }
+        return T(littleEndian: p.loadUnaligned(as: T.self))
+    }
+
+    @inline(__always)
+    public func store<T: FixedWidthInteger>(_ value: T, at address: UInt64) throws {
+        guard let p = hostPointer(address, length: UInt64(MemoryLayout<T>.size)) else {
+            throw GuestMemoryError.outOfBounds(address: address, length: UInt64(MemoryLayout<T>.size))
+        }
+        p.storeBytes(of: value.littleEndian, as: T.self)
+    }
+
+    /// Returns every page to the host and zeroes it, as at power-on (used by machine reset).
+    public func discardAll() {
+        for r in regions {
+            _ = ckeel_punch_hole(fd, Int(r.fileOffset), Int(r.size))
+            _ = madvise(r.host, Int(r.size), MADV_DONTNEED)
+        }
+    }
+}
