@@ -1,1 +1,10 @@
+#define _GNU_SOURCE
+#include <sys/mman.h>
+#include <fcntl.h>
+#include <linux/falloc.h>
 #include "ckeel.h"
+
+int ckeel_memfd_create(const char *name, unsigned flags) { return memfd_create(name, flags); }
+int ckeel_punch_hole(int fd, long offset, long length) {
+    return fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);
+}

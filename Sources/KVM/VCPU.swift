@@ -23,8 +23,10 @@ public final class VCPU: @unchecked Sendable {
     public let id: UInt32
     let run: UnsafeMutablePointer<kvm_run>
     let runSize: Int
+    /// The VM (and through it guest RAM) must outlive every vCPU that runs in it.
+    public let vm: VirtualMachine
 
-    init(fd: Int32, id: UInt32, mmapSize: Int) throws {
+    init(fd: Int32, id: UInt32, mmapSize: Int, vm: VirtualMachine) throws {
         guard let p = mmap(nil, mmapSize, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), p != MAP_FAILED else {
             let e = errno; close(fd)
             throw KVMError.ioctl("mmap(kvm_run)", errno: e)
@@ -33,6 +35,7 @@ public final class VCPU: @unchecked Sendable {
         self.id = id
         self.run = p.assumingMemoryBound(to: kvm_run.self)
         self.runSize = mmapSize
+        self.vm = vm
     }
 
     deinit {

@@ -6,6 +6,8 @@ public final class VirtualMachine: @unchecked Sendable {
     public let fd: Int32
     public let system: KVMSystem
     private var nextSlot: UInt32 = 0
+    /// Owners of the host memory behind the slots: KVM keeps using it as long as the VM lives.
+    private var memoryOwners: [AnyObject] = []
 
     init(fd: Int32, system: KVMSystem) {
         self.fd = fd
@@ -16,7 +18,7 @@ public final class VirtualMachine: @unchecked Sendable {
 
     /// Maps `size` bytes of host memory at `host` as guest-physical `guestAddress`. Returns the slot.
     @discardableResult
-    public func setUserMemoryRegion(guestAddress: UInt64, size: UInt64, host: UnsafeMutableRawPointer, logDirty: Bool = false) throws -> UInt32 {
+    public func setUserMemoryRegion(guestAddress: UInt64, size: UInt64, host: UnsafeMutableRawPointer, owner: AnyObject, logDirty: Bool = false) throws -> UInt32 {
         var r = kvm_userspace_memory_region()
         r.slot = nextSlot
         r.flags = logDirty ? UInt32(KVM_MEM_LOG_DIRTY_PAGES) : 0
@@ -25,6 +27,7 @@ public final class VirtualMachine: @unchecked Sendable {
         r.userspace_addr = UInt64(UInt(bitPattern: host))
         _ = try check(ckeel_ioctl_ptr(fd, CKEEL_KVM_SET_USER_MEMORY_REGION, &r), "KVM_SET_USER_MEMORY_REGION(0x\(String(guestAddress, radix: 16)))")
         nextSlot += 1
+        memoryOwners.append(owner)
         return r.slot
     }
 
@@ -102,6 +105,25 @@ public final class VirtualMachine: @unchecked Sendable {
 
     public func createVCPU(id: UInt32) throws -> VCPU {
         let vfd = try check(ckeel_ioctl(fd, CKEEL_KVM_CREATE_VCPU, UInt(id)), "KVM_CREATE_VCPU(\(id))")
-        return try VCPU(fd: vfd, id: id, mmapSize: system.vcpuMmapSize)
+        return try VCPU(fd: vfd, id: id, mmapSize: system.vcpuMmapSize, vm: self)
+    }
+}
+
+extension VirtualMachine {
+    /// Replaces the GSI routing table with irqchip pins (KVM_SET_GSI_ROUTING).
+    public func setGSIRouting(_ routes: [(gsi: UInt32, chip: UInt32, pin: UInt32)]) throws {
+        let bytes = MemoryLayout<kvm_irq_routing>.size + routes.count * MemoryLayout<kvm_irq_routing_entry>.stride
+        let raw = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 8)
+        defer { raw.deallocate() }
+        raw.initializeMemory(as: UInt8.self, repeating: 0, count: bytes)
+        raw.assumingMemoryBound(to: kvm_irq_routing.self).pointee.nr = UInt32(routes.count)
+        let e = (raw + MemoryLayout<kvm_irq_routing>.size).assumingMemoryBound(to: kvm_irq_routing_entry.self)
+        for (i, r) in routes.enumerated() {
+            e[i].gsi = r.gsi
+            e[i].type = UInt32(KVM_IRQ_ROUTING_IRQCHIP)
+            e[i].u.irqchip.irqchip = r.chip
+            e[i].u.irqchip.pin = r.pin
+        }
+        _ = try check(ckeel_ioctl_ptr(fd, CKEEL_KVM_SET_GSI_ROUTING, raw), "KVM_SET_GSI_ROUTING")
     }
 }

@@ -1,1 +1,4 @@
-print("keel")
+import Glibc
+import KeelKit
+
+exit(KeelMain.main(Array(CommandLine.arguments.dropFirst())))

@@ -1,11 +1,6 @@
 // The C shim: ioctl request numbers (macros Swift cannot import) and thin variadic wrappers. No logic.
 #ifndef CKEEL_H
 #define CKEEL_H
-#ifndef _GNU_SOURCE
-#define _GNU_SOURCE
-#endif
-#include <sys/mman.h>
-#include <linux/falloc.h>
 #include <linux/kvm.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
@@ -25,8 +20,9 @@
 static inline int ckeel_ioctl(int fd, unsigned long request, unsigned long arg) { return ioctl(fd, request, arg); }
 static inline int ckeel_ioctl_ptr(int fd, unsigned long request, void *arg) { return ioctl(fd, request, arg); }
 static inline int ckeel_fcntl_int(int fd, int cmd, int arg) { return fcntl(fd, cmd, arg); }
-static inline int ckeel_memfd_create(const char *name, unsigned flags) { return memfd_create(name, flags); }
-static inline int ckeel_punch_hole(int fd, long offset, long length) { return fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length); }
+// GNU extensions, compiled in shim.c so this header need not define _GNU_SOURCE.
+int ckeel_memfd_create(const char *name, unsigned flags);
+int ckeel_punch_hole(int fd, long offset, long length);
 static inline int ckeel_open(const char *path, int flags, unsigned mode) { return open(path, flags, mode); }
 
 static const unsigned long CKEEL_KVM_GET_API_VERSION = KVM_GET_API_VERSION;
@@ -61,6 +57,16 @@ static const unsigned long CKEEL_KVM_GET_MP_STATE = KVM_GET_MP_STATE;
 static const unsigned long CKEEL_KVM_SET_MP_STATE = KVM_SET_MP_STATE;
 static const unsigned long CKEEL_KVM_GET_TSC_KHZ = KVM_GET_TSC_KHZ;
 static const unsigned long CKEEL_KVM_ENABLE_CAP = KVM_ENABLE_CAP;
+static const unsigned long CKEEL_KVM_SET_GSI_ROUTING = KVM_SET_GSI_ROUTING;
+
+// A no-op handler: the signal only has to interrupt KVM_RUN (with immediate_exit set).
+static void ckeel_kick_handler(int sig) { (void)sig; }
+static inline int ckeel_install_kick_handler(int sig) {
+    struct sigaction sa = {0};
+    sa.sa_handler = ckeel_kick_handler;
+    sigemptyset(&sa.sa_mask);
+    return sigaction(sig, &sa, 0);
+}
 
 // struct kvm_run's exit payloads live in an anonymous union; these return pointers into it.
 static inline struct kvm_run_io_s { __u8 direction; __u8 size; __u16 port; __u32 count; __u64 data_offset; } *

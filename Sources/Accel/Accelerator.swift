@@ -1,0 +1,29 @@
+import Machine
+
+/// The vCPU side of a machine, behind which kvm and tcg sit (QEMU's AccelClass). An accelerator
+/// is built for one boot of a board: a machine reset throws it away and builds a fresh one.
+public protocol Accelerator: AnyObject {
+    /// Creates the vCPUs in their power-on state, the boot vCPU in `boot`'s state.
+    func prepare(boot: BootCPUState) throws
+    /// Starts one thread per vCPU.
+    func start()
+    /// Makes every vCPU leave guest code and its thread end; returns when all have ended.
+    /// Call without the big lock held (a vCPU may be waiting for it).
+    func stop()
+}
+
+/// Which accelerators this host and this build of Keel can offer, with the reason when not.
+public enum AcceleratorSupport {
+    public static func make(_ kind: MachineConfiguration.Accelerator, board: PCBoard) throws -> Accelerator {
+        switch kind {
+        case .kvm: return try KVMAccelerator(board: board)
+        case .tcg:
+            throw AcceleratorError("-accel tcg: Keel's tcg accelerator is not available yet (it lands with the tcg issues); use -accel kvm")
+        }
+    }
+}
+
+public struct AcceleratorError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ d: String) { description = d }
+}

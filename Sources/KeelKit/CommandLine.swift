@@ -1,0 +1,206 @@
+import Devices
+import Machine
+
+/// What the command line asks for.
+public enum CommandLineRequest {
+    case run(MachineConfiguration)
+    case help
+    case version
+    case listMachines
+    case listDevices
+}
+
+/// The qemu-system-x86_64 command line, for the subset Keel implements. Options are spelled as
+/// QEMU spells them (`-m 512`, `--m 512` too); a value is always the next argument.
+public enum KeelCommandLine {
+    public static let version = "0.1.0"
+
+    /// Options that take a value, and those that don't.
+    static let valued: Set<String> = ["accel", "m", "smp", "kernel", "initrd", "append", "serial", "display",
+                                      "device", "name", "machine", "M", "cpu"]
+    static let flags: Set<String> = ["enable-kvm", "nographic", "no-reboot", "nodefaults", "h", "help", "version"]
+
+    /// Machine type names QEMU users write; all of them mean Keel's one x86-64 PC board.
+    static let machineTypes = ["pc", "q35", "microvm"]
+    static let deviceTypes = ["isa-debug-exit", "pc-testdev"]
+
+    public static func parse(_ args: [String]) throws -> CommandLineRequest {
+        var c = MachineConfiguration()
+        var serials: [ChardevSpec] = []
+        var nographic = false
+        var nodefaults = false
+        var i = 0
+        while i < args.count {
+            let raw = args[i]
+            guard raw.hasPrefix("-"), raw.count > 1 else {
+                throw ConfigurationErrorText("\(raw): unexpected argument (options start with '-'; see -help)")
+            }
+            let name = raw.hasPrefix("--") ? String(raw.dropFirst(2)) : String(raw.dropFirst())
+            i += 1
+            if flags.contains(name) {
+                switch name {
+                case "h", "help": return .help
+                case "version": return .version
+                case "enable-kvm": c.accelerator = .kvm
+                case "nographic": nographic = true
+                case "no-reboot": c.noReboot = true
+                case "nodefaults": nodefaults = true
+                default: break
+                }
+                continue
+            }
+            guard valued.contains(name) else { throw ConfigurationErrorText("\(raw): unknown option (see -help)") }
+            guard i < args.count else { throw ConfigurationErrorText("\(raw): requires an argument") }
+            let value = args[i]
+            i += 1
+            let opt = "-" + name
+            switch name {
+            case "accel":
+                var o = try OptionList(option: opt, value, impliedKey: "accel")
+                if o.implied == "help" { return .help }
+                c.accelerator = try accelerator(o.implied ?? "", option: opt)
+                _ = o.take("thread")
+                try o.rejectUnused(value)
+            case "m":
+                var o = try OptionList(option: opt, value, impliedKey: "size")
+                guard let s = o.implied else { throw ConfigurationErrorText("-m \(value): no size given") }
+                c.memorySize = try parseSize(s, defaultUnit: 1 << 20, option: opt)
+                _ = o.take("slots"); _ = o.take("maxmem")
+                try o.rejectUnused(value)
+            case "smp":
+                var o = try OptionList(option: opt, value, impliedKey: "cpus")
+                var n: UInt64?
+                if let s = o.implied { n = try parseInteger(s, option: opt, key: "cpus") }
+                let topology = try ["sockets", "cores", "threads", "dies"].compactMap { k in
+                    try o.take(k).map { try parseInteger($0, option: opt, key: k) }
+                }
+                if n == nil, !topology.isEmpty { n = topology.reduce(1, *) }
+                if let m = o.take("maxcpus"), try parseInteger(m, option: opt, key: "maxcpus") != (n ?? 0) {
+                    throw ConfigurationErrorText("-smp \(value): CPU hotplug (maxcpus) is not supported")
+                }
+                try o.rejectUnused(value)
+                guard let count = n, count <= UInt64(Int32.max) else { throw ConfigurationErrorText("-smp \(value): not a CPU count") }
+                c.cpuCount = Int(count)
+            case "kernel": c.kernelPath = value
+            case "initrd": c.initrdPath = value
+            case "append": c.commandLine = value
+            case "serial":
+                serials.append(try ChardevSpec.parseSerial(value))
+            case "display":
+                let o = try OptionList(option: opt, value, impliedKey: "type")
+                guard o.implied == "none" else {
+                    throw ConfigurationErrorText("-display \(value): Keel has no graphical display; use -display none or -nographic")
+                }
+            case "device":
+                var o = try OptionList(option: opt, value, impliedKey: "driver")
+                switch o.implied ?? "" {
+                case "help": return .listDevices
+                case "isa-debug-exit":
+                    var d = MachineConfiguration.DebugExitDevice()
+                    if let b = o.take("iobase") { d.ioBase = UInt16(truncatingIfNeeded: try checked(b, max: 0xFFFF, opt, "iobase")) }
+                    if let s = o.take("iosize") { d.ioSize = UInt16(truncatingIfNeeded: try checked(s, max: 8, opt, "iosize")) }
+                    _ = o.take("id")
+                    try o.rejectUnused(value)
+                    c.debugExit = d
+                case "pc-testdev":
+                    _ = o.take("id")
+                    try o.rejectUnused(value)
+                    c.testDevice = true
+                default:
+                    throw ConfigurationErrorText("-device \(value): unknown device type '\(o.implied ?? "")' (see -device help)")
+                }
+            case "name":
+                var o = try OptionList(option: opt, value, impliedKey: "guest")
+                c.name = o.implied
+                _ = o.take("debug-threads"); _ = o.take("process")
+                try o.rejectUnused(value)
+            case "machine", "M":
+                var o = try OptionList(option: opt, value, impliedKey: "type")
+                if let t = o.implied {
+                    if t == "help" { return .listMachines }
+                    guard isKnownMachine(t) else {
+                        throw ConfigurationErrorText("\(opt) \(value): unsupported machine type '\(t)' (Keel's PC board answers to: \(machineTypes.joined(separator: ", ")); see -machine help)")
+                    }
+                }
+                if let a = o.take("accel") { c.accelerator = try accelerator(a, option: opt) }
+                // Firmware and legacy-hardware knobs that mean nothing without firmware.
+                for k in ["x-option-roms", "pit", "pic", "rtc", "isa-serial", "acpi", "kernel-irqchip", "i8042", "usb", "vmport", "smm", "graphics", "sata", "hpet"] { _ = o.take(k) }
+                try o.rejectUnused(value)
+            case "cpu":
+                let o = try OptionList(option: opt, value, impliedKey: "model")
+                guard ["host", "max"].contains(o.implied ?? "") else {
+                    throw ConfigurationErrorText("-cpu \(value): Keel offers only its own model, named host or max")
+                }
+            default:
+                throw ConfigurationErrorText("\(raw): unknown option (see -help)")
+            }
+        }
+        if serials.isEmpty && !nodefaults && nographic { serials = [.stdio] }
+        c.stdioMux = nographic && serials.first == .stdio
+        c.serialPorts = serials
+        return .run(c)
+    }
+
+    static func isKnownMachine(_ t: String) -> Bool {
+        machineTypes.contains(t) || t.hasPrefix("pc-i440fx-") || t.hasPrefix("pc-q35-") || t == "x-keel-pc"
+    }
+
+    static func accelerator(_ s: String, option: String) throws -> MachineConfiguration.Accelerator {
+        // QEMU accepts a fallback list ("kvm:tcg"); Keel takes the first it knows.
+        for name in s.split(separator: ":") {
+            if let a = MachineConfiguration.Accelerator(rawValue: String(name)) { return a }
+        }
+        throw ConfigurationErrorText("\(option) \(s): unknown accelerator (kvm or tcg)")
+    }
+
+    static func checked(_ s: String, max: UInt64, _ opt: String, _ key: String) throws -> UInt64 {
+        let v = try parseInteger(s, option: opt, key: key)
+        guard v <= max else { throw ConfigurationErrorText("\(opt): \(key)=\(s): out of range (at most 0x\(String(max, radix: 16)))") }
+        return v
+    }
+
+    public static let helpText = """
+    usage: keel [options]
+    Keel \(version), a machine emulator and virtualizer with qemu-system-x86_64's command line.
+
+    Machine:
+      -machine|-M TYPE[,accel=kvm|tcg]   pc, q35, microvm (all are Keel's x86-64 PC board); -machine help
+      -accel kvm|tcg                      accelerator (default tcg, as QEMU); -enable-kvm means -accel kvm
+      -cpu host|max                       Keel's CPU model
+      -m SIZE                             guest RAM (default 128M; suffixes K, M, G, T; a bare number is MiB)
+      -smp N[,sockets=,cores=,threads=]   number of vCPUs
+      -name NAME                          the guest's name
+      -no-reboot                          exit instead of rebooting
+      -nodefaults                         no default devices (no serial port with -nographic)
+
+    Boot:
+      -kernel FILE                        a Linux bzImage or a PVH ELF (e.g. vmlinux)
+      -initrd FILE                        initial ramdisk
+      -append CMDLINE                     kernel command line
+
+    Devices and I/O:
+      -serial DEV                         COM1..COM4 in order: stdio, mon:stdio, file:PATH,
+                                          unix:PATH[,server=on[,wait=off]], null, none
+      -nographic                          serial port on the terminal; Ctrl-A h lists the escape keys
+      -display none                       no display (Keel has none)
+      -device isa-debug-exit[,iobase=0xf4,iosize=0x04]
+      -device pc-testdev
+      -device help                        list devices
+
+      -h, -help, --help                   this text
+      -version, --version                 Keel's version
+    """
+
+    public static let machineList = """
+    Supported machines are:
+    pc                   Keel x86-64 PC board (no firmware; direct kernel boot)
+    q35                  Keel x86-64 PC board (alias)
+    microvm              Keel x86-64 PC board (alias)
+    """
+
+    public static let deviceList = """
+    Devices Keel offers:
+    name "isa-debug-exit", bus ISA, desc "exit with status (value << 1) | 1 on a write"
+    name "pc-testdev", bus ISA, desc "QEMU's PC test device (port 0xe0 and MMIO readback)"
+    """
+}

@@ -1,0 +1,67 @@
+import Devices
+import Glibc
+
+/// What the guest sees and what backs it on the host, built by the command line or the Swift API
+/// and validated before anything starts (Virtualization.framework's configuration shape).
+public struct MachineConfiguration: Sendable {
+    public enum Accelerator: String, Sendable { case kvm, tcg }
+
+    /// An isa-debug-exit device (QEMU's): a write of v ends Keel with status (v << 1) | 1.
+    public struct DebugExitDevice: Sendable, Equatable {
+        public var ioBase: UInt16 = 0xF4
+        public var ioSize: UInt16 = 4
+        public init(ioBase: UInt16 = 0xF4, ioSize: UInt16 = 4) { self.ioBase = ioBase; self.ioSize = ioSize }
+    }
+
+    public var accelerator: Accelerator = .tcg
+    public var memorySize: UInt64 = 128 << 20
+    public var cpuCount = 1
+    public var kernelPath: String?
+    public var initrdPath: String?
+    public var commandLine = ""
+    /// COM1..COM4 in order; `.null` keeps a port present but unconnected.
+    public var serialPorts: [ChardevSpec] = []
+    /// -nographic: the first serial port multiplexes stdio with Ctrl-A commands.
+    public var stdioMux = false
+    public var noReboot = false
+    public var debugExit: DebugExitDevice?
+    public var testDevice = false
+    public var name: String?
+
+    public init() {}
+
+    public static let maxCPUs = 255
+    /// Two serial ports share an IRQ pairwise, as on every PC (COM1/COM3 IRQ 4, COM2/COM4 IRQ 3).
+    public static let serialPortResources: [(base: UInt16, irq: UInt8)] = [(0x3F8, 4), (0x2F8, 3), (0x3E8, 4), (0x2E8, 3)]
+
+    /// Checks everything that can be checked before starting; errors name the bad value.
+    public func validate() throws {
+        guard cpuCount >= 1 else { throw ConfigurationError("-smp \(cpuCount): at least one CPU is needed") }
+        guard cpuCount <= Self.maxCPUs else { throw ConfigurationError("-smp \(cpuCount): at most \(Self.maxCPUs) CPUs are supported") }
+        guard memorySize >= 16 << 20 else { throw ConfigurationError("-m \(memorySize >> 20)M: at least 16 MiB of guest memory is needed") }
+        guard memorySize % 4096 == 0 else { throw ConfigurationError("-m: \(memorySize) bytes is not a multiple of the 4 KiB page size") }
+        var info = sysinfo()
+        if Glibc.sysinfo(&info) == 0 {
+            let host = UInt64(info.totalram) * UInt64(info.mem_unit)
+            guard memorySize <= host else {
+                throw ConfigurationError("-m \(memorySize >> 20)M: more than this host's \(host >> 20) MiB of memory")
+            }
+        }
+        guard kernelPath != nil else { throw ConfigurationError("no kernel given (use -kernel FILE)") }
+        if initrdPath != nil && kernelPath == nil { throw ConfigurationError("-initrd needs -kernel") }
+        guard serialPorts.count <= Self.serialPortResources.count else {
+            throw ConfigurationError("too many -serial ports (\(serialPorts.count)); at most \(Self.serialPortResources.count)")
+        }
+        if let d = debugExit {
+            guard d.ioSize >= 1, d.ioSize <= 8, UInt32(d.ioBase) + UInt32(d.ioSize) <= 0x10000 else {
+                throw ConfigurationError("isa-debug-exit: iobase=0x\(String(d.ioBase, radix: 16)),iosize=\(d.ioSize) is not a valid I/O range")
+            }
+        }
+    }
+}
+
+/// A configuration or command-line mistake; the message names the bad value.
+public struct ConfigurationError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ message: String) { description = message }
+}

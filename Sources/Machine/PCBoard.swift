@@ -1,0 +1,86 @@
+import Devices
+import Glibc
+import Loop
+import Memory
+
+/// Keel's x86-64 PC board: guest RAM laid out as a PC, the PIO and MMIO buses with the legacy
+/// devices, ACPI tables, and the kernel loaded for a direct boot (no firmware). One board lives
+/// for the whole run; a machine reset zeroes RAM, resets devices and loads the kernel again.
+public final class PCBoard: @unchecked Sendable {
+    public let configuration: MachineConfiguration
+    public let map: PCMemoryMap
+    public let memory: GuestMemory
+    public let pioBus = Bus(name: "pio")
+    public let mmioBus = Bus(name: "mmio")
+    public let lock: BigLock
+    public let loop: EventLoop
+    public let requests: MachineRequestQueue
+    public let interrupts = InterruptRouting()
+
+    /// The images, read once: a reset must not depend on the files still being there.
+    let kernel: [UInt8]
+    let initrd: [UInt8]?
+    var chardevs: [Chardev] = []
+    var devices: LegacyDevices!
+
+    public init(configuration: MachineConfiguration, loop: EventLoop, lock: BigLock, requests: MachineRequestQueue) throws {
+        self.configuration = configuration
+        self.loop = loop
+        self.lock = lock
+        self.requests = requests
+        map = PCMemoryMap(ramSize: configuration.memorySize)
+        guard let kernelPath = configuration.kernelPath else { throw ConfigurationError("no kernel given (use -kernel FILE)") }
+        kernel = try readHostFile(kernelPath, what: "kernel")
+        initrd = try configuration.initrdPath.map { try readHostFile($0, what: "initrd") }
+        guard KernelLoader.detect(kernel) != nil else {
+            throw ConfigurationError("kernel \(kernelPath): not a Linux bzImage or PVH ELF kernel")
+        }
+        memory = try GuestMemory(layout: map.ramRegions)
+        do {
+            devices = try LegacyDevices(board: self)
+        } catch {
+            close()
+            throw error
+        }
+    }
+
+    /// Writes ACPI tables and the kernel into guest RAM; returns the boot vCPU's entry state.
+    public func loadBootImages() throws -> BootCPUState {
+        let tables = try ACPITables.build(acpiConfiguration, at: PCMemoryMap.biosAreaStart,
+                                          maxSize: Int(PCMemoryMap.biosAreaEnd - PCMemoryMap.biosAreaStart))
+        try memory.write(tables.bytes, at: tables.baseAddress)
+        return try KernelLoader.load(kernel: kernel, kernelName: configuration.kernelPath ?? "kernel",
+                                     initrd: initrd, initrdName: configuration.initrdPath,
+                                     commandLine: configuration.commandLine, memory: memory, map: map,
+                                     rsdpAddress: tables.rsdpAddress)
+    }
+
+    var acpiConfiguration: ACPIConfiguration {
+        var a = ACPIConfiguration(cpuCount: configuration.cpuCount)
+        a.serialPorts = configuration.serialPorts.indices.map { i in
+            let r = MachineConfiguration.serialPortResources[i]
+            return (name: "COM\(i + 1)", base: r.base, irq: r.irq)
+        }
+        return a
+    }
+
+    /// Power-on state again: RAM zeroed and returned to the host, devices reset (CMOS keeps its
+    /// NVRAM, as a PC's battery-backed CMOS does), interrupt lines low. Call with vCPUs stopped.
+    public func reset() {
+        memory.discardAll()
+        interrupts.forgetLevels()
+        lock.withLock { devices.reset() }
+    }
+
+    /// A line for the host's terminal, readable even while stdio is in raw mode.
+    public func hostMessage(_ text: String) {
+        var line = text + "\r\n"
+        line.withUTF8 { _ = Glibc.write(2, $0.baseAddress, $0.count) }
+    }
+
+    /// Closes chardevs and restores the terminal.
+    public func close() {
+        for c in chardevs { c.close() }
+        chardevs.removeAll()
+    }
+}
