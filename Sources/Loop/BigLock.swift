@@ -17,6 +17,8 @@ public final class BigLock: @unchecked Sendable {
 
     @inline(__always) public func lock() { pthread_mutex_lock(mutex) }
     @inline(__always) public func unlock() { pthread_mutex_unlock(mutex) }
+    /// Takes the lock if it is free (it is not recursive: this fails while any thread holds it).
+    public func tryLock() -> Bool { pthread_mutex_trylock(mutex) == 0 }
 
     @inline(__always)
     public func withLock<T>(_ body: () throws -> T) rethrows -> T {
