@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Keel's build, tests and benchmarks use (Swift itself comes with the
+# machine). Idempotent: installs only what is missing.
+set -euo pipefail
+packages=(
+  gcc binutils make          # test guests are built at test time
+  acpica-tools               # iasl: decompiles Keel's ACPI tables in the tests
+  cpio gzip xz-utils zstd    # the default guest's initramfs and kernel payload
+  qemu-system-x86            # the reference for benchmarks and guest cross-checks
+  iproute2 procps
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "install-dependencies: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq "${missing[@]}"; }
+fi
