@@ -47,8 +47,16 @@ print_paths() {
 
 # The stamp covers everything that shapes the initramfs, so editing /init rebuilds it.
 inputs_stamp() {
-    { echo "format=$FORMAT"; cat "$INIT_SRC" "$RESOLVE_MODULES" "$EXTRACT_VMLINUX"; } | sha256sum | cut -d' ' -f1
+    { echo "format=$FORMAT"; cat "${BASH_SOURCE[0]}" "$INIT_SRC" "$RESOLVE_MODULES" "$EXTRACT_VMLINUX"; } \
+        | sha256sum | cut -d' ' -f1
 }
+
+# One build at a time per output directory (tests may run this concurrently).
+mkdir -p "$OUT" || die "cannot create $OUT"
+if command -v flock >/dev/null 2>&1; then
+    exec 9>>"$OUT/.lock" || die "cannot open $OUT/.lock"
+    flock 9 || die "cannot lock $OUT/.lock"
+fi
 
 if [ "$refresh" = 0 ] && [ -s "$OUT/vmlinuz" ] && [ -s "$OUT/vmlinux" ] && [ -s "$OUT/initrd.img" ] \
     && [ -s "$OUT/VERSION" ] && [ -s "$OUT/.stamp" ] && [ "$(cat "$OUT/.stamp")" = "$(inputs_stamp)" ]; then
@@ -94,8 +102,11 @@ need sha256sum coreutils
 
 # 1. Resolve the kernel package the cloud metapackage currently points at.
 resolve_kernel_package() {
-    apt-cache depends "$META_PACKAGE" 2>/dev/null \
+    { apt-cache depends "$META_PACKAGE" 2>/dev/null || true; } \
         | sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*-cloud-amd64\)$/\1/p' | sed -n 1p
+}
+package_version() {
+    { apt-cache show --no-all-versions "$1" 2>/dev/null || true; } | sed -n 's/^Version: //p' | sed -n 1p
 }
 [ "$refresh" = 1 ] && apt_update_once
 kpkg=$(resolve_kernel_package)
@@ -104,7 +115,7 @@ if [ -z "$kpkg" ]; then
     kpkg=$(resolve_kernel_package)
 fi
 [ -n "$kpkg" ] || die "cannot resolve the kernel behind $META_PACKAGE (apt-cache depends found no linux-image-*-cloud-amd64)"
-kversion=$(apt-cache show --no-all-versions "$kpkg" 2>/dev/null | sed -n 's/^Version: //p' | sed -n 1p)
+kversion=$(package_version "$kpkg")
 [ -n "$kversion" ] || die "apt-cache show $kpkg gave no Version"
 note "kernel package $kpkg $kversion"
 
@@ -115,8 +126,18 @@ trap cleanup EXIT
 # apt's download sandbox user cannot write into a private temp dir; as root download directly.
 apt_download_opts=()
 is_root && apt_download_opts=(-o APT::Sandbox::User=root)
-(cd "$tmp" && apt-get -qq "${apt_download_opts[@]}" download "$kpkg" busybox-static) \
-    || die "apt-get download $kpkg busybox-static failed"
+download() { (cd "$tmp" && apt-get -qq "${apt_download_opts[@]}" download "$kpkg" busybox-static); }
+if ! download; then
+    # Stale package lists name files the archive has since replaced: refresh and resolve again.
+    [ "$apt_updated" = 1 ] && die "apt-get download $kpkg busybox-static failed"
+    apt_update_once
+    kpkg=$(resolve_kernel_package)
+    [ -n "$kpkg" ] || die "cannot resolve the kernel behind $META_PACKAGE after apt-get update"
+    kversion=$(package_version "$kpkg")
+    note "retrying with kernel package $kpkg $kversion"
+    rm -f "$tmp"/*.deb
+    download || die "apt-get download $kpkg busybox-static failed"
+fi
 kdeb=$(ls "$tmp"/linux-image-*.deb 2>/dev/null | sed -n 1p)
 bdeb=$(ls "$tmp"/busybox-static_*.deb 2>/dev/null | sed -n 1p)
 [ -n "$kdeb" ] || die "apt-get download produced no $kpkg .deb"
@@ -191,7 +212,6 @@ busybox_version=$bbversion
 EOF
 
 # Install the outputs; the stamp goes last so an interrupted run is never taken as cached.
-mkdir -p "$OUT"
 rm -f "$OUT/.stamp"
 for f in vmlinuz vmlinux initrd.img config VERSION; do
     mv -f "$stage/$f" "$OUT/$f"
