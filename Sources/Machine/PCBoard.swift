@@ -57,7 +57,8 @@ public final class PCBoard: @unchecked Sendable {
 
     var acpiConfiguration: ACPIConfiguration {
         var a = ACPIConfiguration(cpuCount: configuration.cpuCount)
-        a.serialPorts = configuration.serialPorts.indices.map { i in
+        a.serialPorts = configuration.serialPorts.indices.compactMap { i in
+            guard configuration.serialPorts[i] != .disabled else { return nil }
             let r = MachineConfiguration.serialPortResources[i]
             return (name: "COM\(i + 1)", base: r.base, irq: r.irq)
         }
