@@ -40,9 +40,9 @@ public struct MachineConfiguration: Sendable {
         guard cpuCount <= Self.maxCPUs else { throw ConfigurationError("-smp \(cpuCount): at most \(Self.maxCPUs) CPUs are supported") }
         guard memorySize >= 16 << 20 else { throw ConfigurationError("-m \(memorySize >> 20)M: at least 16 MiB of guest memory is needed") }
         guard memorySize % 4096 == 0 else { throw ConfigurationError("-m: \(memorySize) bytes is not a multiple of the 4 KiB page size") }
-        var info = sysinfo()
-        if Glibc.sysinfo(&info) == 0 {
-            let host = UInt64(info.totalram) * UInt64(info.mem_unit)
+        let pages = sysconf(Int32(_SC_PHYS_PAGES)), pageSize = sysconf(Int32(_SC_PAGESIZE))
+        if pages > 0, pageSize > 0 {
+            let host = UInt64(pages) * UInt64(pageSize)
             guard memorySize <= host else {
                 throw ConfigurationError("-m \(memorySize >> 20)M: more than this host's \(host >> 20) MiB of memory")
             }
