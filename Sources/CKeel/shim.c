@@ -8,3 +8,6 @@ int ckeel_memfd_create(const char *name, unsigned flags) { return memfd_create(n
 int ckeel_punch_hole(int fd, long offset, long length) {
     return fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);
 }
+
+#include <pthread.h>
+int ckeel_set_thread_name(const char *name) { return pthread_setname_np(pthread_self(), name); }

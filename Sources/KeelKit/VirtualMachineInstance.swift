@@ -98,7 +98,7 @@ public enum KeelMain {
     }
 
     static func fail(_ message: String) -> Int32 {
-        restoreTerminal()
+        StdioChardev.restoreTerminal()
         var line = "keel: \(message)\n"
         line.withUTF8 { _ = Glibc.write(2, $0.baseAddress, $0.count) }
         return 1

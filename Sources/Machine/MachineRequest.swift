@@ -1,4 +1,5 @@
 import Loop
+import Synchronization
 
 /// Something the guest or the host asked of the whole machine. Devices raise these (with the big
 /// lock held, on any thread); the main loop acts on the first one after the vCPUs have stopped.
@@ -20,6 +21,11 @@ public enum MachineRequest: Sendable, Equatable {
 public final class MachineRequestQueue: @unchecked Sendable {
     private let pending = Mutex<MachineRequest?>(nil)
     private let loop: EventLoop
+    private let raised = Atomic<Bool>(false)
+
+    /// Whether a request waits for the main loop. A vCPU checks it after each exit so that the
+    /// one that raised it (say, by writing to isa-debug-exit) runs no further guest code.
+    @inline(__always) public var isPending: Bool { raised.load(ordering: .acquiring) }
 
     public init(loop: EventLoop) { self.loop = loop }
 
@@ -27,12 +33,16 @@ public final class MachineRequestQueue: @unchecked Sendable {
         let first = pending.withLock { p -> Bool in
             guard p == nil else { return false }
             p = request
+            raised.store(true, ordering: .releasing)
             return true
         }
         if first { loop.stop() }
     }
 
     public func take() -> MachineRequest? {
-        pending.withLock { p in defer { p = nil }; return p }
+        pending.withLock { p in
+            defer { p = nil; raised.store(false, ordering: .releasing) }
+            return p
+        }
     }
 }

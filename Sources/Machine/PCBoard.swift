@@ -57,10 +57,11 @@ public final class PCBoard: @unchecked Sendable {
 
     var acpiConfiguration: ACPIConfiguration {
         var a = ACPIConfiguration(cpuCount: configuration.cpuCount)
-        a.serialPorts = configuration.serialPorts.indices.compactMap { i in
+        a.rtcCenturyIndex = UInt8(CMOSRTC.centuryRegister)
+        a.serialPorts = configuration.serialPorts.indices.compactMap { i -> ACPIConfiguration.SerialPort? in
             guard configuration.serialPorts[i] != .disabled else { return nil }
             let r = MachineConfiguration.serialPortResources[i]
-            return (name: "COM\(i + 1)", base: r.base, irq: r.irq)
+            return ACPIConfiguration.SerialPort(name: "COM\(i + 1)", base: r.base, irq: r.irq)
         }
         return a
     }

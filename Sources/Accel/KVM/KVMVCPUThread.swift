@@ -46,10 +46,10 @@ final class KVMVCPUThread: @unchecked Sendable {
     }
 
     private func main() {
-        var name = "keel-vcpu\(vcpu.id)"
-        name.withUTF8 { _ = pthread_setname_np(pthread_self(), String(decoding: $0.prefix(15), as: UTF8.self)) }
+        _ = ckeel_set_thread_name(String("CPU \(vcpu.id)/KVM".prefix(15)))
         let lock = board.lock
-        while !stopRequested.load(ordering: .relaxed) {
+        let requests = board.requests
+        while !stopRequested.load(ordering: .relaxed) && !requests.isPending {
             let exit: VCPUExit
             do { exit = try vcpu.runOnce() } catch {
                 board.requests.raise(.failure("vCPU \(vcpu.id): \(error)"))

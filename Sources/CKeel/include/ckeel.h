@@ -23,6 +23,7 @@ static inline int ckeel_fcntl_int(int fd, int cmd, int arg) { return fcntl(fd, c
 // GNU extensions, compiled in shim.c so this header need not define _GNU_SOURCE.
 int ckeel_memfd_create(const char *name, unsigned flags);
 int ckeel_punch_hole(int fd, long offset, long length);
+int ckeel_set_thread_name(const char *name);  /* at most 15 characters */
 static inline int ckeel_open(const char *path, int flags, unsigned mode) { return open(path, flags, mode); }
 
 static const unsigned long CKEEL_KVM_GET_API_VERSION = KVM_GET_API_VERSION;

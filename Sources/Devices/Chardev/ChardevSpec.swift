@@ -1,5 +1,5 @@
 /// What backs a character device on the host, as written in QEMU's `-serial` option.
-public enum ChardevSpec: Equatable, CustomStringConvertible {
+public enum ChardevSpec: Equatable, Sendable, CustomStringConvertible {
     case stdio
     /// Output written to a file (created or truncated); no input.
     case file(path: String)

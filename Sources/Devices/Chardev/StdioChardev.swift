@@ -29,6 +29,10 @@ public final class StdioChardev: Chardev {
             onEndOfInput: {})
         do {
             try input.start(fd: 0)
+        } catch let e as SystemError where e.errno == EPERM {
+            // stdin is a regular file or /dev/null, which epoll cannot watch (QEMU's `</dev/null`
+            // runs are common): the guest simply gets no input.
+            input.stop()
         } catch {
             Self.restoreTerminal()
             throw ChardevError("-serial stdio: cannot watch stdin: \(error)")
