@@ -1,3 +1,4 @@
+import KVM
 import Machine
 
 /// The vCPU side of a machine, behind which kvm and tcg sit (QEMU's AccelClass). An accelerator
@@ -14,11 +15,20 @@ public protocol Accelerator: AnyObject {
 
 /// Which accelerators this host and this build of Keel can offer, with the reason when not.
 public enum AcceleratorSupport {
+    /// Fails, naming the reason, if `kind` cannot run here; checked before anything is built.
+    public static func checkAvailable(_ kind: MachineConfiguration.Accelerator) throws {
+        switch kind {
+        case .kvm: _ = try KVMSystem()
+        case .tcg: throw tcgUnavailable
+        }
+    }
+
+    static let tcgUnavailable = AcceleratorError("-accel tcg: Keel's tcg accelerator is not available yet (it lands with the tcg issues); use -accel kvm")
+
     public static func make(_ kind: MachineConfiguration.Accelerator, board: PCBoard) throws -> Accelerator {
         switch kind {
         case .kvm: return try KVMAccelerator(board: board)
-        case .tcg:
-            throw AcceleratorError("-accel tcg: Keel's tcg accelerator is not available yet (it lands with the tcg issues); use -accel kvm")
+        case .tcg: throw tcgUnavailable
         }
     }
 }

@@ -69,6 +69,9 @@ struct ConfigurationErrorText: Error, CustomStringConvertible {
 func parseSize(_ text: String, defaultUnit: UInt64, option: String) throws -> UInt64 {
     var digits = Substring(text)
     var unit = defaultUnit
+    guard digits.dropLast().allSatisfy(\.isNumber), !digits.isEmpty else {
+        throw ConfigurationErrorText("\(option) \(text): not a size")
+    }
     if let last = digits.last, last.isLetter {
         switch last.uppercased() {
         case "B": unit = 1

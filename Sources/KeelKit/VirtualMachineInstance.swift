@@ -18,6 +18,7 @@ public final class VirtualMachineInstance {
     /// loaded from disk). Nothing runs yet.
     public init(configuration: MachineConfiguration) throws {
         try configuration.validate()
+        try AcceleratorSupport.checkAvailable(configuration.accelerator)
         self.configuration = configuration
         loop = try EventLoop(lock: lock)
         requests = MachineRequestQueue(loop: loop)
