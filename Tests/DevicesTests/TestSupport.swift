@@ -81,18 +81,6 @@ final class LoopThread {
         _ = done.wait(timeout: .now() + 5)
         thread = nil
     }
-
-    /// Runs `body` on the loop's thread and waits for it.
-    func sync<T>(_ body: @escaping () throws -> T) throws -> T {
-        let sem = DispatchSemaphore(value: 0)
-        var result: Result<T, Error>!
-        loop.post {
-            result = Result { try body() }
-            sem.signal()
-        }
-        XCTAssertEqual(sem.wait(timeout: .now() + 5), .success, "loop did not run the work")
-        return try result.get()
-    }
 }
 
 /// Polls `condition` (taking the big lock) until it holds or `timeout` passes.

@@ -103,13 +103,11 @@ final class ChardevInput {
                 return
             }
             filtered.removeAll(keepingCapacity: true)
-            var quit = false
-            m.process(got, into: &filtered) { action in
-                if action == .quit { quit = true }
-                onMuxAction(action)
-            }
+            var actions: [MuxEscape.Action] = []
+            m.process(got, into: &filtered) { actions.append($0) }
             mux = m
-            if quit { return }
+            // Input typed before an escape reaches the frontend before the escape acts.
+            defer { for a in actions { onMuxAction(a) } }
             guard let t = target else { return }
             let direct = min(capacity, filtered.count)
             if direct > 0 {
