@@ -315,6 +315,23 @@ final class ChardevTests: XCTestCase {
         StdioChardev.restoreTerminal() // a no-op here (stdin is no terminal), and must not crash
     }
 
+    func testStdioWithStdinFromDevNull() throws {
+        let savedStdin = dup(0)
+        let devnull = open("/dev/null", O_RDONLY)
+        dup2(devnull, 0)
+        close(devnull)
+        defer {
+            dup2(savedStdin, 0)
+            close(savedStdin)
+        }
+        // epoll cannot watch /dev/null (EPERM): the chardev opens anyway, without input.
+        let chardev = try openChardev(.stdio, loop: loop.loop, muxEscape: false, onQuit: {})
+        chardev.frontendCanReceive()
+        loop.start()
+        loop.stop()
+        chardev.close()
+    }
+
     func testNullChardevAcceptsEverything() throws {
         let chardev = try openChardev(.null, loop: loop.loop, muxEscape: false, onQuit: {})
         write(chardev, "into the void")

@@ -36,7 +36,12 @@ final class ChardevInput {
     func start(fd: Int32) throws {
         stop()
         self.fd = fd
-        try register()
+        do {
+            try register()
+        } catch {
+            self.fd = -1
+            throw error
+        }
     }
 
     /// Stops reading; the fd is not closed.
