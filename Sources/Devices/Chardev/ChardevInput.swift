@@ -36,7 +36,12 @@ final class ChardevInput {
     func start(fd: Int32) throws {
         stop()
         self.fd = fd
-        try register()
+        do {
+            try register()
+        } catch {
+            self.fd = -1
+            throw error
+        }
     }
 
     /// Stops reading; the fd is not closed.
@@ -103,13 +108,11 @@ final class ChardevInput {
                 return
             }
             filtered.removeAll(keepingCapacity: true)
-            var quit = false
-            m.process(got, into: &filtered) { action in
-                if action == .quit { quit = true }
-                onMuxAction(action)
-            }
+            var actions: [MuxEscape.Action] = []
+            m.process(got, into: &filtered) { actions.append($0) }
             mux = m
-            if quit { return }
+            // Input typed before an escape reaches the frontend before the escape acts.
+            defer { for a in actions { onMuxAction(a) } }
             guard let t = target else { return }
             let direct = min(capacity, filtered.count)
             if direct > 0 {

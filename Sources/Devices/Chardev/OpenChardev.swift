@@ -8,7 +8,7 @@ public func openChardev(_ spec: ChardevSpec, loop: EventLoop, muxEscape: Bool,
                         onQuit: @escaping () -> Void) throws -> Chardev {
     switch spec {
     case .stdio:
-        return try StdioChardev(loop: loop, muxEscape: muxEscape, onQuit: onQuit)
+        return StdioChardev(loop: loop, muxEscape: muxEscape, onQuit: onQuit)
     case .file(let path):
         return try FileChardev(path: path, option: option)
     case .unixSocket(let path, let server, let wait):
