@@ -50,15 +50,16 @@ struct MachineOptions: Sendable {
 }
 
 /// Which program runs the guests: Keel with the kvm accelerator (the default), or QEMU with tcg
-/// (KEEL_TEST_EMULATOR=qemu) to prove the guests and harness against the reference machine.
+/// (KEEL_TEST_EMULATOR=qemu) or kvm (KEEL_TEST_EMULATOR=qemu-kvm) to prove the guests and the
+/// harness against the reference machine.
 enum Emulator: Sendable {
     case keel(binary: String)
-    case qemu(binary: String)
+    case qemu(binary: String, accel: String)
 
     var name: String {
         switch self {
         case .keel: return "keel"
-        case .qemu: return "qemu"
+        case .qemu(_, let accel): return "qemu -accel \(accel)"
         }
     }
     var isQEMU: Bool { if case .qemu = self { return true } else { return false } }
@@ -83,17 +84,24 @@ final class KeelRunner: Sendable {
 
     init(emulator: Emulator) { self.emulator = emulator }
 
+    /// KEEL_TEST_EMULATOR, lower-cased ("" when unset).
+    static var requestedEmulator: String {
+        ProcessInfo.processInfo.environment["KEEL_TEST_EMULATOR"]?.lowercased() ?? ""
+    }
+
     /// The runner the tests use, chosen by the environment:
     /// KEEL_TEST_EMULATOR=qemu → qemu-system-x86_64 (or KEEL_QEMU_BINARY) -accel tcg;
+    /// KEEL_TEST_EMULATOR=qemu-kvm → the same with -accel kvm;
     /// otherwise KEEL_BINARY or <package root>/.build/debug/keel with -accel kvm.
     static func fromEnvironment() throws -> KeelRunner {
         let env = ProcessInfo.processInfo.environment
-        if env["KEEL_TEST_EMULATOR"]?.lowercased() == "qemu" {
+        let requested = requestedEmulator
+        if requested == "qemu" || requested == "qemu-kvm" {
             let qemu = env["KEEL_QEMU_BINARY"] ?? "qemu-system-x86_64"
             guard let resolved = which(qemu) else {
                 throw KeelRunnerError.missingBinary(qemu, hint: "install qemu-system-x86 or set KEEL_QEMU_BINARY")
             }
-            return KeelRunner(emulator: .qemu(binary: resolved))
+            return KeelRunner(emulator: .qemu(binary: resolved, accel: requested == "qemu" ? "tcg" : "kvm"))
         }
         let keel = env["KEEL_BINARY"] ?? PackagePaths.root.appendingPathComponent(".build/debug/keel").path
         guard FileManager.default.isExecutableFile(atPath: keel) else {
@@ -117,7 +125,7 @@ final class KeelRunner: Sendable {
         var args: [String]
         switch emulator {
         case .keel: args = ["-accel", "kvm"]
-        case .qemu: args = ["-accel", "tcg", "-M", "pc", "-nic", "none"]
+        case .qemu(_, let accel): args = ["-accel", accel, "-M", "pc", "-nic", "none"]
         }
         args += ["-m", "\(options.memoryMiB)", "-smp", "\(options.smp)", "-kernel", options.kernel.path]
         if let initrd = options.initrd { args += ["-initrd", initrd.path] }
@@ -136,7 +144,7 @@ final class KeelRunner: Sendable {
 
     var binary: String {
         switch emulator {
-        case .keel(let path), .qemu(let path): return path
+        case .keel(let path), .qemu(let path, _): return path
         }
     }
 

@@ -112,7 +112,8 @@ struct acpi_sdt {
 void *acpi_rsdp(void);
 struct acpi_sdt *acpi_find_table(const char *sig);
 
-/* Interrupts: IDT with exception reporting; vectors 32..47 dispatch to handlers. */
+/* Interrupts: IDT with exception reporting; vectors 32..47 dispatch to handlers, and an
+   exception vector (0..31) with a handler goes to it instead of being reported. */
 struct trap_frame {
     u64 r15, r14, r13, r12, r11, r10, r9, r8, rbp, rdi, rsi, rdx, rcx, rbx, rax;
     u64 vector, error, rip, cs, rflags, rsp, ss;
