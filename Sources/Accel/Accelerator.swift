@@ -11,6 +11,13 @@ public protocol Accelerator: AnyObject {
     /// Makes every vCPU leave guest code and its thread end; returns when all have ended.
     /// Call without the big lock held (a vCPU may be waiting for it).
     func stop()
+    /// Parks every vCPU outside guest code (QMP `stop`); returns when all are parked.
+    /// Call with the big lock held: it is released while waiting.
+    func pauseLocked()
+    /// Lets parked vCPUs run again (QMP `cont`). Call with the big lock held.
+    func resumeLocked()
+    /// Per vCPU: its index and host thread ID (QMP query-cpus-fast), once started.
+    var vcpuThreadIDs: [Int32] { get }
 }
 
 /// Which accelerators this host and this build of Keel can offer, with the reason when not.

@@ -11,3 +11,6 @@ int ckeel_punch_hole(int fd, long offset, long length) {
 
 #include <pthread.h>
 int ckeel_set_thread_name(const char *name) { return pthread_setname_np(pthread_self(), name); }
+
+#include <unistd.h>
+int ckeel_gettid(void) { return (int)gettid(); }

@@ -3,7 +3,7 @@ import Glibc
 /// The big lock (QEMU's BQL): device models are touched only while it is held, by the main loop's
 /// callbacks and by vCPU threads around the emulation of one access. Never held inside KVM_RUN.
 public final class BigLock: @unchecked Sendable {
-    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
+    fileprivate let mutex: UnsafeMutablePointer<pthread_mutex_t>
 
     public init() {
         mutex = .allocate(capacity: 1)
@@ -25,6 +25,28 @@ public final class BigLock: @unchecked Sendable {
         pthread_mutex_lock(mutex)
         defer { pthread_mutex_unlock(mutex) }
         return try body()
+    }
+
+    /// A condition to wait on while holding the big lock; waiting releases it (QEMU's
+    /// qemu_cond_wait on the BQL), so a vCPU blocked on the lock can make progress meanwhile.
+    public final class Condition: @unchecked Sendable {
+        private let cond: UnsafeMutablePointer<pthread_cond_t>
+        unowned let lock: BigLock
+
+        public init(lock: BigLock) {
+            self.lock = lock
+            cond = .allocate(capacity: 1)
+            pthread_cond_init(cond, nil)
+        }
+
+        deinit {
+            pthread_cond_destroy(cond)
+            cond.deallocate()
+        }
+
+        /// Call with the big lock held; returns with it held again.
+        public func wait() { pthread_cond_wait(cond, lock.mutex) }
+        public func broadcast() { pthread_cond_broadcast(cond) }
     }
 }
 

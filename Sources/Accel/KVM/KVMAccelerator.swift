@@ -20,11 +20,17 @@ public final class KVMAccelerator: Accelerator, InterruptController, @unchecked 
     let vm: VirtualMachine
     unowned let board: PCBoard
     var vcpus: [KVMVCPUThread] = []
+    /// Pause protocol (QMP stop/cont), all under the big lock.
+    var pauseRequested = false
+    let parkedChanged: BigLock.Condition
+    let resumed: BigLock.Condition
 
     public init(board: PCBoard) throws {
         system = try KVMSystem()
         vm = try system.createVM()
         self.board = board
+        parkedChanged = BigLock.Condition(lock: board.lock)
+        resumed = BigLock.Condition(lock: board.lock)
         try vm.setTSSAddress(Self.tssAddress)
         try vm.setIdentityMapAddress(Self.identityMapAddress)
         try vm.createIRQChip()
@@ -68,7 +74,7 @@ public final class KVMAccelerator: Accelerator, InterruptController, @unchecked 
                 try KVMRegisters.apply(boot, to: vcpu)
             }
             // Application processors wait in KVM for INIT/SIPI from the boot processor.
-            vcpus.append(KVMVCPUThread(vcpu: vcpu, board: board))
+            vcpus.append(KVMVCPUThread(vcpu: vcpu, board: board, accelerator: self))
         }
     }
 
@@ -78,10 +84,29 @@ public final class KVMAccelerator: Accelerator, InterruptController, @unchecked 
     }
 
     public func stop() {
+        board.lock.withLock {
+            pauseRequested = false
+            resumed.broadcast()
+        }
         for v in vcpus { v.requestStop() }
         for v in vcpus { v.join() }
         if board.interrupts.controller === self { board.interrupts.controller = nil }
     }
+
+    public func pauseLocked() {
+        guard !pauseRequested else { return }
+        pauseRequested = true
+        for v in vcpus { v.kick() }
+        while vcpus.contains(where: { !$0.parkedOrDone }) { parkedChanged.wait() }
+    }
+
+    public func resumeLocked() {
+        guard pauseRequested else { return }
+        pauseRequested = false
+        resumed.broadcast()
+    }
+
+    public var vcpuThreadIDs: [Int32] { vcpus.map { $0.threadID } }
 
     public func setIRQ(_ gsi: UInt32, level: Bool) {
         do { try vm.setIRQLine(gsi, level: level) } catch { board.requests.raise(.failure("\(error)")) }

@@ -11,14 +11,20 @@ import Synchronization
 final class KVMVCPUThread: @unchecked Sendable {
     let vcpu: VCPU
     unowned let board: PCBoard
+    unowned let accelerator: KVMAccelerator
     let pio: Bus
     let mmio: Bus
     let stopRequested = Atomic<Bool>(false)
     var thread: pthread_t?
+    /// The host thread ID (gettid), for QMP and for people reading `top -H`; under the big lock.
+    private(set) var threadID: Int32 = 0
+    /// Under the big lock: parked by a pause, or the thread has ended.
+    private(set) var parkedOrDone = false
 
-    init(vcpu: VCPU, board: PCBoard) {
+    init(vcpu: VCPU, board: PCBoard, accelerator: KVMAccelerator) {
         self.vcpu = vcpu
         self.board = board
+        self.accelerator = accelerator
         self.pio = board.pioBus
         self.mmio = board.mmioBus
     }
@@ -36,8 +42,34 @@ final class KVMVCPUThread: @unchecked Sendable {
 
     func requestStop() {
         stopRequested.store(true, ordering: .sequentiallyConsistent)
+        kick()
+    }
+
+    /// Makes KVM_RUN return now, or right away if the vCPU is about to enter it.
+    func kick() {
         vcpu.setImmediateExit(true)
         if let t = thread { pthread_kill(t, KVMAccelerator.kickSignal) }
+    }
+
+    /// Waits, outside guest code, while a pause is requested. The big lock is held on entry to
+    /// the wait and released by it.
+    private func parkIfPaused() {
+        let lock = board.lock
+        lock.lock()
+        while accelerator.pauseRequested && !stopRequested.load(ordering: .relaxed) {
+            parkedOrDone = true
+            accelerator.parkedChanged.broadcast()
+            accelerator.resumed.wait()
+        }
+        parkedOrDone = false
+        lock.unlock()
+    }
+
+    private func finish() {
+        board.lock.withLock {
+            parkedOrDone = true
+            accelerator.parkedChanged.broadcast()
+        }
     }
 
     func join() {
@@ -46,6 +78,8 @@ final class KVMVCPUThread: @unchecked Sendable {
     }
 
     private func main() {
+        board.lock.withLock { threadID = ckeel_gettid() }
+        defer { finish() }
         _ = ckeel_set_thread_name(String("CPU \(vcpu.id)/KVM".prefix(15)))
         let lock = board.lock
         let requests = board.requests
@@ -77,6 +111,10 @@ final class KVMVCPUThread: @unchecked Sendable {
                 mmio.read(address, data: data)
                 lock.unlock()
             case .interrupted:
+                // A kick: a pause, a stop, or a signal. Clear immediate_exit before looking at
+                // the reason, so a kick sent after this point is not lost (it sets it again).
+                vcpu.setImmediateExit(false)
+                parkIfPaused()
                 continue
             case .halt:
                 // With the in-kernel LAPIC, HLT is handled inside KVM; a halt exit means the vCPU

@@ -24,6 +24,7 @@ static inline int ckeel_fcntl_int(int fd, int cmd, int arg) { return fcntl(fd, c
 int ckeel_memfd_create(const char *name, unsigned flags);
 int ckeel_punch_hole(int fd, long offset, long length);
 int ckeel_set_thread_name(const char *name);  /* at most 15 characters */
+int ckeel_gettid(void);
 static inline int ckeel_open(const char *path, int flags, unsigned mode) { return open(path, flags, mode); }
 
 static const unsigned long CKEEL_KVM_GET_API_VERSION = KVM_GET_API_VERSION;
