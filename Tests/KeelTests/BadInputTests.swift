@@ -4,20 +4,12 @@ import XCTest
 
 /// Bad host input ends Keel at once with one line naming the problem and status 1.
 final class BadInputTests: XCTestCase {
-    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-    static var keel: String { ProcessInfo.processInfo.environment["KEEL_BINARY"] ?? root.appendingPathComponent(".build/debug/keel").path }
+    static var keel: String {
+        ProcessInfo.processInfo.environment["KEEL_BINARY"] ?? PackagePaths.root.appendingPathComponent(".build/debug/keel").path
+    }
 
-    func run(_ args: [String]) throws -> (status: Int32, stdout: String, stderr: String) {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: Self.keel)
-        p.arguments = args
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out; p.standardError = err
-        p.standardInput = FileHandle.nullDevice
-        try p.run()
-        let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
+    func run(_ args: [String]) throws -> RunResult {
+        try KeelRunner.runCommand(executable: Self.keel, arguments: args, timeout: 30)
     }
 
     /// Runs keel expecting failure; returns its single error line.
@@ -81,7 +73,7 @@ final class BadInputTests: XCTestCase {
     }
 
     func testELFWithoutPVHNote() throws {
-        let elf = BadInputTests.root.appendingPathComponent(".build/debug/keel").path
+        let elf = PackagePaths.root.appendingPathComponent(".build/debug/keel").path
         XCTAssertEqual(try failure(["-accel", "kvm", "-kernel", elf]), "keel: kernel \(elf): not a Linux bzImage or PVH ELF kernel")
     }
 

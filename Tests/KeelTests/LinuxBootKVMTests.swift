@@ -4,8 +4,6 @@ import XCTest
 /// Debian's stock cloud kernel booting to the initramfs marker under -enable-kvm. Needs hardware
 /// virtualization: on PVM (this project's development hosts) stock Linux cannot run.
 final class LinuxBootKVMTests: XCTestCase {
-    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-
     override func setUpWithError() throws {
         let cpuinfo = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) ?? ""
         let flags = cpuinfo.split(separator: "\n").first { $0.hasPrefix("flags") } ?? ""
@@ -17,27 +15,19 @@ final class LinuxBootKVMTests: XCTestCase {
     }
 
     func boot(kernel: String) throws {
-        let fetch = Process()
-        fetch.executableURL = Self.root.appendingPathComponent("scripts/fetch-default-guest.sh")
-        fetch.standardOutput = FileHandle.nullDevice
-        try fetch.run(); fetch.waitUntilExit()
-        XCTAssertEqual(fetch.terminationStatus, 0, "fetch-default-guest.sh failed")
-        let guest = Self.root.appendingPathComponent("guest")
-        let p = Process()
-        p.executableURL = Self.root.appendingPathComponent(".build/debug/keel")
-        p.arguments = ["-enable-kvm", "-m", "512", "-smp", "2", "-kernel", guest.appendingPathComponent(kernel).path,
-                       "-initrd", guest.appendingPathComponent("initrd.img").path,
-                       "-append", "console=ttyS0 keel.init=poweroff", "-nographic", "-no-reboot"]
-        let out = Pipe()
-        p.standardOutput = out
-        p.standardInput = FileHandle.nullDevice
-        try p.run()
-        let deadline = DispatchTime.now() + 120
-        DispatchQueue.global().asyncAfter(deadline: deadline) { if p.isRunning { p.terminate() } }
-        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        p.waitUntilExit()
-        XCTAssertTrue(text.contains("KEEL-GUEST-READY"), "no marker in:\n\(text.suffix(3000))")
-        XCTAssertEqual(p.terminationStatus, 0, "the guest's poweroff must end Keel with status 0")
+        let root = PackagePaths.root
+        let fetch = try KeelRunner.runCommand(executable: root.appendingPathComponent("scripts/fetch-default-guest.sh").path,
+                                              arguments: [], timeout: 600)
+        XCTAssertEqual(fetch.status, 0, "fetch-default-guest.sh failed: \(fetch.stderr)")
+        let guest = root.appendingPathComponent("guest")
+        let r = try KeelRunner.runCommand(
+            executable: root.appendingPathComponent(".build/debug/keel").path,
+            arguments: ["-enable-kvm", "-m", "512", "-smp", "2", "-kernel", guest.appendingPathComponent(kernel).path,
+                        "-initrd", guest.appendingPathComponent("initrd.img").path,
+                        "-append", "console=ttyS0 keel.init=poweroff", "-nographic", "-no-reboot"],
+            timeout: 120)
+        XCTAssertTrue(r.stdout.contains("KEEL-GUEST-READY"), "no marker in:\n\(r.stdout.suffix(3000))")
+        XCTAssertEqual(r.status, 0, "the guest's poweroff must end Keel with status 0")
     }
 
     func testBzImageBootsToMarker() throws { try boot(kernel: "vmlinuz") }
