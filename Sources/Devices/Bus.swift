@@ -21,45 +21,59 @@ public enum BusError: Error, Equatable, CustomStringConvertible {
 }
 
 /// An address space (PIO or MMIO) of non-overlapping ranges, each owned by one device.
-/// Lookup is a binary search over ranges sorted by base.
+/// Dispatch is a binary search over the range bases, kept in their own array (with the limits
+/// and devices beside it) so an access touches no strings and copies no structs.
 public final class Bus: @unchecked Sendable {
     public struct Range {
         public let base: UInt64
         public let size: UInt64
         public let name: String
         public let device: BusDevice
-        @inline(__always) func contains(_ a: UInt64) -> Bool { a >= base && a - base < size }
     }
 
     public let name: String
     public private(set) var ranges: [Range] = []
+    private var bases: [UInt64] = []
+    /// The last address of each range (inclusive, so a range may end at 2^64 - 1).
+    private var lasts: [UInt64] = []
+    private var devices: [BusDevice] = []
 
     public init(name: String) { self.name = name }
 
     public func insert(_ device: BusDevice, base: UInt64, size: UInt64, name: String) throws {
         guard size > 0 else { throw BusError.emptyRange(base: base) }
         let (last, o) = base.addingReportingOverflow(size - 1)
-        precondition(!o || last == 0, "range wraps")
-        for r in ranges where base <= r.base + (r.size - 1) && r.base <= base &+ (size - 1) {
+        precondition(!o, "bus range at 0x\(String(base, radix: 16)) wraps around the address space")
+        for r in ranges where base <= r.base + (r.size - 1) && r.base <= last {
             throw BusError.overlap(base: base, size: size, existing: "\(r.name) at 0x\(String(r.base, radix: 16))")
         }
         let i = ranges.firstIndex { $0.base > base } ?? ranges.endIndex
         ranges.insert(Range(base: base, size: size, name: name, device: device), at: i)
+        rebuildIndex()
     }
 
     public func remove(base: UInt64) {
         ranges.removeAll { $0.base == base }
+        rebuildIndex()
+    }
+
+    private func rebuildIndex() {
+        bases = ranges.map(\.base)
+        lasts = ranges.map { $0.base + ($0.size - 1) }
+        devices = ranges.map(\.device)
     }
 
     @inline(__always)
     func lookup(_ address: UInt64) -> Int? {
-        var lo = 0, hi = ranges.count
-        while lo < hi {
-            let mid = (lo + hi) >> 1
-            if ranges[mid].base <= address { lo = mid + 1 } else { hi = mid }
+        bases.withUnsafeBufferPointer { b in
+            var lo = 0, hi = b.count
+            while lo < hi {
+                let mid = (lo + hi) >> 1
+                if b[mid] <= address { lo = mid + 1 } else { hi = mid }
+            }
+            guard lo > 0, address <= lasts[lo - 1] else { return nil }
+            return lo - 1
         }
-        guard lo > 0, ranges[lo - 1].contains(address) else { return nil }
-        return lo - 1
     }
 
     /// Dispatches a read; an access no device claims reads as all ones, as on a PC. Returns
@@ -70,8 +84,7 @@ public final class Bus: @unchecked Sendable {
             for k in 0..<data.count { data[k] = 0xff }
             return false
         }
-        let r = ranges[i]
-        r.device.read(offset: address - r.base, data: data)
+        devices[i].read(offset: address &- bases[i], data: data)
         return true
     }
 
@@ -79,8 +92,7 @@ public final class Bus: @unchecked Sendable {
     @discardableResult
     public func write(_ address: UInt64, data: UnsafeRawBufferPointer) -> Bool {
         guard let i = lookup(address) else { return false }
-        let r = ranges[i]
-        r.device.write(offset: address - r.base, data: data)
+        devices[i].write(offset: address &- bases[i], data: data)
         return true
     }
 }
