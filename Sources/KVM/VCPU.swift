@@ -11,6 +11,9 @@ public enum VCPUExit {
     case halt
     case shutdown            // triple fault: the PC resets
     case systemEvent(type: UInt32)
+    /// Split irqchip: the in-kernel LAPIC took an EOI for a level-triggered vector that the
+    /// userspace IOAPIC must see (to clear Remote IRR).
+    case ioapicEOI(vector: UInt8)
     case interrupted         // a signal or immediate_exit
     case failEntry(reason: UInt64)
     case internalError(suberror: UInt32)
@@ -82,6 +85,7 @@ public final class VCPU: @unchecked Sendable {
         case KVM_EXIT_SHUTDOWN: return .shutdown
         case KVM_EXIT_INTR: return .interrupted
         case KVM_EXIT_SYSTEM_EVENT: return .systemEvent(type: ckeel_run_system_event_type(run))
+        case KVM_EXIT_IOAPIC_EOI: return .ioapicEOI(vector: ckeel_run_eoi_vector(run))
         case KVM_EXIT_FAIL_ENTRY: return .failEntry(reason: ckeel_run_fail_entry_reason(run))
         case KVM_EXIT_INTERNAL_ERROR: return .internalError(suberror: ckeel_run_internal_suberror(run))
         default: return .unknown(reason: run.pointee.exit_reason)

@@ -46,6 +46,16 @@ public final class VirtualMachine: @unchecked Sendable {
         _ = try check(ckeel_ioctl(fd, CKEEL_KVM_CREATE_IRQCHIP, 0), "KVM_CREATE_IRQCHIP")
     }
 
+    /// Split irqchip (KVM_CAP_SPLIT_IRQCHIP): only the local APICs live in the kernel; the IOAPIC
+    /// (with `ioapicPins` routes reserved for it), PIC and PIT are Keel's, in userspace. Create
+    /// before any vCPU. Saves the in-kernel irqchip's set-up and tear-down.
+    public func enableSplitIRQChip(ioapicPins: UInt64 = 24) throws {
+        var cap = kvm_enable_cap()
+        cap.cap = UInt32(KVM_CAP_SPLIT_IRQCHIP)
+        cap.args.0 = ioapicPins
+        _ = try check(ckeel_ioctl_ptr(fd, CKEEL_KVM_ENABLE_CAP, &cap), "KVM_ENABLE_CAP(KVM_CAP_SPLIT_IRQCHIP)")
+    }
+
     /// In-kernel 8254 PIT, with the speaker port (0x61) handled in the kernel too.
     public func createPIT2() throws {
         var cfg = kvm_pit_config()

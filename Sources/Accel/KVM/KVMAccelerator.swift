@@ -20,6 +20,8 @@ public final class KVMAccelerator: Accelerator, InterruptController, @unchecked 
     let vm: VirtualMachine
     unowned let board: PCBoard
     var vcpus: [KVMVCPUThread] = []
+    /// With a split irqchip, where EOIs of level-triggered vectors go (the userspace IOAPIC).
+    var ioapicEndOfInterrupt: ((UInt8) -> Void)?
     /// Pause protocol (QMP stop/cont), all under the big lock.
     var pauseRequested = false
     let parkedChanged: BigLock.Condition

@@ -110,6 +110,10 @@ final class KVMVCPUThread: @unchecked Sendable {
                 lock.lock()
                 mmio.read(address, data: data)
                 lock.unlock()
+            case .ioapicEOI(let vector):
+                lock.lock()
+                accelerator.ioapicEndOfInterrupt?(vector)
+                lock.unlock()
             case .interrupted:
                 // A kick: a pause, a stop, or a signal. Clear immediate_exit before looking at
                 // the reason, so a kick sent after this point is not lost (it sets it again).

@@ -78,5 +78,6 @@ ckeel_run_mmio(struct kvm_run *run) { return (struct kvm_run_mmio_s *)&run->mmio
 static inline __u32 ckeel_run_system_event_type(struct kvm_run *run) { return run->system_event.type; }
 static inline __u64 ckeel_run_fail_entry_reason(struct kvm_run *run) { return run->fail_entry.hardware_entry_failure_reason; }
 static inline __u32 ckeel_run_internal_suberror(struct kvm_run *run) { return run->internal.suberror; }
+static inline __u8 ckeel_run_eoi_vector(struct kvm_run *run) { return run->eoi.vector; }
 
 #endif
