@@ -135,7 +135,9 @@ public enum KeelCommandLine {
                 throw ConfigurationErrorText("\(raw): unknown option (see -help)")
             }
         }
-        if serials.isEmpty && !nodefaults && nographic { serials = [.stdio] }
+        // QEMU always has COM1 unless -nodefaults: on the terminal with -nographic, otherwise on its
+        // graphical console — which Keel does not have, so its output goes nowhere.
+        if serials.isEmpty && !nodefaults { serials = [nographic ? .stdio : .null] }
         c.stdioMux = nographic && serials.first == .stdio
         c.serialPorts = serials
         return .run(c)
