@@ -80,7 +80,8 @@ public final class LocalAPIC: BusDevice, @unchecked Sendable {
     var timerDivideConfig: UInt32 = 0
     var tscDeadline: UInt64 = 0
     // Timer bookkeeping (LocalAPICTimer.swift).
-    var timerLoadNs: UInt64 = 0       // when the current count last equalled the initial count
+    var timerLoadNs: UInt64 = 0       // when the count was last set (to timerLoadCount)
+    var timerLoadCount: UInt64 = 0
     var timerCounting = false
     var timerNextNs: UInt64 = 0       // the next expiry (one-shot / periodic)
 

@@ -36,10 +36,13 @@ extension LocalAPIC {
         guard timerCounting, timerMode != .tscDeadline, timerInitialCount != 0 else { return 0 }
         let now = clock.nanoseconds
         let elapsed = ticks(inNanoseconds: now >= timerLoadNs ? now - timerLoadNs : 0)
-        let initial = UInt64(timerInitialCount)
+        let initial = UInt64(timerInitialCount), atLoad = min(timerLoadCount, initial)
         switch timerMode {
-        case .periodic: return UInt32(truncatingIfNeeded: initial - elapsed % initial)
-        default: return elapsed >= initial ? 0 : UInt32(truncatingIfNeeded: initial - elapsed)
+        case .periodic:
+            // Ticks since the count last equalled the initial count.
+            let sinceReload = (initial - atLoad) &+ elapsed
+            return UInt32(truncatingIfNeeded: initial - sinceReload % initial)
+        default: return elapsed >= atLoad ? 0 : UInt32(truncatingIfNeeded: atLoad - elapsed)
         }
     }
 
@@ -58,6 +61,7 @@ extension LocalAPIC {
 
     func startCounting(from now: UInt64) {
         timerLoadNs = now
+        timerLoadCount = UInt64(timerInitialCount)
         timerCounting = true
         timerNextNs = now &+ nanoseconds(forTicks: UInt64(timerInitialCount))
         hostTimer?.arm(atNanoseconds: timerNextNs)
@@ -66,15 +70,13 @@ extension LocalAPIC {
     /// A new divisor applies from now: the count continues from its current value.
     func writeDivideConfig(_ value: UInt32) {
         guard value != timerDivideConfig else { return }
-        let now = clock.nanoseconds
-        let running = timerCounting && timerMode != .tscDeadline && currentCount != 0
+        let running = timerCounting && timerMode != .tscDeadline && timerInitialCount != 0
         let remaining = UInt64(currentCount)
         timerDivideConfig = value
-        guard running else { return }
-        let initial = UInt64(timerInitialCount)
-        // Place the load time so that `remaining` ticks are left in this period.
-        let consumed = nanoseconds(forTicks: initial - min(remaining, initial))
-        timerLoadNs = now >= consumed ? now - consumed : 0
+        guard running, remaining != 0 else { return }
+        let now = clock.nanoseconds
+        timerLoadNs = now
+        timerLoadCount = remaining
         timerNextNs = now &+ nanoseconds(forTicks: remaining)
         hostTimer?.arm(atNanoseconds: timerNextNs)
     }

@@ -290,9 +290,9 @@ public final class PIT8254: @unchecked Sendable {
         }
     }
 
-    func periodNs(_ c: PIT8254Channel) -> UInt64 {
-        mulDivRoundingUp(UInt64(c.count), 1_000_000_000, Self.frequencyHz)
-    }
+    func periodNs(_ c: PIT8254Channel) -> UInt64 { nanoseconds(forTicks: UInt64(c.count)) }
+
+    func nanoseconds(forTicks t: UInt64) -> UInt64 { mulDivRoundingUp(t, 1_000_000_000, Self.frequencyHz) }
 
     func arm(_ at: UInt64) {
         irqNextNs = at
@@ -312,10 +312,9 @@ public final class PIT8254: @unchecked Sendable {
         case 2, 3:
             setIRQLevel(true)
             setIRQLevel(false)
-            let period = max(periodNs(c), 1)
-            let missed = (now - irqNextNs) / period + 1
-            let next = irqNextNs.addingReportingOverflow(missed.multipliedReportingOverflow(by: period).partialValue)
-            irqNextNs = next.overflow ? .max : next.partialValue
+            // The next reload after now, from the load time (no rounding drift).
+            let periods = c.elapsed(now) / UInt64(c.count) + 1
+            irqNextNs = c.loadNs &+ nanoseconds(forTicks: periods &* UInt64(c.count))
             irqArmed = true
             hostTimer?.arm(atNanoseconds: max(irqNextNs, now &+ Self.minimumPeriodNs))
         default:
