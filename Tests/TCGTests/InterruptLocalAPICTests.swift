@@ -1,3 +1,4 @@
+import Foundation
 import XCTest
 @testable import TCG
 
@@ -12,7 +13,41 @@ final class InterruptLocalAPICTests: XCTestCase {
         XCTAssertEqual(a.read32(APICReg.svr), 0xFF)
         XCTAssertEqual(a.read32(APICReg.dfr), 0xFFFF_FFFF)
         XCTAssertEqual(a.read32(APICReg.lvtTimer), 0x10000)
+        XCTAssertEqual(a.read32(APICReg.lvtLINT0), 0x700)     // BSP: virtual wire
+        XCTAssertEqual(b.read32(APICReg.lvtLINT0), 0x10000)
         XCTAssertFalse(a.hasPendingEvent)
+    }
+
+    func testPICReachesBSPBeforeTheOSEnablesTheAPIC() throws {
+        let r = try InterruptRig(cpus: 2)
+        let pc = PCInterruptControllers(apicBus: r.bus)
+        let m = pc.pic.masterPorts
+        m.write8(0, 0x11); m.write8(1, 0x08); m.write8(1, 0x04); m.write8(1, 0x01); m.write8(1, 0xFE)
+        pc.setIRQ(0, level: true)
+        XCTAssertTrue(r.apics[0].pendingEvents.contains(.interrupt))
+        XCTAssertFalse(r.apics[1].hasPendingEvent)
+        XCTAssertEqual(r.apics[0].acknowledgeInterrupt(), 0x08)
+    }
+
+    func testPendingFlagSeenByAnotherThread() throws {
+        let r = try InterruptRig()
+        let a = r.apics[0]
+        a.enableForTest()
+        final class Flag: @unchecked Sendable { var woken = false }
+        let lock = NSCondition(), flag = Flag()
+        a.wakeup = { lock.lock(); flag.woken = true; lock.signal(); lock.unlock() }
+        let seen = expectation(description: "vCPU thread saw the event")
+        let vcpu = Thread {
+            // A halted vCPU: sleep until woken, then poll the lock-free flag.
+            lock.lock()
+            while !flag.woken { lock.wait() }
+            lock.unlock()
+            if a.pendingEvents.contains(.interrupt) { seen.fulfill() }
+        }
+        vcpu.start()
+        lock.lock(); lock.unlock()
+        a.selfIPI(0x44)
+        wait(for: [seen], timeout: 5)
     }
 
     func testPriorityTPRAndEOI() throws {

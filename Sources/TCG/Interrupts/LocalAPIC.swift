@@ -109,6 +109,14 @@ public final class LocalAPIC: BusDevice, @unchecked Sendable {
         self.bus = bus
         bus.attach(self)
         hostTimer = try clock.makeTimer { [weak self] in self?.timerExpired() }
+        setVirtualWireIfBSP()
+    }
+
+    /// The firmware leaves the BSP in virtual-wire mode (LINT0 ExtINT, unmasked) so the PIC
+    /// reaches it before the OS sets the APIC up; KVM (LINT0_REENABLED quirk) and QEMU do the same
+    /// at reset.
+    func setVirtualWireIfBSP() {
+        if index == 0 { lvt[Self.lvtLINT0] = UInt32(APICDeliveryMode.extINT.rawValue) << 8 }
     }
 
     // MARK: CPU-facing API
@@ -183,6 +191,7 @@ public final class LocalAPIC: BusDevice, @unchecked Sendable {
         apicBase = Self.defaultBase | Self.baseEN | (index == 0 ? Self.baseBSP : 0)
         id = initialID << 24
         resetRegisters()
+        setVirtualWireIfBSP()
         updateEvents()
     }
 
