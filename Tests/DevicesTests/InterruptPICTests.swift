@@ -1,5 +1,5 @@
 import XCTest
-@testable import TCG
+@testable import Devices
 
 final class InterruptPICTests: XCTestCase {
     var pic: PIC8259Pair!

@@ -1,4 +1,3 @@
-import Devices
 /// The local APIC's register interfaces: the xAPIC 4 KiB MMIO page, the x2APIC MSRs
 /// 0x800-0x8FF, IA32_APIC_BASE (0x1B) and IA32_TSC_DEADLINE (0x6E0). Big lock held.
 extension LocalAPIC {

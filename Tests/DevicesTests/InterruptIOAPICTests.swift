@@ -1,5 +1,5 @@
 import XCTest
-@testable import TCG
+@testable import Devices
 
 final class InterruptIOAPICTests: XCTestCase {
     func select(_ io: IOAPIC, _ reg: UInt32) { io.write32(0x00, reg) }

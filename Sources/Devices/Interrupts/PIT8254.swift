@@ -1,4 +1,3 @@
-import Devices
 
 /// One 8254 counter. Counts are computed from the clock when read: `loadNs` is when the count
 /// was loaded (or last restarted by the gate), `frozenNs` the time counting stopped with the gate

@@ -1,5 +1,5 @@
 import Devices
-@testable import TCG
+@testable import Devices
 
 /// A clock the test moves by hand; timers fire in deadline order as time passes them.
 final class FakeClock: GuestClock {

@@ -1,6 +1,6 @@
 import Foundation
 import XCTest
-@testable import TCG
+@testable import Devices
 
 final class InterruptLocalAPICTests: XCTestCase {
     func testPowerOnState() throws {

@@ -1,4 +1,3 @@
-import Devices
 
 /// One 8259A (datasheet: ICW1-4, OCW1-3), the state both chips of the pair share.
 struct PIC8259Chip {

@@ -1,4 +1,3 @@
-import Devices
 
 /// The I/O APIC (82093AA datasheet; version 0x20 as in later chipsets and QEMU, with the EOI
 /// register): 24 pins, each with a 64-bit redirection table entry, delivering over the APIC bus.

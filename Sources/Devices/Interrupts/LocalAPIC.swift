@@ -1,4 +1,3 @@
-import Devices
 import Synchronization
 
 /// Where an ExtINT-mode interrupt gets its vector: the 8259 PIC pair (INTA cycle).

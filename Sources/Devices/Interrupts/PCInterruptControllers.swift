@@ -1,4 +1,3 @@
-import Devices
 
 /// The tcg machine's interrupt controllers wired as on a PC (and as the kvm accelerator's GSI
 /// routing): ISA IRQs 0-15 reach both the 8259 pair and the IOAPIC, the PIT's IRQ 0 arriving on

@@ -1,5 +1,5 @@
 import XCTest
-@testable import TCG
+@testable import Devices
 
 /// The LAPIC timer counts at 1 GHz (the crystal) / divide on the fake clock.
 final class InterruptAPICTimerTests: XCTestCase {
