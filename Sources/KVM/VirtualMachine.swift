@@ -119,9 +119,18 @@ public final class VirtualMachine: @unchecked Sendable {
     }
 }
 
+/// One entry of KVM's GSI routing table.
+public enum GSIRoute: Equatable, Sendable {
+    /// A pin of the in-kernel PIC or IOAPIC.
+    case irqchip(gsi: UInt32, chip: UInt32, pin: UInt32)
+    /// A message-signalled interrupt (also how a split irqchip's userspace IOAPIC pins are
+    /// described to KVM, so that it reports EOIs of their level-triggered vectors).
+    case msi(gsi: UInt32, address: UInt64, data: UInt32)
+}
+
 extension VirtualMachine {
-    /// Replaces the GSI routing table with irqchip pins (KVM_SET_GSI_ROUTING).
-    public func setGSIRouting(_ routes: [(gsi: UInt32, chip: UInt32, pin: UInt32)]) throws {
+    /// Replaces the GSI routing table (KVM_SET_GSI_ROUTING).
+    public func setGSIRouting(_ routes: [GSIRoute]) throws {
         let bytes = MemoryLayout<kvm_irq_routing>.size + routes.count * MemoryLayout<kvm_irq_routing_entry>.stride
         let raw = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 8)
         defer { raw.deallocate() }
@@ -129,10 +138,19 @@ extension VirtualMachine {
         raw.assumingMemoryBound(to: kvm_irq_routing.self).pointee.nr = UInt32(routes.count)
         let e = (raw + MemoryLayout<kvm_irq_routing>.size).assumingMemoryBound(to: kvm_irq_routing_entry.self)
         for (i, r) in routes.enumerated() {
-            e[i].gsi = r.gsi
-            e[i].type = UInt32(KVM_IRQ_ROUTING_IRQCHIP)
-            e[i].u.irqchip.irqchip = r.chip
-            e[i].u.irqchip.pin = r.pin
+            switch r {
+            case .irqchip(let gsi, let chip, let pin):
+                e[i].gsi = gsi
+                e[i].type = UInt32(KVM_IRQ_ROUTING_IRQCHIP)
+                e[i].u.irqchip.irqchip = chip
+                e[i].u.irqchip.pin = pin
+            case .msi(let gsi, let address, let data):
+                e[i].gsi = gsi
+                e[i].type = UInt32(KVM_IRQ_ROUTING_MSI)
+                e[i].u.msi.address_lo = UInt32(truncatingIfNeeded: address)
+                e[i].u.msi.address_hi = UInt32(truncatingIfNeeded: address >> 32)
+                e[i].u.msi.data = data
+            }
         }
         _ = try check(ckeel_ioctl_ptr(fd, CKEEL_KVM_SET_GSI_ROUTING, raw), "KVM_SET_GSI_ROUTING")
     }

@@ -121,10 +121,21 @@ public enum KeelCommandLine {
                     guard isKnownMachine(t) else {
                         throw ConfigurationErrorText("\(opt) \(value): unsupported machine type '\(t)' (Keel's PC board answers to: \(machineTypes.joined(separator: ", ")); see -machine help)")
                     }
+                    // As QEMU: microvm splits the irqchip by default, pc and q35 keep it in the kernel.
+                    c.interruptChip = t == "microvm" ? .split : .inKernel
                 }
                 if let a = o.take("accel") { c.accelerator = try accelerator(a, option: opt) }
+                if let k = o.take("kernel-irqchip") {
+                    switch k {
+                    case "on", "yes", "true": c.interruptChip = .inKernel
+                    case "split": c.interruptChip = .split
+                    case "off", "no", "false":
+                        throw ConfigurationErrorText("\(opt) kernel-irqchip=\(k): Keel's kvm accelerator needs the local APICs in the kernel (on or split)")
+                    default: throw ConfigurationErrorText("\(opt) kernel-irqchip=\(k): expected on, split or off")
+                    }
+                }
                 // Firmware and legacy-hardware knobs that mean nothing without firmware.
-                for k in ["x-option-roms", "pit", "pic", "rtc", "isa-serial", "acpi", "kernel-irqchip", "i8042", "usb", "vmport", "smm", "graphics", "sata", "hpet"] { _ = o.take(k) }
+                for k in ["x-option-roms", "pit", "pic", "rtc", "isa-serial", "acpi", "i8042", "usb", "vmport", "smm", "graphics", "sata", "hpet"] { _ = o.take(k) }
                 try o.rejectUnused(value)
             case "cpu":
                 let o = try OptionList(option: opt, value, impliedKey: "model")
@@ -166,7 +177,9 @@ public enum KeelCommandLine {
     Keel \(version), a machine emulator and virtualizer with qemu-system-x86_64's command line.
 
     Machine:
-      -machine|-M TYPE[,accel=kvm|tcg]   pc, q35, microvm (all are Keel's x86-64 PC board); -machine help
+      -machine|-M TYPE[,accel=kvm|tcg][,kernel-irqchip=on|split]
+                                          pc, q35, microvm (Keel's x86-64 PC board; microvm splits the
+                                          irqchip: IOAPIC and PIT in Keel, no 8259s); -machine help
       -accel kvm|tcg                      accelerator (default tcg, as QEMU); -enable-kvm means -accel kvm
       -cpu host|max                       Keel's CPU model
       -m SIZE                             guest RAM (default 128M; suffixes K, M, G, T; a bare number is MiB)

@@ -22,6 +22,8 @@ public final class PCBoard: @unchecked Sendable {
     let initrd: [UInt8]?
     var chardevs: [Chardev] = []
     var devices: LegacyDevices!
+    /// The IOAPIC and PIT when they are Keel's rather than the kernel's (kvm's split irqchip).
+    public private(set) var userspaceInterrupts: UserspaceInterruptChips?
 
     public init(configuration: MachineConfiguration, loop: EventLoop, lock: BigLock, requests: MachineRequestQueue) throws {
         self.configuration = configuration
@@ -38,6 +40,7 @@ public final class PCBoard: @unchecked Sendable {
         memory = try GuestMemory(layout: map.ramRegions)
         do {
             devices = try LegacyDevices(board: self)
+            if configuration.interruptChip == .split { userspaceInterrupts = try UserspaceInterruptChips(board: self) }
         } catch {
             close()
             throw error
@@ -57,6 +60,7 @@ public final class PCBoard: @unchecked Sendable {
 
     var acpiConfiguration: ACPIConfiguration {
         var a = ACPIConfiguration(cpuCount: configuration.cpuCount)
+        a.hasLegacyPIC = userspaceInterrupts.map { $0.controllers.pic != nil } ?? true
         a.rtcCenturyIndex = UInt8(CMOSRTC.centuryRegister)
         a.serialPorts = configuration.serialPorts.indices.compactMap { i -> ACPIConfiguration.SerialPort? in
             guard configuration.serialPorts[i] != .disabled else { return nil }
@@ -71,7 +75,10 @@ public final class PCBoard: @unchecked Sendable {
     public func reset() {
         memory.discardAll()
         interrupts.forgetLevels()
-        lock.withLock { devices.reset() }
+        lock.withLock {
+            devices.reset()
+            userspaceInterrupts?.reset()
+        }
     }
 
     /// A line for the host's terminal, readable even while stdio is in raw mode.

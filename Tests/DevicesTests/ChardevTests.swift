@@ -289,6 +289,36 @@ final class ChardevTests: XCTestCase {
         XCTAssertEqual(received(frontend), "abcdef\u{1}", "held input arrives in order, C-a C-a as one C-a")
     }
 
+    func testPipedStdinIsDeliveredAfterItEnds() throws {
+        // `printf 'hello' | keel -nographic ...`: more than the guest can take at once, then end
+        // of file. Everything piped is still delivered as the guest reads.
+        var fds: [Int32] = [0, 0]
+        XCTAssertEqual(pipe(&fds), 0)
+        let savedStdin = dup(0)
+        dup2(fds[0], 0)
+        close(fds[0])
+        defer {
+            dup2(savedStdin, 0)
+            close(savedStdin)
+        }
+        let chardev = try openChardev(.stdio, loop: loop.loop, muxEscape: true, onQuit: {})
+        let frontend = RecordingFrontend(capacity: 1)
+        chardev.frontend = frontend
+        loop.start()
+        XCTAssertEqual(Glibc.write(fds[1], "hello", 5), 5)
+        close(fds[1])
+        for expected in 1...5 {
+            XCTAssertTrue(waitUntil(loop.lock) { frontend.received.count == expected }, "byte \(expected) never arrived")
+            loop.lock.withLock {
+                frontend.drain()
+                chardev.frontendCanReceive()
+            }
+        }
+        XCTAssertEqual(received(frontend), "hello")
+        loop.stop()
+        chardev.close()
+    }
+
     func testStdioReadsStdinWithEscapes() throws {
         // Put a pipe on fd 0 for the duration of the test.
         var fds: [Int32] = [0, 0]

@@ -115,8 +115,8 @@ final class InterruptIOAPICTests: XCTestCase {
         let a = r.apics[0]
         a.enableForTest()
         let pc = PCInterruptControllers(apicBus: r.bus)
-        pc.pic.masterPorts.write8(1, 0xFF)                    // Linux masks the 8259s with an IOAPIC
-        pc.pic.slavePorts.write8(1, 0xFF)
+        pc.pic!.masterPorts.write8(1, 0xFF)                    // Linux masks the 8259s with an IOAPIC
+        pc.pic!.slavePorts.write8(1, 0xFF)
         writeEntry(pc.ioapic, pin: 2, low: 0x30)
         pc.setIRQ(0, level: true)                             // the PIT: GSI 0 -> pin 2
         XCTAssertEqual(a.acknowledgeInterrupt(), 0x30)

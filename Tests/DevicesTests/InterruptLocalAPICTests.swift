@@ -21,7 +21,7 @@ final class InterruptLocalAPICTests: XCTestCase {
     func testPICReachesBSPBeforeTheOSEnablesTheAPIC() throws {
         let r = try InterruptRig(cpus: 2)
         let pc = PCInterruptControllers(apicBus: r.bus)
-        let m = pc.pic.masterPorts
+        let m = pc.pic!.masterPorts
         m.write8(0, 0x11); m.write8(1, 0x08); m.write8(1, 0x04); m.write8(1, 0x01); m.write8(1, 0xFE)
         pc.setIRQ(0, level: true)
         XCTAssertTrue(r.apics[0].pendingEvents.contains(.interrupt))
@@ -200,7 +200,7 @@ final class InterruptLocalAPICTests: XCTestCase {
         a.enableForTest()
         a.write32(APICReg.lvtLINT0, 0x700)
         a.write32(APICReg.lvtLINT1, 0x400)
-        let master = irq.pic.masterPorts
+        let master = irq.pic!.masterPorts
         for v: UInt8 in [0x11, 0x30, 0x04, 0x01] { if v == 0x11 { master.write8(0, v) } else { master.write8(1, v) } }
         master.write8(1, 0xFE)                               // only IRQ 0 unmasked
         irq.setIRQ(0, level: true)

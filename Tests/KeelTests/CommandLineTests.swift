@@ -49,6 +49,11 @@ final class CommandLineTests: XCTestCase {
         XCTAssertEqual(try configuration(["-smp", "sockets=1,cores=2,threads=2"]).cpuCount, 4)
         XCTAssertEqual(try configuration(["-accel", "kvm:tcg"]).accelerator, .kvm)
         XCTAssertEqual(try configuration(["-machine", "pc,accel=kvm"]).accelerator, .kvm)
+        XCTAssertEqual(try configuration(["-M", "microvm"]).interruptChip, .split)
+        XCTAssertEqual(try configuration(["-M", "pc"]).interruptChip, .inKernel)
+        XCTAssertEqual(try configuration(["-M", "q35,kernel-irqchip=split"]).interruptChip, .split)
+        XCTAssertEqual(try configuration(["-M", "microvm,kernel-irqchip=on"]).interruptChip, .inKernel)
+        XCTAssertEqual(error(["-M", "pc,kernel-irqchip=off"]), "-M kernel-irqchip=off: Keel's kvm accelerator needs the local APICs in the kernel (on or split)")
     }
 
     func testSerialBackends() throws {

@@ -22,6 +22,8 @@ public final class KVMAccelerator: Accelerator, InterruptController, @unchecked 
     var vcpus: [KVMVCPUThread] = []
     /// With a split irqchip, where EOIs of level-triggered vectors go (the userspace IOAPIC).
     var ioapicEndOfInterrupt: ((UInt8) -> Void)?
+    /// A new VM's split irqchip starts with an empty routing table.
+    var committedIOAPICRoutes: [GSIRoute] = []
     /// Pause protocol (QMP stop/cont), all under the big lock.
     var pauseRequested = false
     let parkedChanged: BigLock.Condition
@@ -35,9 +37,14 @@ public final class KVMAccelerator: Accelerator, InterruptController, @unchecked 
         resumed = BigLock.Condition(lock: board.lock)
         try vm.setTSSAddress(Self.tssAddress)
         try vm.setIdentityMapAddress(Self.identityMapAddress)
-        try vm.createIRQChip()
-        try setPCInterruptRouting()
-        try vm.createPIT2()
+        if let chips = board.userspaceInterrupts {
+            try vm.enableSplitIRQChip(ioapicPins: UInt64(IOAPIC.pinCount))
+            connect(chips.controllers)
+        } else {
+            try vm.createIRQChip()
+            try setPCInterruptRouting()
+            try vm.createPIT2()
+        }
         for r in board.memory.regions {
             try vm.setUserMemoryRegion(guestAddress: r.guestAddress, size: r.size, host: r.host, owner: board.memory)
         }
@@ -48,14 +55,39 @@ public final class KVMAccelerator: Accelerator, InterruptController, @unchecked 
     /// IOAPIC, except that the PIT's IRQ 0 reaches IOAPIC pin 2 — which is why the MADT carries
     /// the IRQ0→GSI2 override — and GSIs 16-23 to the IOAPIC only.
     func setPCInterruptRouting() throws {
-        var entries: [(gsi: UInt32, chip: UInt32, pin: UInt32)] = []
+        var entries: [GSIRoute] = []
         for irq: UInt32 in 0..<16 where irq != 2 {
-            entries.append((irq, irq < 8 ? UInt32(KVM_IRQCHIP_PIC_MASTER) : UInt32(KVM_IRQCHIP_PIC_SLAVE), irq % 8))
+            entries.append(.irqchip(gsi: irq, chip: irq < 8 ? UInt32(KVM_IRQCHIP_PIC_MASTER) : UInt32(KVM_IRQCHIP_PIC_SLAVE), pin: irq % 8))
         }
         for gsi: UInt32 in 0..<24 where gsi != 2 {
-            entries.append((gsi, UInt32(KVM_IRQCHIP_IOAPIC), gsi == 0 ? 2 : gsi))
+            entries.append(.irqchip(gsi: gsi, chip: UInt32(KVM_IRQCHIP_IOAPIC), pin: gsi == 0 ? 2 : gsi))
         }
         try vm.setGSIRouting(entries)
+    }
+
+    /// Split irqchip: the board's IOAPIC sends its messages to the kernel's LAPICs as MSIs, the
+    /// kernel reports EOIs of level-triggered vectors back to it, and KVM learns which vectors
+    /// those are from MSI routes that mirror the redirection table (as QEMU keeps them).
+    func connect(_ chips: PCInterruptControllers) {
+        chips.apicBus.forward = { [unowned self] m in self.signalMSI(address: m.msiAddress, data: m.msiData) }
+        ioapicEndOfInterrupt = { [unowned chips] v in chips.ioapic.endOfInterrupt(vector: v) }
+        chips.ioapic.redirectionChanged = { [unowned self, unowned chips] in self.mirrorIOAPICRoutes(chips.ioapic) }
+        mirrorIOAPICRoutes(chips.ioapic)
+    }
+
+    /// Commits the IOAPIC's unmasked pins as MSI routes, only when they changed: each commit
+    /// waits for an RCU grace period in the kernel.
+    func mirrorIOAPICRoutes(_ ioapic: IOAPIC) {
+        let routes: [GSIRoute] = (0..<IOAPIC.pinCount).compactMap { pin in
+            ioapic.message(pin: pin).map { .msi(gsi: UInt32(pin), address: $0.msiAddress, data: $0.msiData) }
+        }
+        guard routes != committedIOAPICRoutes else { return }
+        do {
+            try vm.setGSIRouting(routes)
+            committedIOAPICRoutes = routes
+        } catch {
+            board.requests.raise(.failure("\(error)"))
+        }
     }
 
     public func prepare(boot: BootCPUState) throws {
@@ -81,7 +113,7 @@ public final class KVMAccelerator: Accelerator, InterruptController, @unchecked 
     }
 
     public func start() {
-        board.interrupts.controller = self
+        board.interrupts.controller = board.userspaceInterrupts?.controllers ?? self
         for v in vcpus { v.start() }
     }
 
@@ -92,7 +124,7 @@ public final class KVMAccelerator: Accelerator, InterruptController, @unchecked 
         }
         for v in vcpus { v.requestStop() }
         for v in vcpus { v.join() }
-        if board.interrupts.controller === self { board.interrupts.controller = nil }
+        board.interrupts.controller = nil
     }
 
     public func pauseLocked() {

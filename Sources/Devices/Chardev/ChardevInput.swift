@@ -21,6 +21,8 @@ final class ChardevInput {
     private var readBuffer = [UInt8](repeating: 0, count: 4096)
     /// Input already read and filtered, waiting for frontend space (mux mode only).
     private var held: [UInt8] = []
+    /// The fd reached end of file (or failed): no more reading, but `held` is still owed.
+    private var atEndOfInput = false
     private var filtered: [UInt8] = []
 
     init(loop: EventLoop, muxEscape: Bool, frontend: @escaping () -> ChardevFrontend?,
@@ -48,6 +50,7 @@ final class ChardevInput {
     func stop() {
         unregister()
         fd = -1
+        atEndOfInput = false
         held.removeAll()
     }
 
@@ -71,7 +74,7 @@ final class ChardevInput {
     private func resumeOnLoop() {
         guard fd >= 0 else { return }
         deliverHeld()
-        if !registered { try? register() }
+        if !registered && !atEndOfInput { try? register() }
     }
 
     private func deliverHeld() {
@@ -96,7 +99,9 @@ final class ChardevInput {
         let want = capacity > 0 ? min(capacity, readBuffer.count) : Self.heldLimit
         let n = readBuffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, want) }
         if n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR) {
-            stop()
+            // Bytes typed (or piped) before the end are still delivered as the guest reads.
+            unregister()
+            atEndOfInput = true
             onEndOfInput()
             return
         }

@@ -36,6 +36,9 @@ public final class APICBus: @unchecked Sendable {
     public private(set) var apics: [LocalAPIC] = []
     /// Called with the vector of every EOI of a level-triggered interrupt (the IOAPIC's EOI).
     public var levelTriggeredEOI: ((UInt8) -> Void)?
+    /// Where messages go when the local APICs are not Keel's (kvm's split irqchip keeps them in
+    /// the kernel); nil sends them to `apics`.
+    public var forward: ((APICMessage) -> Void)?
 
     public init() {}
 
@@ -53,6 +56,7 @@ public final class APICBus: @unchecked Sendable {
     /// Delivers `m` to the APICs its destination selects; lowest priority goes to the one with
     /// the lowest arbitration priority (ties: lowest index), as QEMU's apic_bus_deliver.
     public func deliver(_ m: APICMessage) {
+        if let f = forward { return f(m) }
         deliver(m, to: targets(of: m))
     }
 
@@ -83,4 +87,16 @@ public final class APICBus: @unchecked Sendable {
     }
 
     func broadcastEOI(vector: UInt8) { levelTriggeredEOI?(vector) }
+}
+
+extension APICMessage {
+    /// The message as an MSI write (SDM Vol. 3 §11.11): address 0xFEEx_x000 with the 8-bit
+    /// destination and mode, data with vector, delivery mode, trigger mode and level = assert.
+    public var msiAddress: UInt64 {
+        0xFEE0_0000 | UInt64(destination & 0xFF) << 12 | (logical ? 1 << 2 : 0)
+    }
+
+    public var msiData: UInt32 {
+        UInt32(vector) | UInt32(deliveryMode.rawValue) << 8 | 1 << 14 | (levelTriggered ? 1 << 15 : 0)
+    }
 }

@@ -26,6 +26,9 @@ public final class IOAPIC: BusDevice, @unchecked Sendable {
     /// Per pin: level pins mirror the input; edge pins latch a rising edge until delivered.
     var irr: UInt32 = 0
     var pinLevel: UInt32 = 0
+    /// Called after the guest rewrote a redirection entry (the kvm accelerator's split irqchip
+    /// mirrors the table into KVM's MSI routes, which tell KVM which EOIs to report).
+    public var redirectionChanged: (() -> Void)?
 
     public init(bus: APICBus) {
         self.bus = bus
@@ -86,12 +89,23 @@ public final class IOAPIC: BusDevice, @unchecked Sendable {
     }
 
     func deliver(_ e: UInt64) {
+        bus?.deliver(Self.message(for: e))
+    }
+
+    /// The interrupt message a redirection entry sends (82093AA §3.2.4).
+    static func message(for e: UInt64) -> APICMessage {
         let mode = APICDeliveryMode(bits: e >> 8)
-        bus?.deliver(APICMessage(destination: UInt32(truncatingIfNeeded: e >> 56),
-                                 logical: e & (1 << 11) != 0,
-                                 deliveryMode: mode,
-                                 vector: UInt8(truncatingIfNeeded: e),
-                                 levelTriggered: e & Self.levelTrigger != 0 && (mode == .fixed || mode == .lowestPriority)))
+        return APICMessage(destination: UInt32(truncatingIfNeeded: e >> 56),
+                           logical: e & (1 << 11) != 0,
+                           deliveryMode: mode,
+                           vector: UInt8(truncatingIfNeeded: e),
+                           levelTriggered: e & Self.levelTrigger != 0 && (mode == .fixed || mode == .lowestPriority))
+    }
+
+    /// The message of `pin`'s entry, or nil while the pin is masked.
+    public func message(pin: Int) -> APICMessage? {
+        guard pin >= 0 && pin < Self.pinCount, redirection[pin] & Self.masked == 0 else { return nil }
+        return Self.message(for: redirection[pin])
     }
 
     // MARK: MMIO
@@ -148,7 +162,9 @@ public final class IOAPIC: BusDevice, @unchecked Sendable {
             } else {
                 e = (e & 0xFFFF_FFFF) | (UInt64(v) << 32)
             }
+            let changed = redirection[pin] != e
             redirection[pin] = e
+            if changed { redirectionChanged?() }
             service()
         default: return
         }

@@ -34,6 +34,8 @@ public struct ACPIConfiguration: Sendable, Equatable {
     /// CMOS index of the RTC century byte for the FADT CENTURY field; 0 = the RTC has none.
     public var rtcCenturyIndex: UInt8 = 0
     public var hasI8042 = true
+    /// Dual 8259s present (the MADT's PCAT_COMPAT); false under kvm's split irqchip.
+    public var hasLegacyPIC = true
     /// Describe the i8042's AUX (PS/2 mouse) port; without it Linux leaves the AUX port alone.
     public var hasPS2Mouse = false
     public var hasVGA = false

@@ -23,7 +23,7 @@ enum MADT {
     static func build(_ config: ACPIConfiguration) -> [UInt8] {
         var w = ACPIByteWriter()
         w.u32(config.localAPICAddress)
-        w.u32(flagPCAT_COMPAT)
+        w.u32(config.hasLegacyPIC ? flagPCAT_COMPAT : 0)
         for cpu in 0..<config.cpuCount {
             let id = UInt8(truncatingIfNeeded: cpu)      // validated: cpuCount <= 255
             w.u8(typeLocalAPIC); w.u8(8)

@@ -47,6 +47,8 @@ struct MachineOptions: Sendable {
     var noReboot = true
     var testdev = false
     var serial: SerialBackend = .stdio
+    /// -M for Keel (QEMU runs keep `pc`).
+    var machine: String?
 }
 
 /// Which program runs the guests: Keel with the kvm accelerator (the default), or QEMU with tcg
@@ -124,7 +126,7 @@ final class KeelRunner: Sendable {
     func arguments(for options: MachineOptions) -> [String] {
         var args: [String]
         switch emulator {
-        case .keel: args = ["-accel", "kvm"]
+        case .keel: args = ["-accel", "kvm"] + (options.machine.map { ["-M", $0] } ?? [])
         case .qemu(_, let accel): args = ["-accel", accel, "-M", "pc", "-nic", "none"]
         }
         args += ["-m", "\(options.memoryMiB)", "-smp", "\(options.smp)", "-kernel", options.kernel.path]
