@@ -51,12 +51,18 @@ TIMERUN=$WORK/timerun
 
 # ---- the three VMMs ---------------------------------------------------------------------------
 DEBUG_EXIT=(-device isa-debug-exit,iobase=0xf4,iosize=0x04)
+# Keel and QEMU get the very same arguments (Keel reads QEMU's command line): microvm, whose
+# default in both is the split irqchip (LAPICs in the kernel, IOAPIC and PIT in the VMM).
+vmm_args() {
+    ARGS=(-enable-kvm -cpu host,-arch-capabilities -M microvm,x-option-roms=off
+          -nodefaults -m "$1" -kernel "$2" "${DEBUG_EXIT[@]}" -display none -no-reboot)
+}
 # vmm_cmd VMM MIB GUEST: sets CMD to the command line that runs GUEST with MIB of RAM.
 vmm_cmd() {
+    vmm_args "$2" "$3"
     case $1 in
-        keel)  CMD=("$KEEL" -accel kvm -m "$2" -kernel "$3" -nographic -no-reboot "${DEBUG_EXIT[@]}") ;;
-        qemu)  CMD=(qemu-system-x86_64 -enable-kvm -cpu host,-arch-capabilities -M microvm,x-option-roms=off
-                    -nodefaults -m "$2" -kernel "$3" "${DEBUG_EXIT[@]}" -display none -no-reboot) ;;
+        keel)  CMD=("$KEEL" "${ARGS[@]}") ;;
+        qemu)  CMD=(qemu-system-x86_64 "${ARGS[@]}") ;;
         floor) CMD=("$WORK/kvm-pio-floor" -m "$2" "$3") ;;
     esac
 }
