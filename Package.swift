@@ -19,7 +19,8 @@ let package = Package(
         .target(name: "KVM", dependencies: ["CKeel"], swiftSettings: lean),
         .target(name: "Memory", dependencies: ["CKeel"], swiftSettings: lean),
         .target(name: "Loop", dependencies: ["CKeel"], swiftSettings: lean),
-        .target(name: "Devices", dependencies: ["Loop", "Memory", "CKeel"], swiftSettings: lean),
+        .target(name: "Block", dependencies: ["CKeel"], swiftSettings: lean),
+        .target(name: "Devices", dependencies: ["Block", "Loop", "Memory", "CKeel"], swiftSettings: lean),
         .target(name: "Machine", dependencies: ["Devices", "Memory", "Loop"], swiftSettings: lean),
         .target(name: "TCG", dependencies: ["Devices", "Memory", "Loop"], swiftSettings: lean),
         .target(name: "Accel", dependencies: ["Machine", "TCG", "Devices", "Memory", "Loop", "KVM", "CKeel"], swiftSettings: lean),
@@ -27,6 +28,7 @@ let package = Package(
         // The Swift runtime linked in: an idle VMM then maps ~3 MiB less of shared libraries.
         .executableTarget(name: "keel", dependencies: ["KeelKit"], swiftSettings: lean,
                           linkerSettings: [.unsafeFlags(["-static-stdlib"])]),
+        .testTarget(name: "BlockTests", dependencies: ["Block"], swiftSettings: opt),
         .testTarget(name: "MemoryTests", dependencies: ["Memory"], swiftSettings: opt),
         .testTarget(name: "LoopTests", dependencies: ["Loop"], swiftSettings: opt),
         .testTarget(name: "DevicesTests", dependencies: ["Devices"], swiftSettings: opt),
