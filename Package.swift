@@ -18,13 +18,15 @@ let package = Package(
         .target(name: "Devices", dependencies: ["Loop", "Memory", "CKeel"], swiftSettings: opt),
         .target(name: "Machine", dependencies: ["Devices", "Memory", "Loop"], swiftSettings: opt),
         .target(name: "Accel", dependencies: ["Machine", "Devices", "Memory", "Loop", "KVM", "CKeel"], swiftSettings: opt),
-        .target(name: "KeelKit", dependencies: ["Accel", "Machine", "Devices", "Loop", "Memory"], swiftSettings: opt),
+        .target(name: "Monitor", dependencies: ["Machine", "Devices", "Loop", "CKeel"], swiftSettings: opt),
+        .target(name: "KeelKit", dependencies: ["Monitor", "Accel", "Machine", "Devices", "Loop", "Memory"], swiftSettings: opt),
         .executableTarget(name: "keel", dependencies: ["KeelKit"], swiftSettings: opt),
         .testTarget(name: "MemoryTests", dependencies: ["Memory"], swiftSettings: opt),
         .testTarget(name: "LoopTests", dependencies: ["Loop"], swiftSettings: opt),
         .testTarget(name: "DevicesTests", dependencies: ["Devices"], swiftSettings: opt),
         .testTarget(name: "MachineTests", dependencies: ["Machine"], swiftSettings: opt),
         .testTarget(name: "KVMTests", dependencies: ["KVM", "Memory"], swiftSettings: opt),
-        .testTarget(name: "KeelTests", dependencies: ["KeelKit"], exclude: ["Guests"], swiftSettings: opt),
+        .testTarget(name: "MonitorTests", dependencies: ["Monitor"], swiftSettings: opt),
+        .testTarget(name: "KeelTests", dependencies: ["KeelKit"], exclude: ["Guests", "Scripts"], swiftSettings: opt),
     ]
 )
