@@ -24,7 +24,8 @@ let package = Package(
         .target(name: "Machine", dependencies: ["Devices", "Memory", "Loop"], swiftSettings: lean),
         .target(name: "TCG", dependencies: ["Devices", "Memory", "Loop"], swiftSettings: lean),
         .target(name: "Accel", dependencies: ["Machine", "TCG", "Devices", "Memory", "Loop", "KVM", "CKeel"], swiftSettings: lean),
-        .target(name: "KeelKit", dependencies: ["Accel", "Machine", "Devices", "Loop", "Memory"], swiftSettings: lean),
+        .target(name: "Monitor", dependencies: ["Machine", "Devices", "Loop", "CKeel"], swiftSettings: lean),
+        .target(name: "KeelKit", dependencies: ["Monitor", "Accel", "Machine", "Devices", "Loop", "Memory"], swiftSettings: lean),
         // The Swift runtime linked in: an idle VMM then maps ~3 MiB less of shared libraries.
         .executableTarget(name: "keel", dependencies: ["KeelKit"], swiftSettings: lean,
                           linkerSettings: [.unsafeFlags(["-static-stdlib"])]),
@@ -35,6 +36,7 @@ let package = Package(
         .testTarget(name: "MachineTests", dependencies: ["Machine"], swiftSettings: opt),
         .testTarget(name: "TCGTests", dependencies: ["TCG", "Memory", "Devices"], swiftSettings: opt),
         .testTarget(name: "KVMTests", dependencies: ["KVM", "Memory"], swiftSettings: opt),
-        .testTarget(name: "KeelTests", dependencies: ["KeelKit"], exclude: ["Guests"], swiftSettings: opt),
+        .testTarget(name: "MonitorTests", dependencies: ["Monitor"], swiftSettings: opt),
+        .testTarget(name: "KeelTests", dependencies: ["KeelKit"], exclude: ["Guests", "Scripts"], swiftSettings: opt),
     ]
 )

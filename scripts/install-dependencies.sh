@@ -8,6 +8,7 @@ packages=(
   cpio gzip xz-utils zstd    # the default guest's initramfs and kernel payload
   qemu-system-x86            # the reference for benchmarks and guest cross-checks
   iproute2 procps
+  python3 python3-pip        # the QMP tests drive Keel with QEMU's own client, qemu.qmp (PyPI)
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -17,4 +18,12 @@ if ((${#missing[@]})); then
   echo "install-dependencies: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq "${missing[@]}"; }
+fi
+
+# qemu.qmp, QEMU's Python QMP client, for the python3 the tests find first on PATH. Debian marks its
+# system Python externally managed; installing into it as root is what CI wants here.
+if ! python3 -c 'import qemu.qmp' >/dev/null 2>&1; then
+  echo "install-dependencies: installing qemu.qmp (pip)"
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore qemu.qmp 2>/dev/null ||
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --break-system-packages qemu.qmp
 fi

@@ -17,8 +17,9 @@ public enum KeelCommandLine {
 
     /// Options that take a value, and those that don't.
     static let valued: Set<String> = ["accel", "m", "smp", "kernel", "initrd", "append", "serial", "display",
-                                      "device", "name", "machine", "M", "cpu"]
-    static let flags: Set<String> = ["enable-kvm", "nographic", "no-reboot", "nodefaults", "h", "help", "version"]
+                                      "device", "name", "machine", "M", "cpu",
+                                      "qmp", "qmp-pretty", "monitor", "chardev", "mon"]
+    static let flags: Set<String> = ["S", "enable-kvm", "nographic", "no-reboot", "nodefaults", "h", "help", "version"]
 
     /// Machine type names QEMU users write; all of them mean Keel's one x86-64 PC board.
     static let machineTypes = ["pc", "q35", "microvm"]
@@ -29,6 +30,8 @@ public enum KeelCommandLine {
         var serials: [ChardevSpec] = []
         var nographic = false
         var nodefaults = false
+        var monitors = MonitorOptions()
+        var firstSerialMuxed = false
         var i = 0
         while i < args.count {
             let raw = args[i]
@@ -45,6 +48,7 @@ public enum KeelCommandLine {
                 case "nographic": nographic = true
                 case "no-reboot": c.noReboot = true
                 case "nodefaults": nodefaults = true
+                case "S": c.startPaused = true
                 default: break
                 }
                 continue
@@ -85,7 +89,17 @@ public enum KeelCommandLine {
             case "initrd": c.initrdPath = value
             case "append": c.commandLine = value
             case "serial":
-                serials.append(try ChardevSpec.parseSerial(value))
+                let (spec, mon) = try ChardevSpec.parseSerialWithMonitor(value)
+                if serials.isEmpty { firstSerialMuxed = mon && spec == .stdio }
+                serials.append(spec)
+            case "qmp", "qmp-pretty":
+                try monitors.addLegacy(option: opt, value, mode: .control, pretty: name == "qmp-pretty")
+            case "monitor":
+                try monitors.addLegacy(option: opt, value, mode: .readline, pretty: false)
+            case "chardev":
+                try monitors.addChardev(value)
+            case "mon":
+                try monitors.addMon(value)
             case "display":
                 let o = try OptionList(option: opt, value, impliedKey: "type")
                 guard o.implied == "none" else {
@@ -149,8 +163,9 @@ public enum KeelCommandLine {
         // QEMU always has COM1 unless -nodefaults: on the terminal with -nographic, otherwise on its
         // graphical console — which Keel does not have, so its output goes nowhere.
         if serials.isEmpty && !nodefaults { serials = [nographic ? .stdio : .null] }
-        c.stdioMux = nographic && serials.first == .stdio
+        c.stdioMux = (nographic && serials.first == .stdio) || firstSerialMuxed
         c.serialPorts = serials
+        c.monitors = try monitors.resolve(serialOnStdio: serials.contains(.stdio))
         return .run(c)
     }
 
@@ -186,6 +201,7 @@ public enum KeelCommandLine {
       -smp N[,sockets=,cores=,threads=]   number of vCPUs
       -name NAME                          the guest's name
       -no-reboot                          exit instead of rebooting
+      -S                                  do not start the CPUs until the monitor's cont
       -nodefaults                         no default devices (no serial port with -nographic)
 
     Boot:
@@ -201,6 +217,16 @@ public enum KeelCommandLine {
       -device isa-debug-exit[,iobase=0xf4,iosize=0x04]
       -device pc-testdev
       -device help                        list devices
+
+    Monitors:
+      -qmp DEV, -qmp-pretty DEV           QMP on DEV: stdio, unix:PATH,server=on[,wait=off],
+                                          tcp:[HOST]:PORT,server=on[,wait=off] (several clients at once)
+      -monitor DEV                        the human monitor on DEV (same devices; none for none)
+      -chardev socket,id=ID,path=PATH|host=HOST,port=PORT,server=on[,wait=off]
+      -chardev stdio,id=ID
+      -mon chardev=ID[,mode=control|readline][,pretty=on]
+                                          with -nographic or -serial mon:stdio, Ctrl-A c switches
+                                          between the console and the human monitor
 
       -h, -help, --help                   this text
       -version, --version                 Keel's version

@@ -33,6 +33,10 @@ public struct MachineConfiguration: Sendable {
     public var debugExit: DebugExitDevice?
     public var testDevice = false
     public var name: String?
+    /// QMP and human monitors (`-qmp`, `-monitor`, `-mon`).
+    public var monitors: [MonitorSpec] = []
+    /// `-S`: do not start the vCPUs until `cont`.
+    public var startPaused = false
 
     public init() {}
 

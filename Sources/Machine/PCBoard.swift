@@ -81,6 +81,18 @@ public final class PCBoard: @unchecked Sendable {
         }
     }
 
+    /// Presses the ACPI power button (QMP system_powerdown). Call with the big lock held.
+    public func pressPowerButtonLocked() {
+        devices.pm.pressPowerButton()
+    }
+
+    /// COM1's chardev when it multiplexes the Ctrl-A escapes (-nographic, -serial mon:stdio):
+    /// the human monitor goes behind its Ctrl-A c.
+    public var muxedConsole: MuxChardev? {
+        guard configuration.stdioMux, configuration.serialPorts.first == .stdio else { return nil }
+        return chardevs.first as? MuxChardev
+    }
+
     /// A line for the host's terminal, readable even while stdio is in raw mode.
     public func hostMessage(_ text: String) {
         var line = text + "\r\n"

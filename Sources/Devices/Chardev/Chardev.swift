@@ -40,3 +40,34 @@ public final class NullChardev: Chardev {
     public func frontendCanReceive() {}
     public func close() {}
 }
+
+/// A chardev with QEMU's Ctrl-A multiplexer (`-nographic`, `mon:stdio`): C-a c switches its input
+/// between the frontend (the UART) and a monitor. Output from both always goes out, as in QEMU.
+public protocol MuxChardev: Chardev {
+    /// The human monitor's side; held strongly (the monitor lives as long as the chardev).
+    var monitorFrontend: ChardevFrontend? { get set }
+}
+
+/// A frontend that wants to know when the mux gives it the input focus (the monitor prints its
+/// prompt then).
+public protocol ChardevFocusObserver: AnyObject {
+    func focusChanged(_ focused: Bool)
+}
+
+/// The focus state shared by the muxed chardevs.
+struct MuxFocus {
+    var monitorFrontend: ChardevFrontend?
+    var monitorFocused = false
+
+    func current(_ frontend: ChardevFrontend?) -> ChardevFrontend? {
+        monitorFocused ? monitorFrontend : frontend
+    }
+
+    /// C-a c: returns false when no monitor is attached (the caller says so).
+    mutating func toggle() -> Bool {
+        guard let m = monitorFrontend else { return false }
+        monitorFocused.toggle()
+        (m as? ChardevFocusObserver)?.focusChanged(monitorFocused)
+        return true
+    }
+}

@@ -85,6 +85,19 @@ final class ChardevInput {
         held.removeFirst(n)
     }
 
+    /// Hands `filtered` to the current frontend as far as it has room; holds a bounded rest.
+    private func deliverFiltered() {
+        defer { filtered.removeAll(keepingCapacity: true) }
+        guard !filtered.isEmpty, let t = frontend() else { return }
+        let direct = held.isEmpty ? min(max(t.receiveCapacity(), 0), filtered.count) : 0
+        if direct > 0 {
+            filtered.withUnsafeBytes { t.receive(UnsafeRawBufferPointer(rebasing: $0[0..<direct])) }
+        }
+        let rest = filtered.count - direct
+        let room = max(Self.heldLimit - held.count, 0)
+        if rest > 0 && room > 0 { held.append(contentsOf: filtered[direct..<(direct + min(rest, room))]) }
+    }
+
     private func readable() {
         guard fd >= 0 else { return }
         deliverHeld()
@@ -112,20 +125,20 @@ final class ChardevInput {
                 target?.receive(got)
                 return
             }
+            // Byte by byte, so that an escape that switches the focus (C-a c) applies to the very
+            // next byte: input before it reaches the old frontend, input after it the new one.
             filtered.removeAll(keepingCapacity: true)
-            var actions: [MuxEscape.Action] = []
-            m.process(got, into: &filtered) { actions.append($0) }
-            mux = m
-            // Input typed before an escape reaches the frontend before the escape acts.
-            defer { for a in actions { onMuxAction(a) } }
-            guard let t = target else { return }
-            let direct = min(capacity, filtered.count)
-            if direct > 0 {
-                filtered.withUnsafeBytes { t.receive(UnsafeRawBufferPointer(rebasing: $0[0..<direct])) }
+            for i in 0..<got.count {
+                var actions: [MuxEscape.Action] = []
+                m.process(UnsafeRawBufferPointer(rebasing: got[i..<(i + 1)]), into: &filtered) { actions.append($0) }
+                guard !actions.isEmpty else { continue }
+                deliverFiltered()
+                mux = m
+                for a in actions { onMuxAction(a) }
+                if fd < 0 || actions.contains(.quit) { return }
             }
-            let rest = filtered.count - direct
-            let room = max(Self.heldLimit - held.count, 0)
-            if rest > 0 && room > 0 { held.append(contentsOf: filtered[direct..<(direct + min(rest, room))]) }
+            mux = m
+            deliverFiltered()
         }
         if mux == nil, let t = frontend(), t.receiveCapacity() <= 0 { unregister() }
     }

@@ -11,7 +11,7 @@ public struct MuxEscape {
         case quit
         /// C-a h (or C-a ?): print `helpText`.
         case help
-        /// C-a c: switch to the monitor (Keel has none yet).
+        /// C-a c: switch input between the frontend and the monitor.
         case monitor
     }
 
@@ -19,10 +19,11 @@ public struct MuxEscape {
         "\r\n" +
         "C-a h    print this help\r\n" +
         "C-a x    exit emulator\r\n" +
-        "C-a c    switch between console and monitor (no monitor yet)\r\n" +
+        "C-a c    switch between console and monitor\r\n" +
         "C-a C-a  sends C-a\r\n"
     public static let terminatedText = "keel: Terminated\r\n"
-    public static let noMonitorText = "\r\nkeel: the monitor is not available yet\r\n"
+    /// For a muxed chardev that has no monitor attached.
+    public static let noMonitorText = "\r\nkeel: no monitor on this console\r\n"
 
     private var gotEscape = false
 

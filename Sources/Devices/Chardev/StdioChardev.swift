@@ -13,8 +13,13 @@ import Loop
 /// Stdin is left blocking (setting O_NONBLOCK would also change stdout when both are the same
 /// terminal); it is only read after epoll reports it readable, so reads do not block.
 /// Stdout writes are blocking: a stdout nobody drains stalls the writing vCPU, as in QEMU.
-public final class StdioChardev: Chardev {
+public final class StdioChardev: MuxChardev {
     public weak var frontend: ChardevFrontend?
+    private var mux = MuxFocus()
+    public var monitorFrontend: ChardevFrontend? {
+        get { mux.monitorFrontend }
+        set { mux.monitorFrontend = newValue }
+    }
     private var input: ChardevInput!
     private var closed = false
 
@@ -24,7 +29,7 @@ public final class StdioChardev: Chardev {
         if isatty(0) != 0 { Self.enterRawMode(allowSignals: !muxEscape) }
         input = ChardevInput(
             loop: loop, muxEscape: muxEscape,
-            frontend: { [weak self] in self?.frontend },
+            frontend: { [weak self] in self.flatMap { $0.mux.current($0.frontend) } },
             onMuxAction: { [weak self] action in self?.handle(action, onQuit: onQuit) },
             onEndOfInput: {})
         // A stdin epoll cannot watch (/dev/null, a regular file: EPERM) gives no input, as
@@ -37,7 +42,7 @@ public final class StdioChardev: Chardev {
     private func handle(_ action: MuxEscape.Action, onQuit: () -> Void) {
         switch action {
         case .help: writeText(MuxEscape.helpText)
-        case .monitor: writeText(MuxEscape.noMonitorText)
+        case .monitor: if !mux.toggle() { writeText(MuxEscape.noMonitorText) }
         case .quit:
             writeText(MuxEscape.terminatedText)
             onQuit()

@@ -14,8 +14,13 @@ import Loop
 /// Output is sent non-blocking: while no client is connected it is dropped (as QEMU does), and
 /// when the peer's receive buffer is full the rest of that write is dropped rather than stalling
 /// the vCPU behind a stalled peer.
-public final class UnixSocketChardev: Chardev {
+public final class UnixSocketChardev: MuxChardev {
     public weak var frontend: ChardevFrontend?
+    private var mux = MuxFocus()
+    public var monitorFrontend: ChardevFrontend? {
+        get { mux.monitorFrontend }
+        set { mux.monitorFrontend = newValue }
+    }
 
     private let loop: EventLoop
     private let path: String
@@ -37,7 +42,7 @@ public final class UnixSocketChardev: Chardev {
         self.label = "\(option) \(ChardevSpec.unixSocket(path: path, server: server, wait: wait))"
         input = ChardevInput(
             loop: loop, muxEscape: muxEscape,
-            frontend: { [weak self] in self?.frontend },
+            frontend: { [weak self] in self.flatMap { $0.mux.current($0.frontend) } },
             onMuxAction: { [weak self] action in self?.handle(action, onQuit: onQuit) },
             onEndOfInput: { [weak self] in self?.dropClient() })
 
@@ -171,7 +176,7 @@ public final class UnixSocketChardev: Chardev {
         func text(_ s: String) { var s = s; s.withUTF8 { write(UnsafeRawBufferPointer($0)) } }
         switch action {
         case .help: text(MuxEscape.helpText)
-        case .monitor: text(MuxEscape.noMonitorText)
+        case .monitor: if !mux.toggle() { text(MuxEscape.noMonitorText) }
         case .quit:
             text(MuxEscape.terminatedText)
             onQuit()

@@ -41,6 +41,8 @@ struct GuestRecipe: Sendable {
     static let poweroff = pvh("poweroff", "poweroff.gc")
     static let reboot = pvh("reboot", "reboot.gc")
     static let serialEcho = pvh("serial-echo", "serial-echo.gc")
+    static let ticker = pvh("ticker", "ticker.gc")
+    static let powerButton = pvh("pwrbtn", "pwrbtn.gc")
     static let linux64 = GuestRecipe(
         name: "linux64",
         sources: ["\(guestDirectory)/linux64-head.gS"] + runtimeSources + ["\(guestDirectory)/linux64.gc"],
@@ -49,7 +51,7 @@ struct GuestRecipe: Sendable {
         name: "pio-loop", sources: runtimeSources + ["bench/guests/pio-loop.gc"], format: .pvhELF)
 
     static let all: [GuestRecipe] = [
-        hello, longModePVH, pioMMIO, smp, rtc, poweroff, reboot, serialEcho, linux64, pioLoop,
+        hello, longModePVH, pioMMIO, smp, rtc, poweroff, reboot, serialEcho, ticker, powerButton, linux64, pioLoop,
     ]
 }
 
