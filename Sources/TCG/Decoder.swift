@@ -18,6 +18,8 @@ public struct Decoder {
     var i = Instruction()
     var rexB: UInt8 = 0, rexX: UInt8 = 0, rexR: UInt8 = 0
     var segOverride: UInt8 = 0xFF
+    /// The ModRM reg field as encoded (group opcode extension).
+    var rawReg: UInt8 = 0
 
     public init(bytes: UnsafePointer<UInt8>, count: Int, mode: CodeMode) {
         self.bytes = bytes; self.count = min(count, 15); self.mode = mode
@@ -130,6 +132,7 @@ public struct Decoder {
     mutating func modrm(byteOperands: Bool = false, byteRMOnly: Bool = false) throws(DecodeFailure) {
         let m = try byte()
         let mod = m >> 6, regField = (m >> 3) & 7, rmField = m & 7
+        rawReg = regField
         i.reg = regField | rexR
         if byteOperands { i.reg = byteReg(i.reg) }
         if mod == 3 {

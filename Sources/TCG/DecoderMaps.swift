@@ -42,11 +42,11 @@ extension Decoder {
             i.op = .jcc; i.sub = b & 0xF; i.imm = try simm(1); stackSize()
         case 0x80, 0x82:
             if b == 0x82 { try not64() }
-            i.size = 0; try modrm(byteOperands: true); i.op = .aluRMImm; i.sub = i.reg & 7; i.imm = try imm(1)
+            i.size = 0; try modrm(byteOperands: true); i.op = .aluRMImm; i.sub = rawReg; i.imm = try imm(1)
         case 0x81:
-            try modrm(); i.op = .aluRMImm; i.sub = i.reg & 7; i.imm = try immZ()
+            try modrm(); i.op = .aluRMImm; i.sub = rawReg; i.imm = try immZ()
         case 0x83:
-            try modrm(); i.op = .aluRMImm; i.sub = i.reg & 7; i.imm = try simm(1)
+            try modrm(); i.op = .aluRMImm; i.sub = rawReg; i.imm = try simm(1)
         case 0x84: i.size = 0; i.op = .testRMReg; try modrm(byteOperands: true)
         case 0x85: i.op = .testRMReg; try modrm()
         case 0x86: i.size = 0; i.op = .xchgRMReg; try modrm(byteOperands: true)
@@ -64,7 +64,7 @@ extension Decoder {
             try modrm(); i.op = .movSregRM; i.reg &= 7; i.size = 1
             if i.reg > 5 || i.reg == SegReg.cs.u8 { throw .undefined }
         case 0x8F:
-            stackSize(); try modrm(); if i.reg & 7 != 0 { throw .undefined }; i.op = .popRM
+            stackSize(); try modrm(); if rawReg != 0 { throw .undefined }; i.op = .popRM
         case 0x90:
             if rexB != 0 { i.op = .xchgRMReg; i.rm = 8; i.reg = Reg.rax }
             else { i.op = i.prefixes & Prefix.rep != 0 ? .pause : .nop }
@@ -98,7 +98,7 @@ extension Decoder {
         case 0xC0, 0xC1, 0xD0, 0xD1, 0xD2, 0xD3:
             if b & 1 == 0 { i.size = 0 }
             try modrm(byteOperands: b & 1 == 0)
-            i.op = .shiftRM; i.sub = i.reg & 7
+            i.op = .shiftRM; i.sub = rawReg
             switch b {
             case 0xC0, 0xC1: i.imm = try imm(1)
             case 0xD0, 0xD1: i.imm = 1
@@ -109,7 +109,7 @@ extension Decoder {
         case 0xC6, 0xC7:
             if b == 0xC6 { i.size = 0 }
             try modrm(byteOperands: b == 0xC6)
-            guard i.reg & 7 == 0 else { throw .undefined }
+            guard rawReg == 0 else { throw .undefined }
             i.op = .movRMImm; i.imm = b == 0xC6 ? try imm(1) : try immZ()
         case 0xC8: stackSize(); i.op = .enter; i.imm = try imm(2); i.imm2 = UInt16(try byte())
         case 0xC9: stackSize(); i.op = .leave
@@ -145,7 +145,7 @@ extension Decoder {
         case 0xF6, 0xF7:
             if b == 0xF6 { i.size = 0 }
             try modrm(byteOperands: b == 0xF6)
-            switch i.reg & 7 {
+            switch rawReg {
             case 0, 1: i.op = .testRMImm; i.imm = b == 0xF6 ? try imm(1) : try immZ()
             case 2: i.op = .notRM
             case 3: i.op = .negRM
@@ -162,14 +162,14 @@ extension Decoder {
         case 0xFD: i.op = .std
         case 0xFE:
             i.size = 0; try modrm(byteOperands: true)
-            switch i.reg & 7 {
+            switch rawReg {
             case 0: i.op = .incRM
             case 1: i.op = .decRM
             default: throw .undefined
             }
         case 0xFF:
             try modrm()
-            switch i.reg & 7 {
+            switch rawReg {
             case 0: i.op = .incRM
             case 1: i.op = .decRM
             case 2: stackSize(); i.op = .callRM
@@ -188,7 +188,7 @@ extension Decoder {
     mutating func twoByte(_ b: UInt8) throws(DecodeFailure) {
         switch b {
         case 0x00:
-            try modrm(); i.op = .group6; i.sub = i.reg & 7; i.size = 1
+            try modrm(); i.op = .group6; i.sub = rawReg; i.size = 1
             if i.sub > 5 { throw .undefined }
         case 0x01:
             let m = pos < count ? bytes[pos] : 0
@@ -201,7 +201,7 @@ extension Decoder {
                 }
                 return
             }
-            try modrm(); i.op = .group7Mem; i.sub = i.reg & 7
+            try modrm(); i.op = .group7Mem; i.sub = rawReg
             if i.sub == 5 { throw .undefined }
         case 0x05: guard is64 else { throw .undefined }; i.op = .syscall
         case 0x06: i.op = .clts
@@ -240,13 +240,13 @@ extension Decoder {
         case 0xAE:
             try modrm()
             if !i.isMem {
-                switch i.reg & 7 {
+                switch rawReg {
                 case 5, 6, 7: i.op = .fence
                 default: throw .undefined
                 }
                 return
             }
-            switch i.reg & 7 {
+            switch rawReg {
             case 0: i.op = .fxsave
             case 1: i.op = .fxrstor
             case 2: i.op = .ldmxcsr
@@ -264,7 +264,7 @@ extension Decoder {
             guard i.prefixes & Prefix.rep != 0 else { throw .undefined }
             try modrm(); i.op = .popcnt
         case 0xBA:
-            try modrm(); guard i.reg & 7 >= 4 else { throw .undefined }
+            try modrm(); guard rawReg >= 4 else { throw .undefined }
             i.op = .btImm; i.sub = i.reg & 3; i.imm = try imm(1)
         case 0xBC: try modrm(); i.op = i.prefixes & Prefix.rep != 0 ? .tzcnt : .bsf
         case 0xBD: try modrm(); i.op = i.prefixes & Prefix.rep != 0 ? .lzcnt : .bsr
@@ -272,7 +272,7 @@ extension Decoder {
         case 0xC1: try modrm(); i.op = .xadd
         case 0xC7:
             try modrm()
-            guard i.isMem, i.reg & 7 == 1 else { throw .undefined }
+            guard i.isMem, rawReg == 1 else { throw .undefined }
             i.op = .cmpxchg8b16b
         case 0xC8...0xCF: i.op = .bswap; i.rm = (b & 7) | rexB
         default: throw .undefined

@@ -68,9 +68,17 @@ extension X86CPU {
         case .cmpxchg: try compareExchange(i, size)
         case .xadd:
             let src = reg(i.pointee.reg, size)
-            var old: UInt64 = 0
-            try modifyRM(i, size) { v in old = v; return self.alu(0, v, src, size) }
-            setReg(i.pointee.reg, size, old)
+            if i.pointee.isMem {
+                var old: UInt64 = 0
+                try modifyRM(i, size) { v in old = v; return self.alu(0, v, src, size) }
+                setReg(i.pointee.reg, size, old)
+            } else {
+                // Source gets the old destination first; the sum wins when both are one register.
+                let old = reg(i.pointee.rm, size)
+                let sum = alu(0, old, src, size)
+                setReg(i.pointee.reg, size, old)
+                setReg(i.pointee.rm, size, sum)
+            }
         case .cmpxchg8b16b: try compareExchangeDouble(i)
         case .xchgRMReg:
             let src = reg(i.pointee.reg, size)
@@ -96,6 +104,7 @@ extension X86CPU {
             let b = i.pointee.base
             if b < 16 { a &+= gpr[Int(b)] } else if b == Reg.rip { a &+= s.pointee.rip }
             if i.pointee.index < 16 { a &+= gpr[Int(i.pointee.index)] << UInt64(i.pointee.scale) }
+            if i.pointee.addrSize != 3 { a &= i.pointee.addrSize == 2 ? 0xFFFF_FFFF : 0xFFFF }
             setReg(i.pointee.reg, size, a)
         case .movbeLoad:
             let v = try readRM(i, size)

@@ -74,8 +74,8 @@ extension X86CPU {
             f = (f & ~(RFlags.cf | RFlags.of)) | msb | ((msb ^ msb2) != 0 ? RFlags.of : 0)
             s.pointee.setStatusFlags(f); return r
         case 2: // RCL
+            // A count that is a multiple of size+1 leaves the value and CF but still sets OF (AMD).
             let c = size < 2 ? count % (bits + 1) : count
-            if c == 0 { return v }
             var r = v, cf = cf0
             for _ in 0..<c {
                 let out: UInt64 = r & sign != 0 ? 1 : 0
@@ -86,8 +86,8 @@ extension X86CPU {
             f = (f & ~(RFlags.cf | RFlags.of)) | cf | ((msb ^ cf) != 0 ? RFlags.of : 0)
             s.pointee.setStatusFlags(f); return r
         case 3: // RCR
+            // A count that is a multiple of size+1 leaves the value and CF but still sets OF (AMD).
             let c = size < 2 ? count % (bits + 1) : count
-            if c == 0 { return v }
             var r = v, cf = cf0
             for _ in 0..<c {
                 let out = r & 1
@@ -148,7 +148,11 @@ extension X86CPU {
             r = ((dst >> count) | (src << (bits - count))) & m
             cf = (dst >> (count - 1)) & 1
         }
-        let of: UInt64 = ((r ^ dst) & sign) != 0 ? RFlags.of : 0
+        // OF as AMD Zen computes it for every count: SHLD MSB(r) ^ CF, SHRD MSB(r) ^ MSB-1(r).
+        let msb: UInt64 = r & sign != 0 ? 1 : 0
+        let other: UInt64 = left ? cf : (r & (sign >> 1) != 0 ? 1 : 0)
+        var of: UInt64 = msb ^ other != 0 ? RFlags.of : 0
+        if size == 1 && left && count == 16 { of = cf != 0 ? RFlags.of : 0 }  // measured on Zen
         st.pointee.setStatusFlags(szp(r, size) | cf | of | RFlags.af)
         return r
     }
@@ -185,9 +189,10 @@ extension X86CPU {
         st.pointee.setStatusFlags(mulFlags(lo, size, overflow))
     }
 
-    /// Flags after a multiply: CF = OF = overflow; SF, ZF, PF from the low half, AF clear (AMD).
+    /// Flags after a multiply: CF = OF = overflow; SF, ZF, AF, PF (undefined) are left
+    /// unchanged, as AMD Zen does.
     @inline(__always) func mulFlags(_ lo: UInt64, _ size: UInt8, _ overflow: Bool) -> UInt64 {
-        var f = szp(lo, size) & ~RFlags.zf
+        var f = st.pointee.statusFlags() & ~(RFlags.cf | RFlags.of)
         if overflow { f |= RFlags.cf | RFlags.of }
         return f
     }
@@ -210,6 +215,13 @@ extension X86CPU {
     /// DIV/IDIV: #DE on a zero divisor or a quotient that does not fit.
     func divide(_ src: UInt64, _ size: UInt8, signed: Bool) throws(X86Exception) {
         guard src != 0 else { throw X86Exception.de }
+        try divideValues(src, size, signed: signed)
+        // Flags are undefined; AMD Zen leaves CF and OF, sets AF and clears the rest.
+        let cf = st.pointee.statusFlags() & (RFlags.cf | RFlags.of)
+        st.pointee.setStatusFlags(cf | RFlags.af)
+    }
+
+    func divideValues(_ src: UInt64, _ size: UInt8, signed: Bool) throws(X86Exception) {
         let m = sizeMask(size)
         if size == 3 {
             let lo = gpr[0], hi = gpr[2]
@@ -255,21 +267,23 @@ extension X86CPU {
         let s = st
         switch op {
         case .bsf, .bsr:
+            // Undefined flags as AMD Zen leaves them: PF from the result (set for a zero source), CF OF SF AF clear.
             if v == 0 {
-                s.pointee.setStatusFlags(RFlags.zf)  // destination unchanged (AMD documents this)
+                s.pointee.setStatusFlags(RFlags.zf | RFlags.pf)  // destination unchanged (AMD documents this)
                 return
             }
             let r = op == .bsf ? UInt64(v.trailingZeroBitCount) : UInt64(63 - v.leadingZeroBitCount)
             setReg(dst, size, r)
-            s.pointee.setStatusFlags(0)
+            s.pointee.setStatusFlags(parityFlag(r))
         case .tzcnt:
             let r = v == 0 ? bits : UInt64(v.trailingZeroBitCount)
             setReg(dst, size, r)
-            s.pointee.setStatusFlags((v == 0 ? RFlags.cf : 0) | (r == 0 ? RFlags.zf : 0))
+            s.pointee.setStatusFlags((s.pointee.statusFlags() & RFlags.of) | (v == 0 ? RFlags.cf : 0) | (r == 0 ? RFlags.zf : 0))
         case .lzcnt:
             let r = v == 0 ? bits : UInt64(v.leadingZeroBitCount) - (64 - bits)
             setReg(dst, size, r)
-            s.pointee.setStatusFlags((v == 0 ? RFlags.cf : 0) | (r == 0 ? RFlags.zf : 0))
+            // OF is left unchanged on AMD Zen (undefined in the SDM).
+            s.pointee.setStatusFlags((s.pointee.statusFlags() & RFlags.of) | (v == 0 ? RFlags.cf : 0) | (r == 0 ? RFlags.zf : 0))
         default:
             let r = UInt64(v.nonzeroBitCount)
             setReg(dst, size, r)

@@ -220,6 +220,9 @@ public final class X86CPU: @unchecked Sendable {
         exitRequest.store(true, ordering: .releasing)
     }
 
+    /// Recomputes CPL and decode mode after state was loaded from outside.
+    public func refreshMode() { updateMode() }
+
     /// Makes `run` return at the next block boundary.
     public func kick() { exitRequest.store(true, ordering: .releasing) }
 }
