@@ -26,16 +26,14 @@ public enum AcceleratorSupport {
     public static func checkAvailable(_ kind: MachineConfiguration.Accelerator) throws {
         switch kind {
         case .kvm: _ = try KVMSystem()
-        case .tcg: throw tcgUnavailable
+        case .tcg: return
         }
     }
-
-    static let tcgUnavailable = AcceleratorError("-accel tcg: Keel's tcg accelerator is not available yet (it lands with the tcg issues); use -accel kvm")
 
     public static func make(_ kind: MachineConfiguration.Accelerator, board: PCBoard) throws -> Accelerator {
         switch kind {
         case .kvm: return try KVMAccelerator(board: board)
-        case .tcg: throw tcgUnavailable
+        case .tcg: return TCGAccelerator(board: board)
         }
     }
 }

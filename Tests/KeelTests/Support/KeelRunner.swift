@@ -83,8 +83,10 @@ enum KeelRunnerError: Error, CustomStringConvertible {
 /// run for Keel and for QEMU.
 final class KeelRunner: Sendable {
     let emulator: Emulator
+    /// Keel's accelerator for the runs (`-accel`); QEMU runs keep theirs.
+    let keelAccel: String
 
-    init(emulator: Emulator) { self.emulator = emulator }
+    init(emulator: Emulator, keelAccel: String = "kvm") { self.emulator = emulator; self.keelAccel = keelAccel }
 
     /// KEEL_TEST_EMULATOR, lower-cased ("" when unset).
     static var requestedEmulator: String {
@@ -95,7 +97,7 @@ final class KeelRunner: Sendable {
     /// KEEL_TEST_EMULATOR=qemu → qemu-system-x86_64 (or KEEL_QEMU_BINARY) -accel tcg;
     /// KEEL_TEST_EMULATOR=qemu-kvm → the same with -accel kvm;
     /// otherwise KEEL_BINARY or <package root>/.build/debug/keel with -accel kvm.
-    static func fromEnvironment() throws -> KeelRunner {
+    static func fromEnvironment(keelAccel: String = "kvm") throws -> KeelRunner {
         let env = ProcessInfo.processInfo.environment
         let requested = requestedEmulator
         if requested == "qemu" || requested == "qemu-kvm" {
@@ -109,7 +111,7 @@ final class KeelRunner: Sendable {
         guard FileManager.default.isExecutableFile(atPath: keel) else {
             throw KeelRunnerError.missingBinary(keel, hint: "run `swift build` first or set KEEL_BINARY")
         }
-        return KeelRunner(emulator: .keel(binary: keel))
+        return KeelRunner(emulator: .keel(binary: keel), keelAccel: keelAccel)
     }
 
     static func which(_ name: String) -> String? {
@@ -126,7 +128,7 @@ final class KeelRunner: Sendable {
     func arguments(for options: MachineOptions) -> [String] {
         var args: [String]
         switch emulator {
-        case .keel: args = ["-accel", "kvm"] + (options.machine.map { ["-M", $0] } ?? [])
+        case .keel: args = ["-accel", keelAccel] + (options.machine.map { ["-M", $0] } ?? [])
         case .qemu(_, let accel): args = ["-accel", accel, "-M", "pc", "-nic", "none"]
         }
         args += ["-m", "\(options.memoryMiB)", "-smp", "\(options.smp)", "-kernel", options.kernel.path]

@@ -1,0 +1,149 @@
+/// Decoded blocks keyed by the physical address (and decode mode) of their first instruction.
+/// A block never crosses a 4 KiB page, so invalidating a written code page drops exactly the
+/// blocks that start on it. Instructions live in one pool allocated once; when it fills, the
+/// whole cache is flushed (no allocation per block).
+final class DecodeCache {
+    struct Slot {
+        /// physical << 2 | mode, or ~0 when empty.
+        var key: UInt64 = ~0
+        var start: Int32 = 0
+        var count: Int32 = 0
+    }
+
+    static let slotCount = 1 << 14
+    static let poolCapacity = 1 << 18
+    /// The longest block (instructions); a block also ends at a page boundary or a branch.
+    static let maxBlock = 64
+
+    let slots: UnsafeMutablePointer<Slot>
+    let pool: UnsafeMutablePointer<Instruction>
+    var used = 0
+
+    init() {
+        slots = .allocate(capacity: Self.slotCount)
+        slots.initialize(repeating: Slot(), count: Self.slotCount)
+        pool = .allocate(capacity: Self.poolCapacity)
+        pool.initialize(repeating: Instruction(), count: Self.poolCapacity)
+    }
+
+    deinit {
+        slots.deallocate()
+        pool.deallocate()
+    }
+
+    @inline(__always) static func key(_ physical: UInt64, _ mode: CodeMode) -> UInt64 {
+        (physical << 2) | UInt64(mode.rawValue)
+    }
+
+    @inline(__always) func slot(_ key: UInt64) -> UnsafeMutablePointer<Slot> {
+        let h = (key >> 2) ^ (key >> 14)
+        return slots + Int(truncatingIfNeeded: h & UInt64(Self.slotCount - 1))
+    }
+
+    func flush() {
+        for k in 0..<Self.slotCount { slots[k] = Slot() }
+        used = 0
+    }
+
+    func invalidatePage(_ page: UInt64) {
+        for k in 0..<Self.slotCount where slots[k].key != ~0 && (slots[k].key >> 2) & ~0xFFF == page {
+            slots[k] = Slot()
+        }
+    }
+}
+
+extension X86CPU {
+    /// Finds or decodes the block at the current RIP. Returns its instructions; an undecodable
+    /// first instruction raises #UD (or #GP for one over 15 bytes).
+    @inline(__always)
+    func block() throws(X86Exception) -> (UnsafeMutablePointer<Instruction>, Int) {
+        let s = st
+        let la = segmentBase(1) &+ s.pointee.rip
+        let phys = try translate(la, .execute)
+        let key = DecodeCache.key(phys, s.pointee.codeMode)
+        let slot = cache.slot(key)
+        if slot.pointee.key == key {
+            return (cache.pool + Int(slot.pointee.start), Int(slot.pointee.count))
+        }
+        return try decodeBlock(la: la, phys: phys, key: key)
+    }
+
+    func decodeBlock(la: UInt64, phys: UInt64, key: UInt64) throws(X86Exception) -> (UnsafeMutablePointer<Instruction>, Int) {
+        let mode = st.pointee.codeMode
+        if cache.used + DecodeCache.maxBlock > DecodeCache.poolCapacity { cache.flush() }
+        let start = cache.used
+        var n = 0
+        var offset = Int(phys & 0xFFF)
+        guard let page = platform.ramPage(phys) else {
+            // Code outside RAM (MMIO): decode one instruction from bus reads, uncached.
+            let insn = try decodeSlow(la: la, mode: mode)
+            cache.pool[start] = insn
+            return (cache.pool + start, 1)
+        }
+        platform.codePages.insert(phys)
+        protectCodePage(phys)
+        decode: while n < DecodeCache.maxBlock {
+            let avail = 4096 - offset
+            let r = Decoder.decode((page + offset).assumingMemoryBound(to: UInt8.self), count: avail, mode: mode)
+            var insn: Instruction
+            switch r {
+            case .success(let i): insn = i
+            case .failure(.truncated):
+                // Crosses into the next page: decode on its own from both pages, uncached.
+                if n > 0 { break decode }
+                insn = try decodeSlow(la: la, mode: mode)
+                cache.pool[start] = insn
+                return (cache.pool + start, 1)
+            case .failure(let f):
+                if n > 0 { break decode }
+                throw undefinedInstruction(la: la, failure: f)
+            }
+            cache.pool[start + n] = insn
+            n += 1
+            offset += Int(insn.length)
+            if insn.endsBlock || offset >= 4096 { break }
+        }
+        cache.used = start + n
+        let slot = cache.slot(key)
+        slot.pointee = DecodeCache.Slot(key: key, start: Int32(start), count: Int32(n))
+        return (cache.pool + start, n)
+    }
+
+    /// Decodes one instruction fetched through the MMU byte by byte (page-crossing or MMIO code).
+    func decodeSlow(la: UInt64, mode: CodeMode) throws(X86Exception) -> Instruction {
+        var buf: (UInt64, UInt64) = (0, 0)
+        var got = 0
+        // Fetch what is reachable; a fault on a byte the instruction needs is raised below.
+        var fault: X86Exception? = nil
+        for k in 0..<15 {
+            do throws(X86Exception) {
+                let v = UInt8(truncatingIfNeeded: try readSlow(la &+ UInt64(k), 1, .execute))
+                withUnsafeMutableBytes(of: &buf) { $0[k] = v }
+            } catch {
+                fault = error; break
+            }
+            got = k + 1
+        }
+        let r = withUnsafeBytes(of: &buf) { b in
+            Decoder.decode(b.baseAddress!.assumingMemoryBound(to: UInt8.self), count: got, mode: mode)
+        }
+        switch r {
+        case .success(let i): return i
+        case .failure(.truncated): throw fault ?? X86Exception.gp(0)
+        case .failure(let f): throw undefinedInstruction(la: la, failure: f)
+        }
+    }
+
+    func undefinedInstruction(la: UInt64, failure: DecodeFailure) -> X86Exception {
+        if Self.traceUD {
+            var bytes: [String] = []
+            for k in 0..<15 {
+                guard let b = try? readSlow(la &+ UInt64(k), 1, .execute) else { break }
+                bytes.append(String(b, radix: 16))
+            }
+            guard loggedUD.insert(la).inserted else { return failure == .tooLong ? X86Exception.gp(0) : X86Exception.ud }
+            traceLine("keel tcg: #UD at rip 0x\(String(st.pointee.rip, radix: 16)) (mode \(st.pointee.codeMode)): \(bytes.joined(separator: " "))")
+        }
+        return failure == .tooLong ? X86Exception.gp(0) : X86Exception.ud
+    }
+}

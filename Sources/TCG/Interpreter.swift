@@ -1,0 +1,76 @@
+import Glibc
+
+extension X86CPU {
+    /// Runs guest code until an exit: at most about `budget` instructions (checked at block
+    /// boundaries), or until HLT, a triple fault, or `exitRequest`.
+    public func run(budget: Int) -> CPUExit {
+        let s = st
+        var remaining = budget
+        while remaining > 0 {
+            if exitRequest.load(ordering: .relaxed) {
+                exitRequest.store(false, ordering: .relaxed)
+                if pendingVector.load(ordering: .relaxed) < 0 { return .requested }
+            }
+            let shadow = s.pointee.interruptShadow
+            s.pointee.interruptShadow = false
+            if !shadow && s.pointee.rflags & RFlags.if != 0 && pendingVector.load(ordering: .relaxed) >= 0 {
+                let v = pendingVector.exchange(-1, ordering: .acquiring)
+                if v >= 0 {
+                    s.pointee.halted = false
+                    if !deliverEvent(vector: UInt8(truncatingIfNeeded: v), errorCode: nil, kind: .external) {
+                        return .tripleFault
+                    }
+                }
+            }
+            if s.pointee.halted {
+                return s.pointee.rflags & RFlags.if != 0 ? .halted : .haltedForever
+            }
+            let insns: UnsafeMutablePointer<Instruction>
+            let count: Int
+            do {
+                (insns, count) = try block()
+            } catch {
+                s.pointee.currentRIP = s.pointee.rip
+                if !deliverEvent(vector: error.vector, errorCode: error.hasErrorCode ? error.errorCode : nil, kind: .fault) {
+                    return .tripleFault
+                }
+                continue
+            }
+            var k = 0
+            let mask = ipMask
+            while k < count {
+                let ip = insns + k
+                let cur = s.pointee.rip
+                s.pointee.currentRIP = cur
+                s.pointee.rip = (cur &+ UInt64(ip.pointee.length)) & mask
+                do {
+                    try execute(ip)
+                } catch {
+                    s.pointee.rip = s.pointee.currentRIP
+                    if !deliverEvent(vector: error.vector, errorCode: error.hasErrorCode ? error.errorCode : nil, kind: .fault) {
+                        s.pointee.instructionCount &+= UInt64(k)
+                        return .tripleFault
+                    }
+                    break
+                }
+                k += 1
+                if s.pointee.breakBlock {
+                    s.pointee.breakBlock = false
+                    break
+                }
+            }
+            s.pointee.instructionCount &+= UInt64(k)
+            remaining &-= max(k, 1)
+            if s.pointee.tripleFaulted {
+                s.pointee.tripleFaulted = false
+                return .tripleFault
+            }
+        }
+        return .budget
+    }
+
+    func traceLine(_ text: String) {
+        var line = text + "\n"
+        line.withUTF8 { _ = Glibc.write(2, $0.baseAddress, $0.count) }
+    }
+}

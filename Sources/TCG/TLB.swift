@@ -1,0 +1,174 @@
+/// One software TLB entry: a 4 KiB linear page and what each access kind may do with it without
+/// a page walk. A tag is `(linear >> 12) << 1 | user`, so an entry filled at CPL 0 never serves
+/// CPL 3 (and the reverse). A tag of ~0 never matches.
+struct TLBEntry {
+    static let count = 512
+    var readTag: UInt64 = ~0
+    var writeTag: UInt64 = ~0
+    var execTag: UInt64 = ~0
+    /// Host address of the page when it is RAM; nil for MMIO (always the slow path).
+    var host: UnsafeMutableRawPointer? = nil
+    var physicalPage: UInt64 = 0
+    var global: Bool = false
+}
+
+enum Access: UInt8 { case read = 0, write = 1, execute = 2 }
+
+extension X86CPU {
+    @inline(__always) var userBit: UInt64 { st.pointee.cpl == 3 ? 1 : 0 }
+
+    @inline(__always) func tlbSlot(_ linear: UInt64) -> UnsafeMutablePointer<TLBEntry> {
+        tlb + Int(truncatingIfNeeded: (linear >> 12) & UInt64(TLBEntry.count - 1))
+    }
+
+    /// Drops every entry, or every non-global one (a CR3 write with CR4.PGE).
+    public func flushTLB(global: Bool) {
+        for k in 0..<TLBEntry.count where global || !tlb[k].global {
+            tlb[k] = TLBEntry()
+        }
+    }
+
+    /// INVLPG: drops the entry for one linear page (both privilege tags share the slot).
+    func flushTLBPage(_ linear: UInt64) {
+        tlbSlot(linear).pointee = TLBEntry()
+    }
+
+    /// Stops the fast store path to a physical page that now holds decoded code.
+    func protectCodePage(_ physical: UInt64) {
+        let page = physical & ~0xFFF
+        for k in 0..<TLBEntry.count where tlb[k].physicalPage == page && tlb[k].writeTag != ~0 {
+            tlb[k].writeTag = ~0
+        }
+    }
+
+    // MARK: - Fast paths
+
+    /// Reads `1 << size` bytes at a linear address.
+    @inline(__always) func readLinear(_ la: UInt64, _ size: UInt8) throws(X86Exception) -> UInt64 {
+        let e = tlbSlot(la)
+        let off = Int(la & 0xFFF)
+        if e.pointee.readTag == ((la >> 12) << 1) | userBit, off <= 4096 - (1 << Int(size)), let h = e.pointee.host {
+            switch size {
+            case 0: return UInt64(h.load(fromByteOffset: off, as: UInt8.self))
+            case 1: return UInt64(h.loadUnaligned(fromByteOffset: off, as: UInt16.self))
+            case 2: return UInt64(h.loadUnaligned(fromByteOffset: off, as: UInt32.self))
+            default: return h.loadUnaligned(fromByteOffset: off, as: UInt64.self)
+            }
+        }
+        return try readSlow(la, 1 << Int(size), .read)
+    }
+
+    /// Writes `1 << size` bytes at a linear address.
+    @inline(__always) func writeLinear(_ la: UInt64, _ size: UInt8, _ v: UInt64) throws(X86Exception) {
+        let e = tlbSlot(la)
+        let off = Int(la & 0xFFF)
+        if e.pointee.writeTag == ((la >> 12) << 1) | userBit, off <= 4096 - (1 << Int(size)), let h = e.pointee.host {
+            switch size {
+            case 0: h.storeBytes(of: UInt8(truncatingIfNeeded: v), toByteOffset: off, as: UInt8.self)
+            case 1: h.storeBytes(of: UInt16(truncatingIfNeeded: v), toByteOffset: off, as: UInt16.self)
+            case 2: h.storeBytes(of: UInt32(truncatingIfNeeded: v), toByteOffset: off, as: UInt32.self)
+            default: h.storeBytes(of: v, toByteOffset: off, as: UInt64.self)
+            }
+            return
+        }
+        try writeSlow(la, 1 << Int(size), v)
+    }
+
+    /// Host pointer for an atomic read-modify-write of `bytes` at `la`, when the operand is in
+    /// RAM, naturally aligned and not on a code page; nil otherwise (the caller emulates it).
+    func atomicPointer(_ la: UInt64, _ bytes: Int) throws(X86Exception) -> UnsafeMutableRawPointer? {
+        guard la & UInt64(bytes - 1) == 0 else { return nil }
+        _ = try translate(la, .read)
+        let phys = try translate(la, .write)
+        let e = tlbSlot(la)
+        guard e.pointee.writeTag == ((la >> 12) << 1) | userBit, let h = e.pointee.host else {
+            _ = phys
+            return nil
+        }
+        return h + Int(la & 0xFFF)
+    }
+
+    // MARK: - Slow paths
+
+    func readSlow(_ la: UInt64, _ n: Int, _ access: Access) throws(X86Exception) -> UInt64 {
+        if Int(la & 0xFFF) + n > 4096 {
+            // Split across pages: translate both before touching either (a fault leaves no side effects).
+            _ = try translate(la, access)
+            _ = try translate(la &+ UInt64(n - 1), access)
+            var v: UInt64 = 0
+            for k in 0..<n {
+                v |= try readSlow(la &+ UInt64(k), 1, access) << UInt64(8 * k)
+            }
+            return v
+        }
+        let phys = try translate(la, access)
+        if let h = platform.ramPage(phys) {
+            let off = Int(phys & 0xFFF)
+            var v: UInt64 = 0
+            for k in 0..<n { v |= UInt64(h.load(fromByteOffset: off + k, as: UInt8.self)) << UInt64(8 * k) }
+            return v
+        }
+        return platform.mmioRead(phys, size: n)
+    }
+
+    func writeSlow(_ la: UInt64, _ n: Int, _ v: UInt64) throws(X86Exception) {
+        if Int(la & 0xFFF) + n > 4096 {
+            _ = try translate(la, .write)
+            _ = try translate(la &+ UInt64(n - 1), .write)
+            for k in 0..<n {
+                try writeSlow(la &+ UInt64(k), 1, v >> UInt64(8 * k))
+            }
+            return
+        }
+        let phys = try translate(la, .write)
+        if platform.codePages.contains(phys) {
+            invalidateCode(physical: phys)
+        }
+        if let h = platform.ramPage(phys) {
+            let off = Int(phys & 0xFFF)
+            for k in 0..<n { h.storeBytes(of: UInt8(truncatingIfNeeded: v >> UInt64(8 * k)), toByteOffset: off + k, as: UInt8.self) }
+            return
+        }
+        platform.mmioWrite(phys, size: n, value: v)
+    }
+
+    /// The guest wrote to a page holding decoded code (self-modifying code, module loading).
+    func invalidateCode(physical: UInt64) {
+        cache.invalidatePage(physical & ~0xFFF)
+        platform.codePages.remove(physical)
+        st.pointee.breakBlock = true
+    }
+
+    /// Linear to physical for `access` at the current privilege, filling the TLB.
+    func translate(_ la: UInt64, _ access: Access) throws(X86Exception) -> UInt64 {
+        let s = st
+        let user = s.pointee.cpl == 3
+        let key = ((la >> 12) << 1) | (user ? 1 : 0)
+        let e = tlbSlot(la)
+        switch access {
+        case .read where e.pointee.readTag == key, .write where e.pointee.writeTag == key,
+             .execute where e.pointee.execTag == key:
+            return e.pointee.physicalPage | (la & 0xFFF)
+        default: break
+        }
+        var w: PageWalk
+        if s.pointee.cr0 & CR0.pg == 0 {
+            let pa = s.pointee.efer & EFER.lma != 0 ? la : la & 0xFFFF_FFFF
+            w = PageWalk(physicalPage: pa & ~0xFFF, writable: true, user: true, executable: true, global: false)
+        } else {
+            w = try walk(la, access, user: user)
+        }
+        let host = platform.ramPage(w.physicalPage)
+        var n = TLBEntry()
+        n.physicalPage = w.physicalPage
+        n.host = host
+        n.global = w.global
+        n.readTag = key
+        // The walk for a write set D; only then may stores skip the walk.
+        if access == .write && !platform.codePages.contains(w.physicalPage) { n.writeTag = key }
+        else if e.pointee.writeTag == key && e.pointee.physicalPage == w.physicalPage { n.writeTag = key }
+        if w.executable { n.execTag = key }
+        e.pointee = n
+        return w.physicalPage | (la & 0xFFF)
+    }
+}

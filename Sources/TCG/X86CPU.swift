@@ -1,0 +1,228 @@
+import Glibc
+import Synchronization
+
+/// An x86 exception raised by an instruction (SDM Vol. 3 §6.3). Thrown with typed throws so the
+/// fast path never boxes an error.
+public struct X86Exception: Error, Equatable {
+    public var vector: UInt8
+    public var errorCode: UInt32
+    public var hasErrorCode: Bool
+
+    public init(_ vector: UInt8, _ errorCode: UInt32? = nil) {
+        self.vector = vector; self.errorCode = errorCode ?? 0; hasErrorCode = errorCode != nil
+    }
+
+    public static let divideError: UInt8 = 0, debug: UInt8 = 1, nmi: UInt8 = 2, breakpoint: UInt8 = 3
+    public static let overflow: UInt8 = 4, invalidOpcode: UInt8 = 6, deviceNotAvailable: UInt8 = 7
+    public static let doubleFault: UInt8 = 8, invalidTSS: UInt8 = 10, segmentNotPresent: UInt8 = 11
+    public static let stackFault: UInt8 = 12, generalProtection: UInt8 = 13, pageFault: UInt8 = 14
+    public static let x87: UInt8 = 16, alignment: UInt8 = 17, simd: UInt8 = 19
+
+    static var ud: X86Exception { X86Exception(invalidOpcode) }
+    static var de: X86Exception { X86Exception(divideError) }
+    static func gp(_ code: UInt32 = 0) -> X86Exception { X86Exception(generalProtection, code) }
+    static func ss(_ code: UInt32 = 0) -> X86Exception { X86Exception(stackFault, code) }
+    static func np(_ code: UInt32) -> X86Exception { X86Exception(segmentNotPresent, code) }
+    static func ts(_ code: UInt32) -> X86Exception { X86Exception(invalidTSS, code) }
+}
+
+/// Why `X86CPU.run` returned.
+public enum CPUExit: Equatable {
+    /// The exit flag was set (stop, pause, or an interrupt to look at).
+    case requested
+    /// HLT with interrupts enabled: wait for an interrupt.
+    case halted
+    /// HLT with interrupts disabled: nothing can wake this CPU.
+    case haltedForever
+    /// A triple fault: the machine must reset.
+    case tripleFault
+    /// The instruction budget ran out.
+    case budget
+}
+
+/// One x86-64 vCPU of the tcg accelerator: state, software TLB, decode cache and interpreter.
+/// All mutable state sits behind pointers allocated once, so the interpreter runs without
+/// exclusivity checks, ARC traffic or allocation.
+public final class X86CPU: @unchecked Sendable {
+    public let st: UnsafeMutablePointer<CPUState>
+    /// RAX..R15.
+    public let gpr: UnsafeMutablePointer<UInt64>
+    let tlb: UnsafeMutablePointer<TLBEntry>
+    /// Variable and fixed MTRRs (read back as written).
+    let mtrrs: UnsafeMutablePointer<UInt64>
+    let cache: DecodeCache
+    unowned(unsafe) let platform: TCGPlatform
+    public let index: Int
+    public var cpuid: CPUIDModel
+    /// Set from any thread to make `run` return at the next block boundary.
+    public let exitRequest = Atomic<Bool>(false)
+    /// A pending external interrupt vector (-1 none), set by `injectExternalInterrupt`.
+    let pendingVector = Atomic<Int32>(-1)
+    /// Monotonic time base (ns) at creation, for the TSC.
+    let tscBase: UInt64
+    static let traceUD = getenv("KEEL_TCG_TRACE_UD") != nil
+    var loggedUD = Set<UInt64>()
+    /// Instructions executed (for measurements).
+    public var instructionCount: UInt64 { st.pointee.instructionCount }
+
+    public init(platform: TCGPlatform, index: Int = 0, cpuid: CPUIDModel) {
+        self.platform = platform
+        self.index = index
+        self.cpuid = cpuid
+        st = .allocate(capacity: 1)
+        st.initialize(to: CPUState())
+        gpr = .allocate(capacity: 16)
+        gpr.initialize(repeating: 0, count: 16)
+        tlb = .allocate(capacity: TLBEntry.count)
+        tlb.initialize(repeating: TLBEntry(), count: TLBEntry.count)
+        cache = DecodeCache()
+        mtrrs = .allocate(capacity: 27)
+        mtrrs.initialize(repeating: 0, count: 27)
+        tscBase = X86CPU.monotonicNanoseconds()
+        resetToPowerOn()
+    }
+
+    deinit {
+        st.deinitialize(count: 1); st.deallocate()
+        gpr.deallocate()
+        tlb.deallocate()
+        mtrrs.deallocate()
+    }
+
+    static func monotonicNanoseconds() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
+    }
+
+    /// The guest TSC: nanoseconds since the vCPU was made (a 1 GHz TSC), plus the guest's offset.
+    var tsc: UInt64 { (X86CPU.monotonicNanoseconds() &- tscBase) &+ st.pointee.tscOffset }
+
+    /// Power-on state (SDM Vol. 3 §9.1.1): real mode at F000:FFF0.
+    public func resetToPowerOn() {
+        st.pointee = CPUState()
+        for r in 0..<16 { gpr[r] = 0 }
+        gpr[Int(Reg.rdx)] = UInt64(cpuid.familyModelStepping)
+        st.pointee.cs = SegmentCache(selector: 0xF000, base: 0xFFFF_0000, limit: 0xFFFF, attributes: 0x9B)
+        st.pointee.rip = 0xFFF0
+        flushTLB(global: true)
+        updateMode()
+    }
+
+    /// Recomputes the decode mode and CPL after CS, CR0 or EFER change.
+    func updateMode() {
+        let s = st
+        if s.pointee.cr0 & CR0.pe == 0 {
+            s.pointee.codeMode = .real16
+            s.pointee.cpl = 0
+        } else {
+            if s.pointee.efer & EFER.lma != 0 && s.pointee.cs.long {
+                s.pointee.codeMode = .long64
+            } else {
+                s.pointee.codeMode = s.pointee.cs.defaultBig ? .prot32 : .prot16
+            }
+            s.pointee.cpl = UInt8(truncatingIfNeeded: s.pointee.cs.selector & 3)
+        }
+        st.pointee.breakBlock = true
+    }
+
+    // MARK: - Registers
+
+    /// A register operand of `size` (0-3); byte registers 16-19 are AH..BH.
+    @inline(__always) func reg(_ r: UInt8, _ size: UInt8) -> UInt64 {
+        switch size {
+        case 0:
+            if r >= 16 { return (gpr[Int(r & 3)] >> 8) & 0xFF }
+            return gpr[Int(r & 15)] & 0xFF
+        case 1: return gpr[Int(r & 15)] & 0xFFFF
+        case 2: return gpr[Int(r & 15)] & 0xFFFF_FFFF
+        default: return gpr[Int(r & 15)]
+        }
+    }
+
+    /// Writes a register operand: 32-bit writes zero the upper half, 8/16-bit writes merge.
+    @inline(__always) func setReg(_ r: UInt8, _ size: UInt8, _ v: UInt64) {
+        switch size {
+        case 0:
+            if r >= 16 {
+                let p = gpr + Int(r & 3)
+                p.pointee = (p.pointee & ~0xFF00) | ((v & 0xFF) << 8)
+            } else {
+                let p = gpr + Int(r & 15)
+                p.pointee = (p.pointee & ~0xFF) | (v & 0xFF)
+            }
+        case 1:
+            let p = gpr + Int(r & 15)
+            p.pointee = (p.pointee & ~0xFFFF) | (v & 0xFFFF)
+        case 2: gpr[Int(r & 15)] = v & 0xFFFF_FFFF
+        default: gpr[Int(r & 15)] = v
+        }
+    }
+
+    /// The segment cache for an instruction's segment number (0-7).
+    @inline(__always) func segment(_ n: UInt8) -> SegmentCache {
+        switch n {
+        case 0: return st.pointee.es
+        case 1: return st.pointee.cs
+        case 2: return st.pointee.ss
+        case 3: return st.pointee.ds
+        case 4: return st.pointee.fs
+        case 5: return st.pointee.gs
+        case 6: return st.pointee.ldtr
+        default: return st.pointee.tr
+        }
+    }
+
+    func setSegment(_ n: UInt8, _ s: SegmentCache) {
+        switch n {
+        case 0: st.pointee.es = s
+        case 1: st.pointee.cs = s; updateMode()
+        case 2: st.pointee.ss = s
+        case 3: st.pointee.ds = s
+        case 4: st.pointee.fs = s
+        case 5: st.pointee.gs = s
+        case 6: st.pointee.ldtr = s
+        default: st.pointee.tr = s
+        }
+    }
+
+    /// Base added to an offset in segment `n` (in 64-bit mode only FS and GS have one).
+    @inline(__always) func segmentBase(_ n: UInt8) -> UInt64 {
+        if st.pointee.codeMode == .long64 {
+            if n == 4 { return st.pointee.fs.base }
+            if n == 5 { return st.pointee.gs.base }
+            return 0
+        }
+        return segment(n).base
+    }
+
+    /// Mask of the instruction pointer in the current mode.
+    @inline(__always) var ipMask: UInt64 {
+        switch st.pointee.codeMode {
+        case .long64: return ~0
+        case .prot32: return 0xFFFF_FFFF
+        default: return 0xFFFF
+        }
+    }
+
+    /// Stack pointer width: 64 in long mode, else SS.B.
+    @inline(__always) var stackAddrSize: UInt8 {
+        if st.pointee.codeMode == .long64 { return 3 }
+        return st.pointee.ss.defaultBig ? 2 : 1
+    }
+
+    // MARK: - External interface
+
+    /// Requests an external interrupt with `vector` (from an interrupt controller, any thread);
+    /// delivered at an instruction boundary when RFLAGS.IF allows.
+    public func injectExternalInterrupt(vector: UInt8) {
+        pendingVector.store(Int32(vector), ordering: .releasing)
+        exitRequest.store(true, ordering: .releasing)
+    }
+
+    /// Recomputes CPL and decode mode after state was loaded from outside.
+    public func refreshMode() { updateMode() }
+
+    /// Makes `run` return at the next block boundary.
+    public func kick() { exitRequest.store(true, ordering: .releasing) }
+}

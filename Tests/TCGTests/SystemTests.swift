@@ -1,0 +1,165 @@
+import XCTest
+@testable import TCG
+
+/// Kernel-mode behaviour against the SDM: page faults, IDT delivery with privilege changes,
+/// SYSCALL/SYSRET, #DE/#UD, triple fault, string instructions and LOCK on memory.
+final class SystemTests: XCTestCase {
+    var emu: EmulatedRunner!
+    static let gdt: UInt64 = 0x3000, idt: UInt64 = 0x4000, tss: UInt64 = 0x5000
+    static let handlers: UInt64 = 0x8000, kernelStack: UInt64 = 0x40000, userStack: UInt64 = 0x50000
+
+    override func setUpWithError() throws {
+        emu = try EmulatedRunner()
+        let m = emu.memory
+        let gdtEntries: [UInt64] = [0, 0x00AF_9A00_0000_FFFF, 0x00CF_9200_0000_FFFF, 0x00CF_F200_0000_FFFF, 0x00AF_FA00_0000_FFFF]
+        for (k, d) in gdtEntries.enumerated() { try m.store(d, at: Self.gdt + UInt64(8 * k)) }
+        // 64-bit TSS at selector 0x28.
+        let base = Self.tss, limit: UInt64 = 0x67
+        try m.store(limit | ((base & 0xFF_FFFF) << 16) | (0x89 << 40) | (((base >> 24) & 0xFF) << 56), at: Self.gdt + 0x28)
+        try m.store(base >> 32, at: Self.gdt + 0x30)
+        try m.store(Self.kernelStack, at: Self.tss + 4)
+        // Every vector: an interrupt gate (DPL 3) to handlers + 16 * v, which halts.
+        for v in 0..<256 {
+            let h = Self.handlers + UInt64(16 * v)
+            let lo = (h & 0xFFFF) | (0x08 << 16) | (UInt64(0xEE) << 40) | ((h >> 16 & 0xFFFF) << 48)
+            try m.store(lo, at: Self.idt + UInt64(16 * v))
+            try m.store(h >> 32, at: Self.idt + UInt64(16 * v) + 8)
+            try m.write([0xF4], at: h)
+        }
+        let s = emu.cpu.st
+        s.pointee.gdtBase = Self.gdt; s.pointee.gdtLimit = 0x37
+        s.pointee.idtBase = Self.idt; s.pointee.idtLimit = 0xFFF
+        s.pointee.tr = SegmentCache(selector: 0x28, base: Self.tss, limit: 0x67, attributes: 0x8B)
+    }
+
+    /// Runs code in ring 0 with RSP at the kernel stack; returns the exit.
+    func run(_ code: [UInt8], regs: [Int: UInt64] = [:]) throws -> CPUExit {
+        var r = RegisterFile()
+        r.gpr[4] = Self.kernelStack - 0x100
+        for (k, v) in regs { r.gpr[k] = v }
+        let (_, exit) = try emu.run(code, r)
+        return exit
+    }
+
+    var cpu: X86CPU { emu.cpu }
+    func stack(_ n: Int) throws -> UInt64 { try emu.memory.load(UInt64.self, at: cpu.gpr[4] + UInt64(8 * n)) }
+    func handler(_ v: UInt64) -> UInt64 { Self.handlers + 16 * v + 1 }
+
+    func testNotPresentPageFaultPushesErrorCodeAndSetsCR2() throws {
+        // mov rax, [0x40000010] (PDPT[1] is empty)
+        XCTAssertEqual(try run([0x48, 0x8B, 0x04, 0x25, 0x10, 0x00, 0x00, 0x40]), .haltedForever)
+        XCTAssertEqual(cpu.st.pointee.rip, handler(14))
+        XCTAssertEqual(cpu.st.pointee.cr2, 0x4000_0010)
+        XCTAssertEqual(try stack(0), 0, "error code: not present, read, supervisor")
+        XCTAssertEqual(try stack(1), EmulatedRunner.codeAddress, "faulting RIP")
+        XCTAssertEqual(try stack(2), 0x08)
+    }
+
+    func testWriteToReadOnlyPageWithWPFaults() throws {
+        try emu.memory.store(UInt64(0x4000_0000 | 0x81), at: EmulatedRunner.pdpt + 8)   // 1 GiB, present, read-only
+        // mov dword [0x40000000], 1
+        XCTAssertEqual(try run([0xC7, 0x04, 0x25, 0x00, 0x00, 0x00, 0x40, 0x01, 0x00, 0x00, 0x00]), .haltedForever)
+        XCTAssertEqual(cpu.st.pointee.rip, handler(14))
+        XCTAssertEqual(try stack(0), 3, "error code: present, write")
+        XCTAssertEqual(cpu.st.pointee.cr2, 0x4000_0000)
+    }
+
+    func testAccessedAndDirtyBitsAreSet() throws {
+        try emu.memory.store(UInt64(0x87), at: EmulatedRunner.pdpt)
+        // mov [0x20000], eax
+        XCTAssertEqual(try run([0x89, 0x04, 0x25, 0x00, 0x00, 0x02, 0x00]), .haltedForever)
+        let e: UInt64 = try emu.memory.load(at: EmulatedRunner.pdpt)
+        XCTAssertEqual(e & 0x60, 0x60, "A and D set in the 1 GiB leaf")
+    }
+
+    func testUserModeSoftwareInterruptSwitchesToTSSStack() throws {
+        // iretq to ring 3 at user code: int 0x80.
+        let user: UInt64 = 0x11000
+        try emu.memory.write([0xCD, 0x80], at: user)
+        let frame: [UInt64] = [user, 0x23, 0x202, Self.userStack, 0x1B]
+        let sp = Self.kernelStack - 0x100 - 40
+        for (k, v) in frame.enumerated() { try emu.memory.store(v, at: sp + UInt64(8 * k)) }
+        XCTAssertEqual(try run([0x48, 0xCF], regs: [4: sp]), .haltedForever)
+        XCTAssertEqual(cpu.st.pointee.rip, handler(0x80))
+        XCTAssertEqual(cpu.st.pointee.cpl, 0)
+        XCTAssertEqual(cpu.gpr[4], Self.kernelStack - 40, "frame on TSS.RSP0")
+        XCTAssertEqual(try stack(0), user + 2, "return RIP after int")
+        XCTAssertEqual(try stack(1), 0x23)
+        XCTAssertEqual(try stack(3), Self.userStack)
+        XCTAssertEqual(try stack(4), 0x1B)
+    }
+
+    func testUserModeCannotHalt() throws {
+        let user: UInt64 = 0x11000
+        try emu.memory.write([0xF4], at: user)
+        let frame: [UInt64] = [user, 0x23, 0x202, Self.userStack, 0x1B]
+        let sp = Self.kernelStack - 0x100 - 40
+        for (k, v) in frame.enumerated() { try emu.memory.store(v, at: sp + UInt64(8 * k)) }
+        XCTAssertEqual(try run([0x48, 0xCF], regs: [4: sp]), .haltedForever)
+        XCTAssertEqual(cpu.st.pointee.rip, handler(13))
+        XCTAssertEqual(try stack(0), 0, "#GP(0)")
+    }
+
+    func testSyscallAndSysret() throws {
+        let s = cpu.st
+        s.pointee.star = (UInt64(0x10) << 48) | (UInt64(0x08) << 32)
+        s.pointee.lstar = 0x12000
+        s.pointee.sfmask = 0x200
+        // Kernel entry: sysretq.
+        try emu.memory.write([0x48, 0x0F, 0x07], at: 0x12000)
+        // User code after sysret: hlt raises #GP in ring 3.
+        XCTAssertEqual(try run([0x0F, 0x05], regs: [11: 0x202]), .haltedForever)
+        XCTAssertEqual(cpu.st.pointee.rip, handler(13))
+        XCTAssertEqual(cpu.gpr[1], EmulatedRunner.codeAddress + 2, "RCX = return RIP")
+        XCTAssertEqual(try stack(1), EmulatedRunner.codeAddress + 2, "#GP at the HLT after syscall returned")
+        XCTAssertEqual(try stack(2), 0x23, "CS = STAR[63:48] + 16 | 3")
+    }
+
+    func testDivideByZeroRaisesDE() throws {
+        XCTAssertEqual(try run([0x48, 0xF7, 0xF1], regs: [1: 0]), .haltedForever)   // div rcx
+        XCTAssertEqual(cpu.st.pointee.rip, handler(0))
+        XCTAssertEqual(try stack(0), EmulatedRunner.codeAddress)
+    }
+
+    func testUnimplementedInstructionRaisesUD() throws {
+        XCTAssertEqual(try run([0xD9, 0xE8]), .haltedForever)   // fld1 (no x87 yet)
+        XCTAssertEqual(cpu.st.pointee.rip, handler(6))
+        XCTAssertEqual(try run([0x0F, 0x0B]), .haltedForever)   // ud2
+        XCTAssertEqual(cpu.st.pointee.rip, handler(6))
+        XCTAssertEqual(try run([0xF0, 0x48, 0x89, 0xC8]), .haltedForever)   // lock mov: #UD
+        XCTAssertEqual(cpu.st.pointee.rip, handler(6))
+    }
+
+    func testFaultWithoutIDTIsATripleFault() throws {
+        cpu.st.pointee.idtLimit = 0
+        XCTAssertEqual(try run([0x0F, 0x0B]), .tripleFault)
+    }
+
+    func testRepMovsbAndStosq() throws {
+        try emu.memory.write(Array("keel tcg string".utf8), at: 0x21000)
+        // rep movsb (rsi=0x21000, rdi=0x22000, rcx=15); rep stosq (rdi=0x23000, rcx=4, rax=pattern)
+        let code: [UInt8] = [0xF3, 0xA4, 0x48, 0xC7, 0xC7, 0x00, 0x30, 0x02, 0x00, 0xB9, 0x04, 0, 0, 0, 0xF3, 0x48, 0xAB]
+        XCTAssertEqual(try run(code, regs: [6: 0x21000, 7: 0x22000, 1: 15, 0: 0x1122_3344_5566_7788]), .haltedForever)
+        XCTAssertEqual(try emu.memory.readBytes(at: 0x22000, count: 15), Array("keel tcg string".utf8))
+        for k in 0..<4 { XCTAssertEqual(try emu.memory.load(UInt64.self, at: 0x23000 + UInt64(8 * k)), 0x1122_3344_5566_7788) }
+        XCTAssertEqual(cpu.gpr[1], 0)
+        XCTAssertEqual(cpu.gpr[7], 0x23020)
+    }
+
+    func testLockedCmpxchgAndXaddOnMemory() throws {
+        try emu.memory.store(UInt64(5), at: 0x24000)
+        // lock cmpxchg [rbx], rcx (rax=5 -> stores 9); lock xadd [rbx], rdx (rdx=1 -> mem 10, rdx 9)
+        let code: [UInt8] = [0xF0, 0x48, 0x0F, 0xB1, 0x0B, 0xF0, 0x48, 0x0F, 0xC1, 0x13]
+        XCTAssertEqual(try run(code, regs: [0: 5, 3: 0x24000, 1: 9, 2: 1]), .haltedForever)
+        XCTAssertEqual(try emu.memory.load(UInt64.self, at: 0x24000), 10)
+        XCTAssertEqual(cpu.gpr[2], 9)
+    }
+
+    func testSelfModifyingCodeIsSeen() throws {
+        // mov byte [rip+1], 0x90 ... overwrites the following ud2's first byte? Simpler: write
+        // "nop" over an int3 two instructions ahead, then execute it.
+        // c6 05 01 00 00 00 90 = mov byte [rip+1], 0x90 ; next: jmp +0 ; cc (int3) -> becomes nop
+        let code: [UInt8] = [0xC6, 0x05, 0x02, 0x00, 0x00, 0x00, 0x90, 0xEB, 0x00, 0xCC]
+        XCTAssertEqual(try run(code), .haltedForever, "the int3 was replaced by a nop before it ran")
+    }
+}
