@@ -17,7 +17,7 @@ public enum KeelCommandLine {
 
     /// Options that take a value, and those that don't.
     static let valued: Set<String> = ["accel", "m", "smp", "kernel", "initrd", "append", "serial", "display",
-                                      "device", "name", "machine", "M", "cpu"]
+                                      "device", "name", "machine", "M", "cpu", "drive", "object"]
     static let flags: Set<String> = ["enable-kvm", "nographic", "no-reboot", "nodefaults", "h", "help", "version"]
 
     /// Machine type names QEMU users write; all of them mean Keel's one x86-64 PC board.
@@ -29,6 +29,7 @@ public enum KeelCommandLine {
         var serials: [ChardevSpec] = []
         var nographic = false
         var nodefaults = false
+        var iothreads: [String] = []
         var i = 0
         while i < args.count {
             let raw = args[i]
@@ -106,9 +107,13 @@ public enum KeelCommandLine {
                     _ = o.take("id")
                     try o.rejectUnused(value)
                     c.testDevice = true
+                case let driver where try VirtioCommandLine.parseDevice(driver, &o, value, into: &c):
+                    break
                 default:
                     throw ConfigurationErrorText("-device \(value): unknown device type '\(o.implied ?? "")' (see -device help)")
                 }
+            case "drive": try VirtioCommandLine.parseDrive(value, into: &c)
+            case "object": try VirtioCommandLine.parseObject(value, iothreads: &iothreads)
             case "name":
                 var o = try OptionList(option: opt, value, impliedKey: "guest")
                 c.name = o.implied
@@ -151,6 +156,7 @@ public enum KeelCommandLine {
         if serials.isEmpty && !nodefaults { serials = [nographic ? .stdio : .null] }
         c.stdioMux = nographic && serials.first == .stdio
         c.serialPorts = serials
+        try VirtioCommandLine.checkIOThreads(c, iothreads)
         return .run(c)
     }
 
@@ -200,6 +206,10 @@ public enum KeelCommandLine {
       -display none                       no display (Keel has none)
       -device isa-debug-exit[,iobase=0xf4,iosize=0x04]
       -device pc-testdev
+      -drive file=FILE[,if=virtio|none][,id=ID][,format=raw][,readonly=on][,cache=][,aio=]
+      -device virtio-blk-pci,drive=ID[,num-queues=N][,serial=S][,iothread=ID]
+      -device virtio-rng-pci
+      -object iothread,id=ID
       -device help                        list devices
 
       -h, -help, --help                   this text
@@ -217,5 +227,7 @@ public enum KeelCommandLine {
     Devices Keel offers:
     name "isa-debug-exit", bus ISA, desc "exit with status (value << 1) | 1 on a write"
     name "pc-testdev", bus ISA, desc "QEMU's PC test device (port 0xe0 and MMIO readback)"
+    name "virtio-blk-pci", bus PCI, desc "virtio block device (modern)"
+    name "virtio-rng-pci", bus PCI, desc "virtio entropy source (modern)"
     """
 }

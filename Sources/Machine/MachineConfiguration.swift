@@ -33,6 +33,9 @@ public struct MachineConfiguration: Sendable {
     public var debugExit: DebugExitDevice?
     public var testDevice = false
     public var name: String?
+    /// `-drive` images, and the PCI devices on bus 0 (virtio-blk-pci, virtio-rng-pci...).
+    public var drives: [DriveConfiguration] = []
+    public var pciDevices: [PCIDeviceConfiguration] = []
 
     public init() {}
 
@@ -58,6 +61,7 @@ public struct MachineConfiguration: Sendable {
         guard serialPorts.count <= Self.serialPortResources.count else {
             throw ConfigurationError("too many -serial ports (\(serialPorts.count)); at most \(Self.serialPortResources.count)")
         }
+        try validatePCI()
         if let d = debugExit {
             guard d.ioSize >= 1, d.ioSize <= 8, UInt32(d.ioBase) + UInt32(d.ioSize) <= 0x10000 else {
                 throw ConfigurationError("isa-debug-exit: iobase=0x\(String(d.ioBase, radix: 16)),iosize=\(d.ioSize) is not a valid I/O range")
