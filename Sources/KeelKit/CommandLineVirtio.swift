@@ -56,6 +56,7 @@ enum VirtioCommandLine {
                 b.serial = s
             }
             b.iothread = o.take("iothread")
+            if let e = try o.takeBool("ioeventfd") { b.ioeventfd = e }
             _ = o.take("id"); _ = o.take("bus"); _ = o.take("addr")
             try o.rejectUnused(value)
             c.pciDevices.append(.virtioBlock(b))

@@ -87,6 +87,13 @@ public final class PCBoard: @unchecked Sendable {
         }
     }
 
+    /// The running accelerator's in-kernel notification paths (kvm's ioeventfd and irqfd) for
+    /// the virtio devices; nil withdraws them before that accelerator's VM is destroyed. Call
+    /// with the big lock held.
+    public func setIOEventAcceleratorLocked(_ accelerator: IOEventAccelerator?) {
+        pci?.setIOEventsLocked(accelerator)
+    }
+
     /// Presses the ACPI power button (QMP system_powerdown). Call with the big lock held.
     public func pressPowerButtonLocked() {
         devices.pm.pressPowerButton()

@@ -6,7 +6,8 @@ public struct DriveConfiguration: Sendable, Equatable {
 
     public var id: String
     public var file: String
-    public var format = "raw"
+    /// raw or qcow2; nil probes the file as QEMU does (a qcow2 header is never taken for raw).
+    public var format: String?
     public var interface: Interface = .virtio
     public var cache: Cache = .writeback
     public var aio: AIO = .threads
@@ -29,6 +30,9 @@ public struct VirtioBlockConfiguration: Sendable, Equatable {
     public var serial = ""
     /// `-object iothread,id=` owning the queues (not yet honoured: the main loop owns them).
     public var iothread: String?
+    /// Queue notifications through kvm's ioeventfd and MSI-X through irqfd (QEMU's
+    /// `ioeventfd=on`); off, every notify write exits to Keel and MSIs go by ioctl.
+    public var ioeventfd = true
     public init(drive: String) { self.drive = drive }
 }
 
@@ -38,8 +42,8 @@ extension MachineConfiguration {
         var ids: Set<String> = []
         for d in drives {
             guard ids.insert(d.id).inserted else { throw ConfigurationError("-drive id=\(d.id): duplicate drive id") }
-            guard d.format == "raw" || d.format == "qcow2" else {
-                throw ConfigurationError("-drive \(d.file): format=\(d.format) is not supported (raw or qcow2)")
+            if let f = d.format, f != "raw", f != "qcow2" {
+                throw ConfigurationError("-drive \(d.file): format=\(f) is not supported (raw or qcow2)")
             }
         }
         var used: Set<String> = []
