@@ -54,6 +54,14 @@ final class PCIBusDevices {
                                         executor: WorkerPoolExecutor(pool: workers!, loop: board.loop))
                 case .virtioRNG:
                     model = VirtioRNG()
+                case .virtioSerial(let v):
+                    var chardevs: [Chardev] = []
+                    for port in v.ports {
+                        let c = try openChardev(port.backend, loop: board.loop, muxEscape: false, option: "-chardev") {}
+                        board.chardevs.append(c)
+                        chardevs.append(c)
+                    }
+                    model = VirtioConsole(chardevs: chardevs)
                 }
                 let dev = VirtioPCIDevice(device: model, memory: board.memory, msiController: msi)
                 let slot = try bridge.plug(dev)
