@@ -24,6 +24,7 @@ final class PCIBusDevices {
     private let loop: EventLoop
     private var backends: [BlockDevice] = []
     private var workers: WorkerPool?
+    private var executors: [WorkerPoolExecutor] = []
 
     init(board: PCBoard) throws {
         let c = board.configuration
@@ -46,12 +47,14 @@ final class PCIBusDevices {
                     }
                     let backend = try openDriveBackend(drive)
                     backends.append(backend)
-                    if workers == nil { workers = WorkerPool(threads: 4) }
+                    let pool = workers ?? WorkerPool(threads: 4)
+                    workers = pool
                     ioeventfd = b.ioeventfd
                     var v = VirtioBlock.Configuration()
                     v.queueCount = b.queueCount; v.queueSize = b.queueSize; v.serial = b.serial; v.readOnly = drive.readOnly
-                    model = VirtioBlock(backend: backend, configuration: v,
-                                        executor: WorkerPoolExecutor(pool: workers!, loop: board.loop))
+                    let executor = WorkerPoolExecutor(pool: pool, loop: board.loop)
+                    executors.append(executor)
+                    model = VirtioBlock(backend: backend, configuration: v, executor: executor)
                 case .virtioRNG:
                     model = VirtioRNG()
                 case .virtioSerial(let v):
@@ -82,6 +85,12 @@ final class PCIBusDevices {
                                    memory64: root.memory64Window.map { $0.lowerBound..<$0.upperBound + 1 } ?? 0..<0)
     }
 
+    /// Waits until no block request is reading or writing guest memory (vCPUs stopped, before a
+    /// machine reset wipes RAM; QEMU drains all block I/O there too). Call without the big lock.
+    func drainRequests() {
+        for e in executors { e.waitUntilIdle() }
+    }
+
     /// Machine reset with the big lock held: headers back to power-on, then BARs placed again.
     func reset() {
         bridge.reset()
@@ -97,8 +106,10 @@ final class PCIBusDevices {
     }
 
     /// KEEL_DEBUG_VIRTIO=1: per device, how its notifications and interrupts travelled.
+    private var reported = false
     func reportStatistics() {
-        guard getenv("KEEL_DEBUG_VIRTIO") != nil else { return }
+        guard !reported, getenv("KEEL_DEBUG_VIRTIO") != nil else { return }
+        reported = true
         for (i, dev) in virtio.enumerated() {
             let s = dev.statistics
             var line = "keel: virtio-pci \(i) (type \(dev.device.deviceType)): notify trapped \(s.trappedNotifies) eventfd \(s.eventFDNotifies); "

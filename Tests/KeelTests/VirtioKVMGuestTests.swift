@@ -58,16 +58,18 @@ final class VirtioKVMGuestTests: XCTestCase {
     /// Boots the virtio-blk guest with the disk at `image`; returns the run and the statistics
     /// line Keel printed for the disk.
     func boot(image: URL, format: String, machine: String, append: String, device: String = "",
-              drive: String = "") throws -> (RunResult, Statistics?) {
+              drive: String = "", extra: [String] = [], whileRunning: (() throws -> Void)? = nil) throws -> (RunResult, Statistics?) {
         var o = MachineOptions(kernel: try GuestBuilder.shared.image(for: .virtioBlk))
+        o.noReboot = whileRunning == nil
         o.machine = machine
         o.append = append
         let args = runner.arguments(for: o) + [
             "-drive", "file=\(image.path),if=none,id=d0,format=\(format)\(drive)",
             "-device", "virtio-blk-pci,drive=d0,serial=keel-disk-7\(device)",
-        ]
+        ] + extra
         let r = try KeelRunner.runCommand(executable: "/usr/bin/env",
-                                          arguments: ["KEEL_DEBUG_VIRTIO=1", runner.binary] + args, timeout: 120)
+                                          arguments: ["KEEL_DEBUG_VIRTIO=1", runner.binary] + args, timeout: 120,
+                                          whileRunning: whileRunning)
         return (r, Self.statistics(r.stderr))
     }
 
@@ -150,6 +152,34 @@ final class VirtioKVMGuestTests: XCTestCase {
         let n = try XCTUnwrap(requests(r), r.stdout)
         let stats = try XCTUnwrap(s, r.stderr)
         XCTAssertEqual(stats, Statistics(trapped: n, eventFD: 0, msiIoctl: n, irqfd: 0))
+    }
+
+    /// A machine reset (QMP system_reset) in the middle of a stream of requests: requests in
+    /// flight finish before RAM is wiped, their completions do not reach the new boot's rings,
+    /// and the rebuilt VM gets the ioeventfd/irqfd paths again.
+    func testMachineResetDuringIORebindsTheEventFDs() throws {
+        let raw = try makeRawImage()
+        let qmp = "/tmp/keel-vqmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sock"
+        defer { unlink(qmp) }
+        var replies = ""
+        let (r, s) = try boot(image: raw, format: "raw", machine: "pc", append: "loops=3000",
+                              extra: ["-qmp", "unix:\(qmp),server=on,wait=off"]) {
+            let client = try UnixSocketClient(path: qmp, timeout: 20)
+            replies += client.receive(until: "\"QMP\"", timeout: 10)
+            try client.send(Data("{\"execute\":\"qmp_capabilities\"}\n".utf8))
+            replies += client.receive(until: "return", timeout: 10)
+            Thread.sleep(forTimeInterval: 0.15)
+            try client.send(Data("{\"execute\":\"system_reset\"}\n".utf8))
+            replies += client.receive(until: "RESET", timeout: 10)
+        }
+        XCTAssertTrue(replies.contains("\"event\": \"RESET\""), replies)
+        assertPassed(r)
+        XCTAssertEqual(r.lines.filter { $0.hasPrefix("virtio-blk: found at") }.count, 2, "the guest did not start again:\n\(r.stdout)")
+        try checkGuestWrites(raw)
+        let stats = try XCTUnwrap(s, r.stderr)
+        XCTAssertEqual(stats.trapped, 0)
+        XCTAssertEqual(stats.msiIoctl, 0)
+        XCTAssertGreaterThan(stats.eventFD, 3006, "the second boot's notifies did not come through the eventfd\n\(r.stdout)\n\(r.stderr)")
     }
 
     func testReadOnlyDriveRefusesWrites() throws {
