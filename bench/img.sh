@@ -3,7 +3,7 @@
 #   raw -> qcow2 and qcow2 -> raw, of a sparse-ish disk (~40% data in runs, holes between).
 # Each conversion runs BENCH_IMG_RUNS times per tool (alternating); the median wall time is
 # reported with the ratio qemu/keel (>= 1.0 means Keel is not slower). Both tools use their
-# default cache mode for the target and flush at the end.
+# default target cache mode, which for qemu-img convert is unsafe (no fdatasync); Keel's is too.
 # Exit status: 0 when measured, 2 when a prerequisite is missing.
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
