@@ -49,14 +49,15 @@ extension Qcow2Image {
         var refs = [UInt32](repeating: 0, count: Int(fileClusters))
         r.totalClusters = (header.size + c - 1) / c
 
+        // Problems found while counting go here, not into `r`, which checkL1 holds inout.
+        var outside: [String] = []
         func inc(_ offset: UInt64, _ length: UInt64, _ what: String) {
             guard length > 0 else { return }
             let first = offset / c
             let (end, o) = offset.addingReportingOverflow(length - 1)
             let last = o ? UInt64.max : end / c
             if last >= fileClusters {
-                r.corruptions += 1
-                r.messages.append("ERROR \(what) at offset 0x\(String(offset, radix: 16)) is outside the image file")
+                outside.append("ERROR \(what) at offset 0x\(String(offset, radix: 16)) is outside the image file")
                 return
             }
             for k in first...last where refs[Int(k)] < UInt32.max { refs[Int(k)] += 1 }
@@ -82,6 +83,8 @@ extension Qcow2Image {
             inc(off, c, "refcount block \(i)")
         }
 
+        r.corruptions += outside.count
+        r.messages += outside
         var highest: UInt64 = 0
         for k in 0..<fileClusters {
             let stored: UInt64

@@ -30,7 +30,7 @@ public final class Qcow2Image: BlockDevice, @unchecked Sendable {
     var l1: [UInt64]
     var dirtyL1 = Set<Int>()
     var l2Cache: [UInt64: L2Table] = [:]
-    let l2CacheCapacity: Int
+    var l2CacheCapacity: Int
     var useClock: UInt64 = 0
     var refcountTable: [UInt64]
     /// Entries past this index exist only in memory while the table grows.
@@ -42,6 +42,8 @@ public final class Qcow2Image: BlockDevice, @unchecked Sendable {
     /// One past the highest cluster ever allocated or present in the file.
     var highWater: UInt64
     var growingRefcountTable = false
+    /// Runs being allocated whose refcounts are not all set yet.
+    var reserved: [Range<UInt64>] = []
     var lastDecompressed: (entry: UInt64, data: [UInt8])? = nil
     let lock = BlockLock()
     var closed = false

@@ -79,7 +79,11 @@ extension Qcow2Image {
     /// refcount reach the disk before the table entry that makes it reachable.
     func ensureRefBlock(_ t: Int) throws(BlockError) {
         if t < refcountTable.count && refcountTable[t] & ~UInt64(511) != 0 { return }
-        if t >= refcountTable.count { try growRefcountTable(covering: t) }
+        if t >= refcountTable.count {
+            try growRefcountTable(covering: t)
+            // Growing may itself have created block t (for the new table's own clusters).
+            if refcountTable[t] & ~UInt64(511) != 0 { return }
+        }
         let at = highWater
         highWater += 1
         let block = RefBlock([UInt8](repeating: 0, count: cs))
@@ -143,6 +147,19 @@ extension Qcow2Image {
         for c in 0..<oldClusters { pendingFree.append((oldOffset >> UInt64(cb)) + UInt64(c)) }
     }
 
+    /// For tests: one more reference to a cluster (refcount overflow detection).
+    public func debugAddReference(clusterIndex: UInt64) throws(BlockError) {
+        lock.lock(); defer { lock.unlock() }
+        try addRefcount(clusterIndex, 1)
+    }
+
+    /// For tests: overwrite a refcount (to make leaks and corruptions).
+    public func debugSetRefcount(clusterIndex: UInt64, _ value: UInt64) throws(BlockError) {
+        lock.lock(); defer { lock.unlock() }
+        try setRefcount(clusterIndex, value)
+        try writeBackMetadata()
+    }
+
     // MARK: Allocation
 
     /// Allocates `n` contiguous free clusters (refcount 1 each); returns the first's offset.
@@ -154,7 +171,7 @@ extension Qcow2Image {
                 if run == 0 { start = c }
                 run = n; break       // everything past the end is free
             }
-            if try refcount(c) == 0 {
+            if try refcount(c) == 0 && !reserved.contains(where: { $0.contains(c) }) {
                 if firstFree == nil { firstFree = c }
                 if run == 0 { start = c }
                 run += 1
@@ -165,6 +182,10 @@ extension Qcow2Image {
         }
         let end = start + UInt64(n)
         if end > highWater { highWater = end }
+        // Counting these may allocate (a refcount block, a bigger table): keep the rest of the
+        // run out of those nested allocations until it is counted.
+        reserved.append(start..<end)
+        defer { reserved.removeLast() }
         for k in 0..<UInt64(n) { try setRefcount(start + k, 1) }
         freeHint = (firstFree == nil || firstFree == start) ? end : firstFree!
         return start << UInt64(cb)
@@ -230,7 +251,7 @@ extension Qcow2Image {
                 // left for check to report rather than failing every later flush.
                 guard try refcount(c) > 0 else { continue }
                 try addRefcount(c, -1)
-                if try refcount(c) == 0 { file.punchHole(offset: c << UInt64(cb), length: UInt64(cs)) }
+                if try refcount(c) == 0 && !reserved.contains(where: { $0.contains(c) }) { file.punchHole(offset: c << UInt64(cb), length: UInt64(cs)) }
             }
             try writeRefBlocks()
         }

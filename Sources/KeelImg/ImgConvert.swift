@@ -37,8 +37,9 @@ extension KeelImg {
                 try Qcow2Image.create(path: dstPath, options: q)
             }
         }
+        // qemu-img convert's default target cache mode is unsafe (no fdatasync): the same here.
         let dst = try openImage(path: dstPath, options: ImageOpenOptions(format: outFormat, readOnly: false,
-                                                                          cache: try parseCache(a.value("t"), default: .writeback)))
+                                                                          cache: try parseCache(a.value("t"), default: .unsafe)))
         defer { dst.close() }
         guard dst.size >= size else { throw ImgError("convert: target '\(dstPath)' is smaller than the source") }
         let granularity = outFormat == .qcow2 ? clusterSize : 4096
