@@ -22,7 +22,8 @@ public final class PCBoard: @unchecked Sendable {
     let initrd: [UInt8]?
     var chardevs: [Chardev] = []
     var devices: LegacyDevices!
-    /// The IOAPIC and PIT when they are Keel's rather than the kernel's (kvm's split irqchip).
+    /// The interrupt controllers and PIT when they are Keel's rather than the kernel's: kvm's
+    /// split irqchip (IOAPIC, PIT), or tcg (LocalAPICs, IOAPIC, PIC pair, PIT).
     public private(set) var userspaceInterrupts: UserspaceInterruptChips?
 
     public init(configuration: MachineConfiguration, loop: EventLoop, lock: BigLock, requests: MachineRequestQueue) throws {
@@ -40,7 +41,11 @@ public final class PCBoard: @unchecked Sendable {
         memory = try GuestMemory(layout: map.ramRegions)
         do {
             devices = try LegacyDevices(board: self)
-            if configuration.interruptChip == .split { userspaceInterrupts = try UserspaceInterruptChips(board: self) }
+            if configuration.accelerator == .tcg {
+                userspaceInterrupts = try UserspaceInterruptChips(board: self, localAPICCount: configuration.cpuCount)
+            } else if configuration.interruptChip == .split {
+                userspaceInterrupts = try UserspaceInterruptChips(board: self)
+            }
         } catch {
             close()
             throw error

@@ -1,10 +1,10 @@
 import Foundation
 import XCTest
 
-/// Keel's own small guests under `keel -accel tcg` (Keel's x86-64 CPU emulator): the guests that
-/// need no interrupt controller pass exactly as under kvm. Not yet under tcg (they need the
-/// local APIC / IOAPIC, which the tcg accelerator does not connect yet): smp, serial-echo in
-/// irq mode, and the pio-loop ring-3 benchmark guest's MMIO mode is untested here.
+/// Keel's own small guests under `keel -accel tcg` (Keel's x86-64 CPU emulator), as under kvm:
+/// with the board's LocalAPICs, IOAPIC, PIC pair and PIT, including SMP bring-up by
+/// INIT-SIPI-SIPI, the UART's interrupt through the IOAPIC, and the LAPIC timer waking a
+/// halted vCPU.
 final class TCGGuestTests: XCTestCase {
     private var runner: KeelRunner!
 
@@ -12,10 +12,11 @@ final class TCGGuestTests: XCTestCase {
         runner = try KeelRunner.fromEnvironment(keelAccel: "tcg")
     }
 
-    private func boot(_ recipe: GuestRecipe, append: String? = nil, noReboot: Bool = true, testdev: Bool = false,
+    private func boot(_ recipe: GuestRecipe, smp: Int = 1, append: String? = nil, noReboot: Bool = true, testdev: Bool = false,
                       timeout: TimeInterval = 60, input: String? = nil, inputAfter: String? = nil) throws -> RunResult {
         let image = try GuestBuilder.shared.image(for: recipe)
         var options = MachineOptions(kernel: image)
+        options.smp = smp
         options.append = append
         options.noReboot = noReboot
         options.testdev = testdev
@@ -110,6 +111,33 @@ final class TCGGuestTests: XCTestCase {
         assertLine(r, "echo: ready (polling)")
         assertLine(r, "HELLO KEEL, 42!")
         assertLine(r, "echo: done, 15 bytes, 0 interrupts")
+        assertStatus(r, KVMGuestTests.pass)
+    }
+
+    func testSerialEchoInterruptDrivenThroughIOAPICUnderTCG() throws {
+        let r = try boot(.serialEcho, append: "irq", input: "interrupts work\n", inputAfter: "echo: ready")
+        assertLine(r, "echo: ready (irq)")
+        assertLine(r, "INTERRUPTS WORK")
+        XCTAssertTrue(r.stdout.contains("echo: done, 15 bytes, "), describe(r))
+        XCTAssertFalse(r.stdout.contains(", 0 interrupts"), "no UART interrupt was delivered\n\(describe(r))")
+        assertStatus(r, KVMGuestTests.pass)
+    }
+
+    func testSMPBringsUpTwoCPUsUnderTCG() throws {
+        let r = try boot(.smp, smp: 2)
+        assertLine(r, "smp: MADT lists 2 cpus, BSP APIC ID 0")
+        assertLine(r, "smp: 2 of 2 cpus up")
+        assertLine(r, "smp: AP APIC IDs: 1")
+        assertStatus(r, KVMGuestTests.pass)
+    }
+
+    func testSMPBringsUpFourCPUsUnderTCG() throws {
+        let r = try boot(.smp, smp: 4, timeout: 90)
+        assertLine(r, "smp: MADT lists 4 cpus, BSP APIC ID 0")
+        assertLine(r, "smp: 4 of 4 cpus up")
+        let ids = r.lines.first { $0.hasPrefix("smp: AP APIC IDs:") }?
+            .dropFirst("smp: AP APIC IDs:".count).split(separator: " ").compactMap { Int($0) }
+        XCTAssertEqual(ids.map { Set($0) }, Set([1, 2, 3]), describe(r))
         assertStatus(r, KVMGuestTests.pass)
     }
 }
