@@ -59,7 +59,9 @@ extension X86CPU {
         let phys = try translate(la, .execute)
         let key = DecodeCache.key(phys, s.pointee.codeMode)
         let slot = cache.slot(key)
-        if slot.pointee.key == key && slot.pointee.tag == platform.codePages.tag(phys) {
+        let page = phys >> 12
+        if slot.pointee.key == key && page < codePageCount
+            && slot.pointee.tag == codePageWords[Int(truncatingIfNeeded: page)].load(ordering: .relaxed) {
             return (cache.pool + Int(slot.pointee.start), Int(slot.pointee.count))
         }
         return try decodeBlock(la: la, phys: phys, key: key)

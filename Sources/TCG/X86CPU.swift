@@ -55,6 +55,9 @@ public final class X86CPU: @unchecked Sendable {
     unowned(unsafe) let platform: TCGPlatform
     /// Keeps the platform alive as long as the CPU (its deinit unregisters the TLB there).
     private let platformOwner: TCGPlatform
+    /// The platform's CodePageMap words, for the block lookup without reference counting.
+    let codePageWords: UnsafeMutablePointer<Atomic<UInt32>>
+    let codePageCount: UInt64
     public let index: Int
     public var cpuid: CPUIDModel
     /// Set from any thread to make `run` return at the next block boundary.
@@ -75,6 +78,8 @@ public final class X86CPU: @unchecked Sendable {
     public init(platform: TCGPlatform, index: Int = 0, cpuid: CPUIDModel) {
         self.platform = platform
         platformOwner = platform
+        codePageWords = platform.codePages.words
+        codePageCount = platform.codePages.pageCount
         self.index = index
         self.cpuid = cpuid
         st = .allocate(capacity: 1)
