@@ -152,6 +152,7 @@ extension X86CPU {
         let s = st
         switch index {
         case 0x10: return tsc
+        case 0x8B: return 1 << 32   // IA32_BIOS_SIGN_ID: microcode revision 1 (Intel's early_init_intel reads it)
         case 0x1B, 0x6E0, 0x800...0x8FF where apic != nil:
             guard let apic else { throw X86Exception.gp(0) }
             platform.lock.lock()
@@ -187,6 +188,7 @@ extension X86CPU {
         func canonical() throws(X86Exception) { if !Self.isCanonical(v) { throw X86Exception.gp(0) } }
         switch index {
         case 0x10: setTSC(v)
+        case 0x8B: break            // writing 0 before CPUID + RDMSR is how the revision is read
         case 0x1B, 0x6E0, 0x800...0x8FF where apic != nil:
             guard let apic else { throw X86Exception.gp(0) }
             platform.lock.lock()
