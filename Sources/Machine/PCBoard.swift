@@ -23,7 +23,8 @@ public final class PCBoard: @unchecked Sendable {
     var chardevs: [Chardev] = []
     var devices: LegacyDevices!
     var pci: PCIBusDevices!
-    /// The IOAPIC and PIT when they are Keel's rather than the kernel's (kvm's split irqchip).
+    /// The interrupt controllers and PIT when they are Keel's rather than the kernel's: kvm's
+    /// split irqchip (IOAPIC, PIT), or tcg (LocalAPICs, IOAPIC, PIC pair, PIT).
     public private(set) var userspaceInterrupts: UserspaceInterruptChips?
 
     public init(configuration: MachineConfiguration, loop: EventLoop, lock: BigLock, requests: MachineRequestQueue) throws {
@@ -44,7 +45,11 @@ public final class PCBoard: @unchecked Sendable {
         do {
             devices = try LegacyDevices(board: self)
             pci = try PCIBusDevices(board: self)
-            if configuration.interruptChip == .split { userspaceInterrupts = try UserspaceInterruptChips(board: self) }
+            if configuration.accelerator == .tcg {
+                userspaceInterrupts = try UserspaceInterruptChips(board: self, localAPICCount: configuration.cpuCount)
+            } else if configuration.interruptChip == .split {
+                userspaceInterrupts = try UserspaceInterruptChips(board: self)
+            }
         } catch {
             close()
             throw error

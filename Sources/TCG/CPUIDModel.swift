@@ -1,3 +1,5 @@
+import Devices
+
 /// The CPUID leaves the tcg CPU reports: only features the interpreter implements.
 public struct CPUIDModel: Sendable {
     public struct Leaf: Sendable, Equatable {
@@ -25,10 +27,15 @@ public struct CPUIDModel: Sendable {
         public static let syscall: UInt32 = 1 << 11, nx: UInt32 = 1 << 20, pdpe1gb: UInt32 = 1 << 26
         public static let rdtscp: UInt32 = 1 << 27, lm: UInt32 = 1 << 29
         public static let lahfLM: UInt32 = 1 << 0, abm: UInt32 = 1 << 5
+        // The local APIC and time base (with the board's LocalAPIC and TCGTimeBase).
+        public static let apic: UInt32 = 1 << 9, x2apic: UInt32 = 1 << 21, tscDeadline: UInt32 = 1 << 24
+        public static let arat: UInt32 = 1 << 2, invariantTSC: UInt32 = 1 << 8
     }
 
     /// Keel's tcg CPU for vCPU `cpuIndex` of `cpuCount` (APIC ID = index).
-    public static func keel(cpuIndex: Int = 0, cpuCount: Int = 1) -> CPUIDModel {
+    /// GenuineIntel, because Linux takes the TSC and LAPIC timer frequencies from CPUID.15H only
+    /// on Intel (native_calibrate_tsc); family 6 model 0x3A is not on its TSC-deadline errata list.
+    public static func keel(cpuIndex: Int = 0, cpuCount: Int = 1, timeBase: TCGTimeBase = TCGTimeBase()) -> CPUIDModel {
         func regs(_ s: String) -> [UInt32] {
             var b = Array(s.utf8)
             while b.count % 4 != 0 { b.append(0) }
@@ -44,9 +51,9 @@ public struct CPUIDModel: Sendable {
             }
             return out
         }
-        let vendor = regs("AuthenticAMD")
-        // Family 0x17 (base 0xF + extended 0x8), model 1, stepping 0.
-        let fms: UInt32 = (0x8 << 20) | (0xF << 8) | (0x1 << 4)
+        let vendor = regs("GenuineIntel")
+        // Family 6, model 0x3A (extended model 3, model 0xA), stepping 9.
+        let fms: UInt32 = (0x3 << 16) | (0x6 << 8) | (0xA << 4) | 0x9
         let count = UInt32(max(1, min(cpuCount, 255)))
         let apicID = UInt32(truncatingIfNeeded: cpuIndex) & 0xFF
         var brand = regs("Keel TCG x86-64 CPU")
@@ -54,14 +61,20 @@ public struct CPUIDModel: Sendable {
         let common: UInt32 = Feature.pse | Feature.tsc | Feature.msr | Feature.pae | Feature.cx8 | Feature.pge
         let common2: UInt32 = Feature.cmov | Feature.pat | Feature.pse36
         let htt: UInt32 = count > 1 ? 1 << 28 : 0
-        let edx1: UInt32 = common | common2 | Feature.clflush | htt
+        let edx1: UInt32 = common | common2 | Feature.clflush | htt | Feature.apic
         let ecx1: UInt32 = Feature.cx16 | Feature.movbe | Feature.popcnt | Feature.hypervisor
+            | Feature.x2apic | Feature.tscDeadline
         let ext: UInt32 = Feature.syscall | Feature.nx | Feature.pdpe1gb | Feature.rdtscp | Feature.lm
         let ebx1: UInt32 = (apicID << 24) | (count << 16) | (8 << 8)
         var l: [Leaf] = []
-        l.append(Leaf(0, eax: 0x7, ebx: vendor[0], ecx: vendor[2], edx: vendor[1]))
+        l.append(Leaf(0, eax: 0x16, ebx: vendor[0], ecx: vendor[2], edx: vendor[1]))
         l.append(Leaf(1, eax: fms, ebx: ebx1, ecx: ecx1, edx: edx1))
+        l.append(Leaf(6, eax: Feature.arat))
         l.append(Leaf(7, 0))
+        let t15 = timeBase.cpuid15, t16 = timeBase.cpuid16
+        l.append(Leaf(0x15, eax: t15.eax, ebx: t15.ebx, ecx: t15.ecx, edx: t15.edx))
+        l.append(Leaf(0x16, eax: t16.eax, ebx: t16.ebx, ecx: t16.ecx, edx: t16.edx))
+        l.append(Leaf(0x8000_0007, edx: Feature.invariantTSC))
         l.append(Leaf(0x8000_0000, eax: 0x8000_0008, ebx: vendor[0], ecx: vendor[2], edx: vendor[1]))
         l.append(Leaf(0x8000_0001, eax: fms, ecx: Feature.lahfLM | Feature.abm, edx: ext | common | common2))
         for k in 0..<3 {

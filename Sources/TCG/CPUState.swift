@@ -97,6 +97,10 @@ public struct CPUState {
     /// Set by sti / mov ss / pop ss: interrupts are held off for one instruction.
     public var interruptShadow: Bool = false
     public var halted: Bool = false
+    /// An application processor after INIT: runs nothing until a start-up IPI (SDM Vol. 3 §9.4).
+    public var waitingForSIPI: Bool = false
+    /// NMIs are held off from NMI delivery until the next IRET (SDM Vol. 3 §6.7.1).
+    public var nmiBlocked: Bool = false
     /// Address of the instruction being executed (faults restart it).
     public var currentRIP: UInt64 = 0
     /// Set by an instruction that must end the block after it (code written, mode changed).

@@ -1,6 +1,6 @@
 /// Decoded blocks keyed by the physical address (and decode mode) of their first instruction.
-/// A block never crosses a 4 KiB page, so invalidating a written code page drops exactly the
-/// blocks that start on it. Instructions live in one pool allocated once; when it fills, the
+/// A block never crosses a 4 KiB page and carries its page's CodePageMap word from when it was
+/// decoded: a store to the page by any vCPU changes the word, and the block no longer matches. Instructions live in one pool allocated once; when it fills, the
 /// whole cache is flushed (no allocation per block).
 final class DecodeCache {
     struct Slot {
@@ -8,6 +8,8 @@ final class DecodeCache {
         var key: UInt64 = ~0
         var start: Int32 = 0
         var count: Int32 = 0
+        /// The page's CodePageMap word when the block was decoded.
+        var tag: UInt32 = 0
     }
 
     static let slotCount = 1 << 14
@@ -45,11 +47,6 @@ final class DecodeCache {
         used = 0
     }
 
-    func invalidatePage(_ page: UInt64) {
-        for k in 0..<Self.slotCount where slots[k].key != ~0 && (slots[k].key >> 2) & ~0xFFF == page {
-            slots[k] = Slot()
-        }
-    }
 }
 
 extension X86CPU {
@@ -62,7 +59,9 @@ extension X86CPU {
         let phys = try translate(la, .execute)
         let key = DecodeCache.key(phys, s.pointee.codeMode)
         let slot = cache.slot(key)
-        if slot.pointee.key == key {
+        let page = phys >> 12
+        if slot.pointee.key == key && page < codePageCount
+            && slot.pointee.tag == codePageWords[Int(truncatingIfNeeded: page)].load(ordering: .relaxed) {
             return (cache.pool + Int(slot.pointee.start), Int(slot.pointee.count))
         }
         return try decodeBlock(la: la, phys: phys, key: key)
@@ -80,8 +79,8 @@ extension X86CPU {
             cache.pool[start] = insn
             return (cache.pool + start, 1)
         }
-        platform.codePages.insert(phys)
-        protectCodePage(phys)
+        let (tag, new) = platform.codePages.mark(phys)
+        if new { platform.revokeStoreFastPath(phys) }
         decode: while n < DecodeCache.maxBlock {
             let avail = 4096 - offset
             let r = Decoder.decode((page + offset).assumingMemoryBound(to: UInt8.self), count: avail, mode: mode)
@@ -105,7 +104,7 @@ extension X86CPU {
         }
         cache.used = start + n
         let slot = cache.slot(key)
-        slot.pointee = DecodeCache.Slot(key: key, start: Int32(start), count: Int32(n))
+        slot.pointee = DecodeCache.Slot(key: key, start: Int32(start), count: Int32(n), tag: tag)
         return (cache.pool + start, n)
     }
 

@@ -157,6 +157,7 @@ extension X86CPU {
             setReg(Reg.rax, size, platform.portRead(port, size: n))
         } else {
             platform.portWrite(port, size: n, value: reg(Reg.rax, size))
+            afterDeviceWrite()
         }
     }
 
@@ -211,6 +212,7 @@ extension X86CPU {
             default:
                 let v = try readLinear(addressOf(si, seg: srcSeg, addrSize: a), size)
                 platform.portWrite(UInt16(truncatingIfNeeded: gpr[2]), size: n, value: v)
+                afterDeviceWrite()
                 advance(Reg.rsi, step, a)
             }
             if !rep { return }

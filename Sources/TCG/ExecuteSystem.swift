@@ -152,6 +152,14 @@ extension X86CPU {
         let s = st
         switch index {
         case 0x10: return tsc
+        case 0x8B: return 1 << 32   // IA32_BIOS_SIGN_ID: microcode revision 1 (Intel's early_init_intel reads it)
+        case 0x1B, 0x6E0, 0x800...0x8FF where apic != nil:
+            guard let apic else { throw X86Exception.gp(0) }
+            platform.lock.lock()
+            let v = apic.readMSR(index)
+            platform.lock.unlock()
+            guard let v else { throw X86Exception.gp(0) }
+            return v
         case 0x1B: return s.pointee.apicBase
         case 0xFE: return 0x508  // MTRRcap: 8 variable ranges, fixed ranges, write-combining
         case 0x174: return s.pointee.sysenterCS
@@ -179,7 +187,15 @@ extension X86CPU {
         let s = st
         func canonical() throws(X86Exception) { if !Self.isCanonical(v) { throw X86Exception.gp(0) } }
         switch index {
-        case 0x10: s.pointee.tscOffset = v &- (tsc &- s.pointee.tscOffset)
+        case 0x10: setTSC(v)
+        case 0x8B: break            // writing 0 before CPUID + RDMSR is how the revision is read
+        case 0x1B, 0x6E0, 0x800...0x8FF where apic != nil:
+            guard let apic else { throw X86Exception.gp(0) }
+            platform.lock.lock()
+            let ok = apic.writeMSR(index, v)
+            platform.lock.unlock()
+            if !ok { throw X86Exception.gp(0) }
+            if index == 0x1B { s.pointee.apicBase = v }
         case 0x1B:
             guard v & ~(0xFF_FFFF_F000 | 0x900) == 0 else { throw X86Exception.gp(0) }
             s.pointee.apicBase = v

@@ -6,23 +6,20 @@ extension X86CPU {
     public func run(budget: Int) -> CPUExit {
         let s = st
         var remaining = budget
+        let apic = self.apic
         while remaining > 0 {
             if exitRequest.load(ordering: .relaxed) {
                 exitRequest.store(false, ordering: .relaxed)
-                if pendingVector.load(ordering: .relaxed) < 0 { return .requested }
+                return .requested
             }
             let shadow = s.pointee.interruptShadow
             s.pointee.interruptShadow = false
-            if !shadow && s.pointee.rflags & RFlags.if != 0 && pendingVector.load(ordering: .relaxed) >= 0 {
-                let v = pendingVector.exchange(-1, ordering: .acquiring)
-                if v >= 0 {
-                    s.pointee.halted = false
-                    if !deliverEvent(vector: UInt8(truncatingIfNeeded: v), errorCode: nil, kind: .external) {
-                        return .tripleFault
-                    }
-                }
+            if let apic, apic.hasPendingEvent {
+                if !serviceEvents(apic, shadow: shadow) { return .tripleFault }
             }
-            if s.pointee.halted {
+            if s.pointee.halted || s.pointee.waitingForSIPI {
+                // With a LocalAPIC an NMI or INIT can still end HLT with IF clear.
+                if s.pointee.waitingForSIPI || apic != nil { return .halted }
                 return s.pointee.rflags & RFlags.if != 0 ? .halted : .haltedForever
             }
             let insns: UnsafeMutablePointer<Instruction>

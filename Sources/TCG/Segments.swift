@@ -171,6 +171,8 @@ extension X86CPU {
         let sel = UInt16(truncatingIfNeeded: try readStack(sp &+ bytes, size))
         let flags = try readStack(sp &+ 2 &* bytes, size)
         let cpl = s.pointee.cpl
+        // IRET ends NMI blocking (SDM Vol. 3 §6.7.1), even one that faults later.
+        s.pointee.nmiBlocked = false
         if s.pointee.cr0 & CR0.pe == 0 {
             setStackPointer(sp &+ 3 &* bytes)
             s.pointee.cs.selector = sel

@@ -1,3 +1,5 @@
+import Synchronization
+
 /// One software TLB entry: a 4 KiB linear page and what each access kind may do with it without
 /// a page walk. A tag is `(linear >> 12) << 1 | user`, so an entry filled at CPL 0 never serves
 /// CPL 3 (and the reverse). A tag of ~0 never matches.
@@ -31,14 +33,6 @@ extension X86CPU {
     /// INVLPG: drops the entry for one linear page (both privilege tags share the slot).
     func flushTLBPage(_ linear: UInt64) {
         tlbSlot(linear).pointee = TLBEntry()
-    }
-
-    /// Stops the fast store path to a physical page that now holds decoded code.
-    func protectCodePage(_ physical: UInt64) {
-        let page = physical & ~0xFFF
-        for k in 0..<TLBEntry.count where tlb[k].physicalPage == page && tlb[k].writeTag != ~0 {
-            tlb[k].writeTag = ~0
-        }
     }
 
     // MARK: - Fast paths
@@ -108,7 +102,7 @@ extension X86CPU {
             for k in 0..<n { v |= UInt64(h.load(fromByteOffset: off + k, as: UInt8.self)) << UInt64(8 * k) }
             return v
         }
-        return platform.mmioRead(phys, size: n)
+        return mmioRead(phys, n)
     }
 
     func writeSlow(_ la: UInt64, _ n: Int, _ v: UInt64) throws(X86Exception) {
@@ -129,14 +123,32 @@ extension X86CPU {
             for k in 0..<n { h.storeBytes(of: UInt8(truncatingIfNeeded: v >> UInt64(8 * k)), toByteOffset: off + k, as: UInt8.self) }
             return
         }
-        platform.mmioWrite(phys, size: n, value: v)
+        mmioWrite(phys, n, v)
     }
 
-    /// The guest wrote to a page holding decoded code (self-modifying code, module loading).
-    func invalidateCode(physical: UInt64) {
-        cache.invalidatePage(physical & ~0xFFF)
-        platform.codePages.remove(physical)
+    /// The guest wrote to a page holding decoded code (self-modifying code, module loading, or
+    /// code another vCPU runs): every vCPU's blocks from the page become stale.
+    public func invalidateCode(physical: UInt64) {
+        platform.codePages.invalidate(physical)
         st.pointee.breakBlock = true
+    }
+
+    @inline(__always) func mmioRead(_ phys: UInt64, _ n: Int) -> UInt64 {
+        platform.mmioRead(phys, size: n, apic: apic)
+    }
+
+    @inline(__always) func mmioWrite(_ phys: UInt64, _ n: Int, _ v: UInt64) {
+        platform.mmioWrite(phys, size: n, value: v, apic: apic)
+        afterDeviceWrite()
+    }
+
+    /// A device write may have asked the machine to stop (isa-debug-exit, reset, S5): like a
+    /// kvm vCPU after its exit, run no further guest code.
+    @inline(__always) func afterDeviceWrite() {
+        if platform.stopPending() {
+            exitRequest.store(true, ordering: .relaxed)
+            st.pointee.breakBlock = true
+        }
     }
 
     /// Linear to physical for `access` at the current privilege, filling the TLB.
@@ -169,6 +181,12 @@ extension X86CPU {
         else if e.pointee.writeTag == key && e.pointee.physicalPage == w.physicalPage { n.writeTag = key }
         if w.executable { n.execTag = key }
         e.pointee = n
+        if n.writeTag != ~0 {
+            // Another vCPU may have marked the page as code since the check above (its revocation
+            // scan may have run before this fill): look again after the fill is visible.
+            atomicMemoryFence(ordering: .sequentiallyConsistent)
+            if platform.codePages.contains(w.physicalPage) { e.pointee.writeTag = ~0 }
+        }
         return w.physicalPage | (la & 0xFFF)
     }
 }

@@ -1,3 +1,4 @@
+import Devices
 import Glibc
 import Synchronization
 
@@ -52,12 +53,21 @@ public final class X86CPU: @unchecked Sendable {
     let mtrrs: UnsafeMutablePointer<UInt64>
     let cache: DecodeCache
     unowned(unsafe) let platform: TCGPlatform
+    /// Keeps the platform alive as long as the CPU (its deinit unregisters the TLB there).
+    private let platformOwner: TCGPlatform
+    /// The platform's CodePageMap words, for the block lookup without reference counting.
+    let codePageWords: UnsafeMutablePointer<Atomic<UInt32>>
+    let codePageCount: UInt64
     public let index: Int
     public var cpuid: CPUIDModel
     /// Set from any thread to make `run` return at the next block boundary.
     public let exitRequest = Atomic<Bool>(false)
-    /// A pending external interrupt vector (-1 none), set by `injectExternalInterrupt`.
-    let pendingVector = Atomic<Int32>(-1)
+    /// This vCPU's local APIC (the machine's interrupt controllers reach the CPU only through
+    /// it): polled lock-free at block boundaries, acknowledged under the big lock. nil in unit
+    /// tests that run the CPU alone.
+    public var apic: LocalAPIC?
+    /// The machine's clock as this vCPU sees it (RDTSC); nil: a 1 GHz TSC from host time.
+    public var clock: VCPUClock?
     /// Monotonic time base (ns) at creation, for the TSC.
     let tscBase: UInt64
     static let traceUD = getenv("KEEL_TCG_TRACE_UD") != nil
@@ -67,6 +77,9 @@ public final class X86CPU: @unchecked Sendable {
 
     public init(platform: TCGPlatform, index: Int = 0, cpuid: CPUIDModel) {
         self.platform = platform
+        platformOwner = platform
+        codePageWords = platform.codePages.words
+        codePageCount = platform.codePages.pageCount
         self.index = index
         self.cpuid = cpuid
         st = .allocate(capacity: 1)
@@ -79,10 +92,12 @@ public final class X86CPU: @unchecked Sendable {
         mtrrs = .allocate(capacity: 27)
         mtrrs.initialize(repeating: 0, count: 27)
         tscBase = X86CPU.monotonicNanoseconds()
+        platform.register(tlb: tlb)
         resetToPowerOn()
     }
 
     deinit {
+        platform.unregister(tlb: tlb)
         st.deinitialize(count: 1); st.deallocate()
         gpr.deallocate()
         tlb.deallocate()
@@ -95,8 +110,18 @@ public final class X86CPU: @unchecked Sendable {
         return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
     }
 
-    /// The guest TSC: nanoseconds since the vCPU was made (a 1 GHz TSC), plus the guest's offset.
-    var tsc: UInt64 { (X86CPU.monotonicNanoseconds() &- tscBase) &+ st.pointee.tscOffset }
+    /// The guest TSC: the machine clock's (which the LocalAPIC's TSC-deadline timer reads too),
+    /// or without one nanoseconds since the vCPU was made (a 1 GHz TSC) plus the guest's offset.
+    var tsc: UInt64 {
+        if let clock { return clock.tsc }
+        return (X86CPU.monotonicNanoseconds() &- tscBase) &+ st.pointee.tscOffset
+    }
+
+    /// WRMSR IA32_TSC.
+    func setTSC(_ v: UInt64) {
+        if let clock { clock.setTSC(v); return }
+        st.pointee.tscOffset = v &- (tsc &- st.pointee.tscOffset)
+    }
 
     /// Power-on state (SDM Vol. 3 §9.1.1): real mode at F000:FFF0.
     public func resetToPowerOn() {
@@ -212,13 +237,6 @@ public final class X86CPU: @unchecked Sendable {
     }
 
     // MARK: - External interface
-
-    /// Requests an external interrupt with `vector` (from an interrupt controller, any thread);
-    /// delivered at an instruction boundary when RFLAGS.IF allows.
-    public func injectExternalInterrupt(vector: UInt8) {
-        pendingVector.store(Int32(vector), ordering: .releasing)
-        exitRequest.store(true, ordering: .releasing)
-    }
 
     /// Recomputes CPL and decode mode after state was loaded from outside.
     public func refreshMode() { updateMode() }

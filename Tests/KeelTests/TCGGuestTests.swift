@@ -1,10 +1,10 @@
 import Foundation
 import XCTest
 
-/// Keel's own small guests under `keel -accel tcg` (Keel's x86-64 CPU emulator): the guests that
-/// need no interrupt controller pass exactly as under kvm. Not yet under tcg (they need the
-/// local APIC / IOAPIC, which the tcg accelerator does not connect yet): smp, serial-echo in
-/// irq mode, and the pio-loop ring-3 benchmark guest's MMIO mode is untested here.
+/// Keel's own small guests under `keel -accel tcg` (Keel's x86-64 CPU emulator), as under kvm:
+/// with the board's LocalAPICs, IOAPIC, PIC pair and PIT, including SMP bring-up by
+/// INIT-SIPI-SIPI, the UART's interrupt through the IOAPIC, and the LAPIC timer waking a
+/// halted vCPU.
 final class TCGGuestTests: XCTestCase {
     private var runner: KeelRunner!
 
@@ -12,10 +12,11 @@ final class TCGGuestTests: XCTestCase {
         runner = try KeelRunner.fromEnvironment(keelAccel: "tcg")
     }
 
-    private func boot(_ recipe: GuestRecipe, append: String? = nil, noReboot: Bool = true, testdev: Bool = false,
+    private func boot(_ recipe: GuestRecipe, smp: Int = 1, append: String? = nil, noReboot: Bool = true, testdev: Bool = false,
                       timeout: TimeInterval = 60, input: String? = nil, inputAfter: String? = nil) throws -> RunResult {
         let image = try GuestBuilder.shared.image(for: recipe)
         var options = MachineOptions(kernel: image)
+        options.smp = smp
         options.append = append
         options.noReboot = noReboot
         options.testdev = testdev
@@ -112,4 +113,68 @@ final class TCGGuestTests: XCTestCase {
         assertLine(r, "echo: done, 15 bytes, 0 interrupts")
         assertStatus(r, KVMGuestTests.pass)
     }
+
+    func testSerialEchoInterruptDrivenThroughIOAPICUnderTCG() throws {
+        let r = try boot(.serialEcho, append: "irq", input: "interrupts work\n", inputAfter: "echo: ready")
+        assertLine(r, "echo: ready (irq)")
+        assertLine(r, "INTERRUPTS WORK")
+        XCTAssertTrue(r.stdout.contains("echo: done, 15 bytes, "), describe(r))
+        XCTAssertFalse(r.stdout.contains(", 0 interrupts"), "no UART interrupt was delivered\n\(describe(r))")
+        assertStatus(r, KVMGuestTests.pass)
+    }
+
+    func testSMPBringsUpTwoCPUsUnderTCG() throws {
+        let r = try boot(.smp, smp: 2)
+        assertLine(r, "smp: MADT lists 2 cpus, BSP APIC ID 0")
+        assertLine(r, "smp: 2 of 2 cpus up")
+        assertLine(r, "smp: AP APIC IDs: 1")
+        assertStatus(r, KVMGuestTests.pass)
+    }
+
+    func testSMPBringsUpFourCPUsUnderTCG() throws {
+        let r = try boot(.smp, smp: 4, timeout: 90)
+        assertLine(r, "smp: MADT lists 4 cpus, BSP APIC ID 0")
+        assertLine(r, "smp: 4 of 4 cpus up")
+        let ids = r.lines.first { $0.hasPrefix("smp: AP APIC IDs:") }?
+            .dropFirst("smp: AP APIC IDs:".count).split(separator: " ").compactMap { Int($0) }
+        XCTAssertEqual(ids.map { Set($0) }, Set([1, 2, 3]), describe(r))
+        assertStatus(r, KVMGuestTests.pass)
+    }
+
+    // MARK: - LAPIC timer waking a halted vCPU
+
+    /// CPU seconds (user + system) that finished child processes have used so far.
+    private static func childCPUSeconds() -> Double {
+        var u = rusage()
+        getrusage(RUSAGE_CHILDREN.rawValue, &u)
+        return Double(u.ru_utime.tv_sec) + Double(u.ru_utime.tv_usec) / 1e6 + Double(u.ru_stime.tv_sec) + Double(u.ru_stime.tv_usec) / 1e6
+    }
+
+    /// Runs lapic-timer in `mode`: `count` interrupts of 10 ms, each ending a HLT. Checks the
+    /// count, that the guest's TSC saw about the programmed time, and that Keel slept while the
+    /// vCPU halted (its CPU time stays well below the wall time).
+    private func lapicTimer(_ mode: String, count: Int = 50, file: StaticString = #filePath, line: UInt = #line) throws {
+        let cpuBefore = Self.childCPUSeconds()
+        let r = try boot(.lapicTimer, append: "mode=\(mode) count=\(count) ms=10")
+        let cpu = Self.childCPUSeconds() - cpuBefore
+        assertStatus(r, KVMGuestTests.pass, file: file, line: line)
+        guard let result = r.lines.first(where: { $0.hasPrefix("lapic-timer: ") && $0.contains(" interrupts, ") }) else {
+            return XCTFail("no result line\n\(describe(r))", file: file, line: line)
+        }
+        let numbers = result.split(whereSeparator: { !$0.isNumber }).compactMap { Int($0) }
+        guard numbers.count >= 4 else { return XCTFail(result, file: file, line: line) }
+        let (fired, halts, elapsedUs) = (numbers[0], numbers[1], numbers[2])
+        XCTAssertEqual(fired, count, result, file: file, line: line)
+        XCTAssertGreaterThanOrEqual(halts, count, "every interrupt should end a HLT: \(result)", file: file, line: line)
+        let expectedUs = count * 10_000
+        XCTAssertGreaterThanOrEqual(elapsedUs, expectedUs * 9 / 10, "timer fired early: \(result)", file: file, line: line)
+        XCTAssertLessThan(elapsedUs, expectedUs * 3, "timer far too slow: \(result)", file: file, line: line)
+        let wall = r.finished.timeIntervalSince(r.launched)
+        XCTAssertLessThan(cpu, max(0.3, wall * 0.6), "Keel used \(cpu) s of CPU in \(wall) s: the halted vCPU must sleep\n\(result)",
+                          file: file, line: line)
+    }
+
+    func testLAPICTimerPeriodicWakesHaltedVCPUUnderTCG() throws { try lapicTimer("periodic") }
+    func testLAPICTimerOneShotWakesHaltedVCPUUnderTCG() throws { try lapicTimer("oneshot") }
+    func testLAPICTimerTSCDeadlineWakesHaltedVCPUUnderTCG() throws { try lapicTimer("deadline") }
 }

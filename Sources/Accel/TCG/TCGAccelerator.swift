@@ -4,9 +4,9 @@ import Machine
 import TCG
 
 /// The tcg accelerator: Keel's own x86-64 CPU, one pthread per vCPU, guest RAM through host
-/// pointers and device accesses on the board's buses under the big lock.
-/// Interrupt controllers (LAPIC, IOAPIC, PIC, PIT) are not connected yet: the board's
-/// interrupt routing has no controller while tcg runs.
+/// pointers and device accesses on the board's buses under the big lock. The board owns the
+/// interrupt controllers (UserspaceInterruptChips: a LocalAPIC per vCPU, IOAPIC, PIC pair, PIT);
+/// each vCPU is connected to its LocalAPIC, which wakes it from HLT through a condition.
 public final class TCGAccelerator: Accelerator, @unchecked Sendable {
     unowned let board: PCBoard
     let platform: TCGPlatform
@@ -19,20 +19,29 @@ public final class TCGAccelerator: Accelerator, @unchecked Sendable {
     public init(board: PCBoard) {
         self.board = board
         platform = TCGPlatform(memory: board.memory, pio: board.pioBus, mmio: board.mmioBus, lock: board.lock)
+        let requests = board.requests
+        platform.stopPending = { requests.isPending }
         parkedChanged = BigLock.Condition(lock: board.lock)
         resumed = BigLock.Condition(lock: board.lock)
     }
 
     public func prepare(boot: BootCPUState) throws {
         let count = board.configuration.cpuCount
+        let chips = board.userspaceInterrupts
+        guard let chips, chips.localAPICs.count == count else {
+            throw AcceleratorError("tcg: the board has no local APIC for each of the \(count) vCPUs")
+        }
         for i in 0..<count {
-            let cpu = X86CPU(platform: platform, index: i, cpuid: CPUIDModel.keel(cpuIndex: i, cpuCount: count))
+            let cpu = X86CPU(platform: platform, index: i,
+                             cpuid: CPUIDModel.keel(cpuIndex: i, cpuCount: count, timeBase: chips.timeBase))
+            cpu.apic = chips.localAPICs[i]
+            cpu.clock = chips.vcpuClocks[i]
             applyPowerOnMSRs(cpu, bootProcessor: i == 0)
             if i == 0 {
                 Self.apply(boot, to: cpu)
             } else {
-                // Application processors wait for INIT/SIPI, which needs the local APIC (not yet).
-                cpu.st.pointee.halted = true
+                // Application processors wait for INIT and a start-up IPI (SDM Vol. 3 §8.4.2).
+                cpu.st.pointee.waitingForSIPI = true
             }
             vcpus.append(TCGVCPUThread(cpu: cpu, board: board, accelerator: self))
         }
@@ -82,7 +91,10 @@ public final class TCGAccelerator: Accelerator, @unchecked Sendable {
         cpu.refreshMode()
     }
 
+    /// Called with the big lock held (as VirtualMachineInstance does).
     public func start() {
+        for v in vcpus { v.connectWakeup() }
+        board.interrupts.controller = board.userspaceInterrupts?.controllers
         for v in vcpus { v.start() }
     }
 
@@ -90,15 +102,19 @@ public final class TCGAccelerator: Accelerator, @unchecked Sendable {
         board.lock.withLock {
             pauseRequested = false
             resumed.broadcast()
+            for v in vcpus { v.requestStop() }
         }
-        for v in vcpus { v.requestStop() }
         for v in vcpus { v.join() }
+        board.lock.withLock {
+            for v in vcpus { v.disconnectWakeup() }
+            board.interrupts.controller = nil
+        }
     }
 
     public func pauseLocked() {
         guard !pauseRequested else { return }
         pauseRequested = true
-        for v in vcpus { v.kick() }
+        for v in vcpus { v.kickLocked() }
         while vcpus.contains(where: { !$0.parkedOrDone }) { parkedChanged.wait() }
     }
 

@@ -1,16 +1,21 @@
 import CKeel
 import Glibc
+import Loop
 import Machine
 import Synchronization
 import TCG
 
 /// One tcg vCPU's thread: runs the interpreter in slices; between slices (and whenever the CPU
 /// is kicked, which it notices at the next block boundary) it looks at stop and pause requests.
+/// In HLT or wait-for-SIPI it sleeps on `wakeup` (the big lock's condition) until its LocalAPIC
+/// has an event that ends the wait (the APIC broadcasts it, under the lock, when one appears),
+/// or a stop or pause request: no polling.
 final class TCGVCPUThread: @unchecked Sendable {
     let cpu: X86CPU
     unowned let board: PCBoard
     unowned let accelerator: TCGAccelerator
     let stopRequested = Atomic<Bool>(false)
+    let wakeup: BigLock.Condition
     var thread: pthread_t?
     /// The host thread ID, under the big lock.
     private(set) var threadID: Int32 = 0
@@ -21,7 +26,16 @@ final class TCGVCPUThread: @unchecked Sendable {
         self.cpu = cpu
         self.board = board
         self.accelerator = accelerator
+        wakeup = BigLock.Condition(lock: board.lock)
     }
+
+    /// Big lock held: the LocalAPIC wakes this thread when an event appears.
+    func connectWakeup() {
+        cpu.apic?.wakeup = { [unowned(unsafe) wakeup] in wakeup.broadcast() }
+    }
+
+    /// Big lock held, after the thread ended (the APIC outlives this boot's accelerator).
+    func disconnectWakeup() { cpu.apic?.wakeup = nil }
 
     func start() {
         var t = pthread_t()
@@ -34,12 +48,17 @@ final class TCGVCPUThread: @unchecked Sendable {
         thread = t
     }
 
+    /// Big lock held.
     func requestStop() {
         stopRequested.store(true, ordering: .sequentiallyConsistent)
-        cpu.kick()
+        kickLocked()
     }
 
-    func kick() { cpu.kick() }
+    /// Big lock held: leave guest code at the next block boundary, or the HLT sleep.
+    func kickLocked() {
+        cpu.kick()
+        wakeup.broadcast()
+    }
 
     func join() {
         if let t = thread { pthread_join(t, nil) }
@@ -55,6 +74,17 @@ final class TCGVCPUThread: @unchecked Sendable {
             accelerator.resumed.wait()
         }
         parkedOrDone = false
+        lock.unlock()
+    }
+
+    /// HLT or wait-for-SIPI: sleeps until the CPU has an event to take, or a stop or pause.
+    private func waitForEvent() {
+        let lock = board.lock
+        lock.lock()
+        while !cpu.hasWakeupEvent && !stopRequested.load(ordering: .relaxed)
+                && !accelerator.pauseRequested && !board.requests.isPending {
+            wakeup.wait()
+        }
         lock.unlock()
     }
 
@@ -76,14 +106,9 @@ final class TCGVCPUThread: @unchecked Sendable {
                 continue
             case .requested:
                 parkIfPaused()
-            case .halted:
-                // Woken by an interrupt (injected through the CPU) or a stop/pause kick.
-                var ts = timespec(tv_sec: 0, tv_nsec: 1_000_000)
-                nanosleep(&ts, nil)
+            case .halted, .haltedForever:
+                waitForEvent()
                 parkIfPaused()
-            case .haltedForever:
-                // Interrupts off and halted: as under kvm, this CPU is done.
-                return
             case .tripleFault:
                 board.requests.raise(.reset)
                 return

@@ -157,7 +157,11 @@ public final class LocalAPIC: BusDevice, @unchecked Sendable {
     /// APIC base). The CPU then enters wait-for-SIPI (for an AP) and resets its own state.
     public func takeINIT() -> Bool {
         guard initPending else { return false }
+        // A start-up IPI that arrived after the INIT (INIT-SIPI-SIPI sent faster than this vCPU
+        // got to run) is for the wait-for-SIPI state the INIT starts: keep it.
+        let sipi = sipiVector
         resetRegisters()
+        sipiVector = sipi
         updateEvents()
         return true
     }
@@ -255,7 +259,9 @@ public final class LocalAPIC: BusDevice, @unchecked Sendable {
         case .fixed, .lowestPriority:
             acceptFixed(vector: m.vector, level: m.levelTriggered)
         case .nmi: nmiPending = true
-        case .initSignal: initPending = true
+        case .initSignal:
+            initPending = true
+            sipiVector = nil   // an INIT supersedes a start-up IPI not yet taken
         case .startup: sipiVector = m.vector
         case .extINT: extINTPending = true
         case .smi, .reserved3: return

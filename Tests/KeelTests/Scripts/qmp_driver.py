@@ -1,15 +1,16 @@
 #!/usr/bin/env python3
 """Drives Keel's QMP and human monitor with QEMU's own Python client (qemu.qmp, from PyPI).
 
-usage: qmp_driver.py SCENARIO KEEL_BINARY TICKER_GUEST PWRBTN_GUEST
+usage: qmp_driver.py SCENARIO KEEL_BINARY TICKER_GUEST PWRBTN_GUEST [ACCEL]
 
-Each scenario boots a test guest under `keel -accel kvm`, talks to it and prints "PASS <scenario>"
+Each scenario boots a test guest under `keel -accel ACCEL` (default kvm), talks to it and prints "PASS <scenario>"
 on success; any failed check exits with a message (status 1). Run by Tests/KeelTests/QMPTests.swift.
 """
 import asyncio, json, os, re, socket, sys, tempfile, time
 from qemu.qmp import QMPClient, ExecuteError
 
 SCENARIO, KEEL, TICKER, PWRBTN = sys.argv[1:5]
+ACCEL = sys.argv[5] if len(sys.argv) > 5 else 'kvm'
 TMP = tempfile.mkdtemp(prefix='keel-qmp-', dir='/tmp')
 
 
@@ -25,7 +26,7 @@ class Keel:
     """A keel process with its console (stdout) collected line by line."""
 
     async def start(self, kernel, *args, append=None):
-        argv = [KEEL, '-accel', 'kvm', '-m', '64', '-kernel', kernel]
+        argv = [KEEL, '-accel', ACCEL, '-m', '64', '-kernel', kernel]
         if append:
             argv += ['-append', append]
         argv += list(args)

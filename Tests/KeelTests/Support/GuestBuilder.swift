@@ -43,6 +43,7 @@ struct GuestRecipe: Sendable {
     static let serialEcho = pvh("serial-echo", "serial-echo.gc")
     static let ticker = pvh("ticker", "ticker.gc")
     static let powerButton = pvh("pwrbtn", "pwrbtn.gc")
+    static let lapicTimer = pvh("lapic-timer", "lapic-timer.gc")
     static let linux64 = GuestRecipe(
         name: "linux64",
         sources: ["\(guestDirectory)/linux64-head.gS"] + runtimeSources + ["\(guestDirectory)/linux64.gc"],
@@ -51,7 +52,7 @@ struct GuestRecipe: Sendable {
         name: "pio-loop", sources: runtimeSources + ["bench/guests/pio-loop.gc"], format: .pvhELF)
 
     static let all: [GuestRecipe] = [
-        hello, longModePVH, pioMMIO, smp, rtc, poweroff, reboot, serialEcho, ticker, powerButton, linux64, pioLoop,
+        hello, longModePVH, pioMMIO, smp, rtc, poweroff, reboot, serialEcho, ticker, powerButton, lapicTimer, linux64, pioLoop,
     ]
 }
 
