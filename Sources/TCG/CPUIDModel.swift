@@ -25,6 +25,7 @@ public struct CPUIDModel: Sendable {
         public static let syscall: UInt32 = 1 << 11, nx: UInt32 = 1 << 20, pdpe1gb: UInt32 = 1 << 26
         public static let rdtscp: UInt32 = 1 << 27, lm: UInt32 = 1 << 29
         public static let lahfLM: UInt32 = 1 << 0, abm: UInt32 = 1 << 5
+        public static let fpu: UInt32 = 1 << 0, fxsr: UInt32 = 1 << 24, sse: UInt32 = 1 << 25, sse2: UInt32 = 1 << 26
     }
 
     /// Keel's tcg CPU for vCPU `cpuIndex` of `cpuCount` (APIC ID = index).
@@ -51,10 +52,10 @@ public struct CPUIDModel: Sendable {
         let apicID = UInt32(truncatingIfNeeded: cpuIndex) & 0xFF
         var brand = regs("Keel TCG x86-64 CPU")
         while brand.count < 12 { brand.append(0) }
-        let common: UInt32 = Feature.pse | Feature.tsc | Feature.msr | Feature.pae | Feature.cx8 | Feature.pge
+        let common: UInt32 = Feature.fpu | Feature.fxsr | Feature.pse | Feature.tsc | Feature.msr | Feature.pae | Feature.cx8 | Feature.pge
         let common2: UInt32 = Feature.cmov | Feature.pat | Feature.pse36
         let htt: UInt32 = count > 1 ? 1 << 28 : 0
-        let edx1: UInt32 = common | common2 | Feature.clflush | htt
+        let edx1: UInt32 = common | common2 | Feature.clflush | Feature.sse | Feature.sse2 | htt
         let ecx1: UInt32 = Feature.cx16 | Feature.movbe | Feature.popcnt | Feature.hypervisor
         let ext: UInt32 = Feature.syscall | Feature.nx | Feature.pdpe1gb | Feature.rdtscp | Feature.lm
         let ebx1: UInt32 = (apicID << 24) | (count << 16) | (8 << 8)

@@ -1,3 +1,5 @@
+import Synchronization
+
 /// The interpreter's dispatch: one switch over `Op` per instruction.
 extension X86CPU {
     @inline(__always)
@@ -154,6 +156,10 @@ extension X86CPU {
         case .std: s.pointee.rflags |= RFlags.df
         case .nop, .fence: break
         case .pause: break
+        case .sse: try executeSSE(i)
+        case .x87: try executeX87(i)
+        case .fwait: try fwait()
+        case .fxsave, .fxrstor, .ldmxcsr, .stmxcsr: try executeFXState(i)
         default:
             try executeControl(i)
         }
@@ -232,6 +238,19 @@ extension X86CPU {
         if wide {
             guard la & 15 == 0 else { throw X86Exception.gp(0) }
             _ = try translate(la, .write)
+            if let p = try atomicPointer(la, 16) {
+                // One host CMPXCHG16B on RAM: atomic against the other vCPUs.
+                let a = p.assumingMemoryBound(to: Atomic<WordPair>.self)
+                let expected = WordPair(first: UInt(truncatingIfNeeded: gpr[0]), second: UInt(truncatingIfNeeded: gpr[2]))
+                let desired = WordPair(first: UInt(truncatingIfNeeded: gpr[3]), second: UInt(truncatingIfNeeded: gpr[1]))
+                let r = a.pointee.compareExchange(expected: expected, desired: desired, ordering: .sequentiallyConsistent)
+                if !r.exchanged {
+                    gpr[0] = UInt64(truncatingIfNeeded: r.original.first); gpr[2] = UInt64(truncatingIfNeeded: r.original.second)
+                }
+                let f = s.pointee.statusFlags() & ~RFlags.zf
+                s.pointee.setStatusFlags(f | (r.exchanged ? RFlags.zf : 0))
+                return
+            }
             let lo = try readLinear(la, 3), hi = try readLinear(la &+ 8, 3)
             let equal = lo == gpr[0] && hi == gpr[2]
             if equal {
