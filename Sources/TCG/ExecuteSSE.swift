@@ -171,7 +171,7 @@ extension X86CPU {
             setXMM(r, PackedInteger.shiftImmediate(op, ext, i.pointee.imm & 0xFF, xmm(r)))
         case 0xD1, 0xD2, 0xD3, 0xE1, 0xE2, 0xF1, 0xF2, 0xF3:
             let count = try sseSource(i)
-            setXMM(d, PackedInteger.shiftByCount(op, count[1] != 0 ? ~0 : count[0], xmm(d)))
+            setXMM(d, PackedInteger.shiftByCount(op, count[0], xmm(d)))
         default:
             setXMM(d, PackedInteger.binary(op, xmm(d), try sseSource(i)))
         }
