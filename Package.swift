@@ -21,7 +21,7 @@ let package = Package(
         .target(name: "Loop", dependencies: ["CKeel"], swiftSettings: lean),
         .target(name: "Block", dependencies: ["CKeel"], swiftSettings: lean),
         .target(name: "Devices", dependencies: ["Block", "Loop", "Memory", "CKeel"], swiftSettings: lean),
-        .target(name: "Machine", dependencies: ["Devices", "Memory", "Loop"], swiftSettings: lean),
+        .target(name: "Machine", dependencies: ["Devices", "Block", "Memory", "Loop"], swiftSettings: lean),
         .target(name: "TCG", dependencies: ["Devices", "Memory", "Loop"], swiftSettings: lean),
         .target(name: "Accel", dependencies: ["Machine", "TCG", "Devices", "Memory", "Loop", "KVM", "CKeel"], swiftSettings: lean),
         .target(name: "Monitor", dependencies: ["Machine", "Devices", "Loop", "CKeel"], swiftSettings: lean),

@@ -18,7 +18,7 @@ public enum KeelCommandLine {
     /// Options that take a value, and those that don't.
     static let valued: Set<String> = ["accel", "m", "smp", "kernel", "initrd", "append", "serial", "display",
                                       "device", "name", "machine", "M", "cpu",
-                                      "qmp", "qmp-pretty", "monitor", "chardev", "mon"]
+                                      "qmp", "qmp-pretty", "monitor", "chardev", "mon", "drive", "object"]
     static let flags: Set<String> = ["S", "enable-kvm", "nographic", "no-reboot", "nodefaults", "h", "help", "version"]
 
     /// Machine type names QEMU users write; all of them mean Keel's one x86-64 PC board.
@@ -32,6 +32,7 @@ public enum KeelCommandLine {
         var nodefaults = false
         var monitors = MonitorOptions()
         var firstSerialMuxed = false
+        var iothreads: [String] = []
         var i = 0
         while i < args.count {
             let raw = args[i]
@@ -120,9 +121,13 @@ public enum KeelCommandLine {
                     _ = o.take("id")
                     try o.rejectUnused(value)
                     c.testDevice = true
+                case let driver where try VirtioCommandLine.parseDevice(driver, &o, value, into: &c):
+                    break
                 default:
                     throw ConfigurationErrorText("-device \(value): unknown device type '\(o.implied ?? "")' (see -device help)")
                 }
+            case "drive": try VirtioCommandLine.parseDrive(value, into: &c)
+            case "object": try VirtioCommandLine.parseObject(value, iothreads: &iothreads)
             case "name":
                 var o = try OptionList(option: opt, value, impliedKey: "guest")
                 c.name = o.implied
@@ -166,6 +171,7 @@ public enum KeelCommandLine {
         c.stdioMux = (nographic && serials.first == .stdio) || firstSerialMuxed
         c.serialPorts = serials
         c.monitors = try monitors.resolve(serialOnStdio: serials.contains(.stdio))
+        try VirtioCommandLine.checkIOThreads(c, iothreads)
         return .run(c)
     }
 
@@ -216,6 +222,10 @@ public enum KeelCommandLine {
       -display none                       no display (Keel has none)
       -device isa-debug-exit[,iobase=0xf4,iosize=0x04]
       -device pc-testdev
+      -drive file=FILE[,if=virtio|none][,id=ID][,format=raw][,readonly=on][,cache=][,aio=]
+      -device virtio-blk-pci,drive=ID[,num-queues=N][,serial=S][,iothread=ID]
+      -device virtio-rng-pci
+      -object iothread,id=ID
       -device help                        list devices
 
     Monitors:
@@ -243,5 +253,7 @@ public enum KeelCommandLine {
     Devices Keel offers:
     name "isa-debug-exit", bus ISA, desc "exit with status (value << 1) | 1 on a write"
     name "pc-testdev", bus ISA, desc "QEMU's PC test device (port 0xe0 and MMIO readback)"
+    name "virtio-blk-pci", bus PCI, desc "virtio block device (modern)"
+    name "virtio-rng-pci", bus PCI, desc "virtio entropy source (modern)"
     """
 }

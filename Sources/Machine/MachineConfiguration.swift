@@ -37,6 +37,9 @@ public struct MachineConfiguration: Sendable {
     public var monitors: [MonitorSpec] = []
     /// `-S`: do not start the vCPUs until `cont`.
     public var startPaused = false
+    /// `-drive` images, and the PCI devices on bus 0 (virtio-blk-pci, virtio-rng-pci...).
+    public var drives: [DriveConfiguration] = []
+    public var pciDevices: [PCIDeviceConfiguration] = []
 
     public init() {}
 
@@ -62,6 +65,7 @@ public struct MachineConfiguration: Sendable {
         guard serialPorts.count <= Self.serialPortResources.count else {
             throw ConfigurationError("too many -serial ports (\(serialPorts.count)); at most \(Self.serialPortResources.count)")
         }
+        try validatePCI()
         if let d = debugExit {
             guard d.ioSize >= 1, d.ioSize <= 8, UInt32(d.ioBase) + UInt32(d.ioSize) <= 0x10000 else {
                 throw ConfigurationError("isa-debug-exit: iobase=0x\(String(d.ioBase, radix: 16)),iosize=\(d.ioSize) is not a valid I/O range")

@@ -18,6 +18,9 @@ public struct PCMemoryMap: Sendable, Equatable {
     public static let biosAreaEnd: UInt64 = 0x10_0000
 
     public let ramSize: UInt64
+    /// Device ranges the e820 map marks reserved (the PCI ECAM window: Linux uses MCFG's
+    /// region only if the firmware reserved it).
+    public var reservedRanges: [E820Entry] = []
 
     public init(ramSize: UInt64) { self.ramSize = ramSize }
 
@@ -41,6 +44,7 @@ public struct PCMemoryMap: Sendable, Equatable {
         if lowRAMSize > Self.biosAreaEnd {
             e.append(E820Entry(address: Self.biosAreaEnd, size: lowRAMSize - Self.biosAreaEnd, type: .ram))
         }
+        e += reservedRanges
         if highRAMSize > 0 { e.append(E820Entry(address: Self.highRAMBase, size: highRAMSize, type: .ram)) }
         return e
     }

@@ -22,6 +22,7 @@ public final class PCBoard: @unchecked Sendable {
     let initrd: [UInt8]?
     var chardevs: [Chardev] = []
     var devices: LegacyDevices!
+    var pci: PCIBusDevices!
     /// The IOAPIC and PIT when they are Keel's rather than the kernel's (kvm's split irqchip).
     public private(set) var userspaceInterrupts: UserspaceInterruptChips?
 
@@ -30,7 +31,9 @@ public final class PCBoard: @unchecked Sendable {
         self.loop = loop
         self.lock = lock
         self.requests = requests
-        map = PCMemoryMap(ramSize: configuration.memorySize)
+        var map = PCMemoryMap(ramSize: configuration.memorySize)
+        map.reservedRanges = [E820Entry(address: PCIBusDevices.ecamBase, size: UInt64(PCIBusDevices.busCount) << 20, type: .reserved)]
+        self.map = map
         guard let kernelPath = configuration.kernelPath else { throw ConfigurationError("no kernel given (use -kernel FILE)") }
         kernel = try readHostFile(kernelPath, what: "kernel")
         initrd = try configuration.initrdPath.map { try readHostFile($0, what: "initrd") }
@@ -40,6 +43,7 @@ public final class PCBoard: @unchecked Sendable {
         memory = try GuestMemory(layout: map.ramRegions)
         do {
             devices = try LegacyDevices(board: self)
+            pci = try PCIBusDevices(board: self)
             if configuration.interruptChip == .split { userspaceInterrupts = try UserspaceInterruptChips(board: self) }
         } catch {
             close()
@@ -62,6 +66,7 @@ public final class PCBoard: @unchecked Sendable {
         var a = ACPIConfiguration(cpuCount: configuration.cpuCount)
         a.hasLegacyPIC = userspaceInterrupts.map { $0.controllers.pic != nil } ?? true
         a.rtcCenturyIndex = UInt8(CMOSRTC.centuryRegister)
+        a.pciRoot = pci?.root
         a.serialPorts = configuration.serialPorts.indices.compactMap { i -> ACPIConfiguration.SerialPort? in
             guard configuration.serialPorts[i] != .disabled else { return nil }
             let r = MachineConfiguration.serialPortResources[i]
@@ -77,6 +82,7 @@ public final class PCBoard: @unchecked Sendable {
         interrupts.forgetLevels()
         lock.withLock {
             devices.reset()
+            pci.reset()
             userspaceInterrupts?.reset()
         }
     }
@@ -101,6 +107,7 @@ public final class PCBoard: @unchecked Sendable {
 
     /// Closes chardevs and restores the terminal.
     public func close() {
+        pci?.close()
         for c in chardevs { c.close() }
         chardevs.removeAll()
     }

@@ -39,6 +39,8 @@ public struct ACPIConfiguration: Sendable, Equatable {
     /// Describe the i8042's AUX (PS/2 mouse) port; without it Linux leaves the AUX port alone.
     public var hasPS2Mouse = false
     public var hasVGA = false
+    /// PCI bus 0 (the root bridge in the DSDT and the MCFG table), if the board has one.
+    public var pciRoot: PCIRootConfiguration?
 
     /// `ioapicID` defaults to `cpuCount` (set here, not updated if `cpuCount` changes later).
     public init(cpuCount: Int) {
@@ -72,6 +74,14 @@ public struct ACPIConfiguration: Sendable, Equatable {
                 throw ACPIError.invalidConfiguration("serial port \(port.name) IRQ \(port.irq) is not an ISA IRQ (0-15)")
             }
             try checkPortRange("serial port \(port.name)", port.base, length: 8)
+        }
+        if let p = pciRoot {
+            guard (1...256).contains(p.busCount), p.ecamBase % (UInt64(p.busCount) << 20) == 0 || p.ecamBase % (1 << 28) == 0 else {
+                throw ACPIError.invalidConfiguration("PCI ECAM at 0x\(String(p.ecamBase, radix: 16)) for \(p.busCount) buses is not aligned")
+            }
+            guard p.memory32Window.upperBound <= 0xFFFF_FFFF, p.ioWindow.upperBound <= 0xFFFF else {
+                throw ACPIError.invalidConfiguration("PCI windows do not fit their address spaces")
+            }
         }
         guard serialPorts.count <= 16 else { throw ACPIError.invalidConfiguration("\(serialPorts.count) serial ports (max 16)") }
     }

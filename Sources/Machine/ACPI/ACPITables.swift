@@ -25,7 +25,8 @@ public struct ACPITables: Sendable, Equatable {
         let facs = FACS.build()
         let dsdt = try DSDT.build(config)
         let madt = MADT.build(config)
-        let tableCount = 2 // FADT, MADT
+        let mcfg = config.pciRoot.map { MCFG.build($0) }
+        let tableCount = mcfg == nil ? 2 : 3 // FADT, MADT, MCFG
 
         var layout = Layout(cursor: baseAddress)
         let rsdpAt = try layout.place(RSDP.length, alignment: RSDP.alignment)
@@ -33,6 +34,7 @@ public struct ACPITables: Sendable, Equatable {
         let dsdtAt = try layout.place(dsdt.count, alignment: 16)
         let fadtAt = try layout.place(FADT.length, alignment: 16)
         let madtAt = try layout.place(madt.count, alignment: 16)
+        let mcfgAt = try mcfg.map { try layout.place($0.count, alignment: 16) }
         let xsdtAt = try layout.place(SystemDescriptionTable.headerLength + 8 * tableCount, alignment: 16)
         // The RSDT holds 32-bit pointers: only write one if every table is addressable by it.
         var rsdtAt: UInt64?
@@ -49,7 +51,7 @@ public struct ACPITables: Sendable, Equatable {
         }
 
         let fadt = FADT.build(config, facs: facsAt, dsdt: dsdtAt)
-        let xsdt = XSDT.build(entries: [fadtAt, madtAt])
+        let xsdt = XSDT.build(entries: [fadtAt, madtAt] + (mcfgAt.map { [$0] } ?? []))
         var placed: [(String, UInt64, [UInt8])] = [
             (RSDP.signature, rsdpAt, []), // filled below
             (FACS.signature, facsAt, facs),
@@ -58,13 +60,16 @@ public struct ACPITables: Sendable, Equatable {
             (MADT.signature, madtAt, madt),
             (XSDT.signature, xsdtAt, xsdt),
         ]
+        if let mcfg, let mcfgAt { placed.append((MCFG.signature, mcfgAt, mcfg)) }
         var rsdt32: UInt32 = 0
         if let at = rsdtAt, let fadt32 = UInt32(exactly: fadtAt), let madt32 = UInt32(exactly: madtAt),
            let at32 = UInt32(exactly: at) {
-            placed.append((RSDT.signature, at, RSDT.build(entries: [fadt32, madt32])))
+            let mcfg32 = mcfgAt.flatMap { UInt32(exactly: $0) }.map { [$0] } ?? []
+            placed.append((RSDT.signature, at, RSDT.build(entries: [fadt32, madt32] + mcfg32)))
             rsdt32 = at32
         }
         placed[0].2 = RSDP.build(rsdt: rsdt32, xsdt: xsdtAt)
+        placed.sort { $0.1 < $1.1 }
 
         var bytes = [UInt8](repeating: 0, count: Int(needed))
         var tables: [Table] = []

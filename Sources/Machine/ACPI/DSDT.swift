@@ -4,7 +4,7 @@ enum DSDT {
     static let signature = "DSDT"
     /// Revision 2 and up: AML integers are 64 bits wide.
     static let revision: UInt8 = 2
-    static let reservedDeviceNames: Set<String> = ["RTC_", "KBD_", "MOU_"]
+    static let reservedDeviceNames: Set<String> = ["RTC_", "KBD_", "MOU_", "PCI0", "MRES"]
 
     /// C000, C001, ... C0FE: the processor device for UID/APIC ID `index` (hex keeps names 4 chars).
     static func processorName(_ index: Int) -> String {
@@ -61,6 +61,7 @@ enum DSDT {
                 ]))
             }
         }
+        if let pci = config.pciRoot { devices += try pci.devices() }
         let s5 = UInt64(config.s5SleepType)
         return [
             // \_Sx packages: {SLP_TYPa, SLP_TYPb, reserved, reserved} (ACPI 6.x §7.4.2).

@@ -1,0 +1,192 @@
+import Block
+import Memory
+
+/// virtio-blk (virtio 1.2 §5.2): read, write, flush, get-id, discard and write-zeroes on a
+/// `BlockDevice`, with one or more request queues. Requests are parsed on the device's loop;
+/// the backend's blocking calls run on the executor, straight into or out of guest memory.
+public final class VirtioBlock: VirtioDevice {
+    public struct Configuration: Sendable {
+        public var queueCount = 1
+        public var queueSize: UInt16 = 256
+        /// GET_ID's answer: at most 20 bytes, NUL-padded.
+        public var serial = ""
+        public var readOnly = false
+        public init() {}
+    }
+
+    // Feature bits (§5.2.3).
+    static let featureSegMax: UInt64 = 1 << 2
+    static let featureRO: UInt64 = 1 << 5
+    static let featureBlockSize: UInt64 = 1 << 6
+    static let featureFlush: UInt64 = 1 << 9
+    static let featureMQ: UInt64 = 1 << 12
+    static let featureDiscard: UInt64 = 1 << 13
+    static let featureWriteZeroes: UInt64 = 1 << 14
+
+    // Request types and status (§5.2.6).
+    static let typeIn: UInt32 = 0, typeOut: UInt32 = 1, typeFlush: UInt32 = 4, typeGetID: UInt32 = 8
+    static let typeDiscard: UInt32 = 11, typeWriteZeroes: UInt32 = 13
+    public static let statusOK: UInt8 = 0, statusIOError: UInt8 = 1, statusUnsupported: UInt8 = 2
+
+    public static let sectorSize: UInt64 = 512
+    static let serialLength = 20
+    static let maxDiscardSectors: UInt32 = 0x3F_FFFF
+    static let maxWriteZeroesSectors: UInt32 = 0x3F_FFFF
+
+    public let backend: BlockDevice
+    public let configuration: Configuration
+    let executor: VirtioRequestExecutor
+    weak var transport: VirtioTransport?
+    public private(set) var inflightRequests = 0
+    private var configBytes: [UInt8]
+
+    public init(backend: BlockDevice, configuration: Configuration, executor: VirtioRequestExecutor) {
+        precondition(configuration.queueCount >= 1 && configuration.queueSize >= 4)
+        self.backend = backend
+        self.configuration = configuration
+        self.executor = executor
+        var w = [UInt8](repeating: 0, count: 64)
+        func put(_ offset: Int, _ bytes: Int, _ v: UInt64) { for i in 0..<bytes { w[offset + i] = UInt8(truncatingIfNeeded: v >> (8 * UInt64(i))) } }
+        put(0, 8, backend.size / Self.sectorSize)                 // capacity
+        put(12, 4, UInt64(configuration.queueSize - 2))           // seg_max: two descriptors carry header and status
+        put(20, 4, Self.sectorSize)                               // blk_size
+        put(34, 2, UInt64(configuration.queueCount))              // num_queues
+        put(36, 4, UInt64(Self.maxDiscardSectors)); put(40, 4, 1); put(44, 4, 1)
+        put(48, 4, UInt64(Self.maxWriteZeroesSectors)); put(52, 4, 1); put(56, 1, 1)
+        configBytes = w
+    }
+
+    public var isReadOnly: Bool { configuration.readOnly || backend.isReadOnly }
+    public var deviceType: UInt16 { 2 }
+    public var pciClassCode: UInt32 { 0x01_8000 }   // mass storage, other
+    public var queueMaxSizes: [UInt16] { Array(repeating: configuration.queueSize, count: configuration.queueCount) }
+    public var deviceFeatures: UInt64 {
+        var f = Self.featureSegMax | Self.featureBlockSize | Self.featureFlush | Self.featureDiscard | Self.featureWriteZeroes
+        if configuration.queueCount > 1 { f |= Self.featureMQ }
+        if isReadOnly { f |= Self.featureRO }
+        return f
+    }
+
+    public func readConfig(offset: Int, data: UnsafeMutableRawBufferPointer) {
+        for i in 0..<data.count {
+            let o = offset + i
+            data[i] = o >= 0 && o < configBytes.count ? configBytes[o] : 0
+        }
+    }
+
+    public func writeConfig(offset: Int, data: UnsafeRawBufferPointer) {}
+
+    public func activate(_ transport: VirtioTransport) { self.transport = transport }
+
+    public func reset() {}
+
+    public func queueNotified(_ index: Int) {
+        guard let t = transport else { return }
+        t.processQueue(index) { chain in handle(chain, queue: index, transport: t) }
+    }
+
+    private func handle(_ chain: DescriptorChain, queue: Int, transport t: VirtioTransport) {
+        let memory = t.memory
+        var reader = ChainCursor(memory: memory, buffers: chain.readable)
+        let writableLength = chain.writableLength
+        guard let header = reader.read(16), writableLength >= 1 else {
+            t.deviceNeedsReset(.bufferNotInRAM(address: chain.buffers.first?.address ?? 0, length: 0))
+            return
+        }
+        let type = le32(header, 0), sector = le64(header, 8)
+        let dataLength = writableLength - 1
+        var writer = ChainCursor(memory: memory, buffers: chain.writable)
+        let statusAddress = statusByteAddress(chain)
+        func finish(_ status: UInt8, written: UInt64) {
+            // After a reset (or NEEDS_RESET) the buffers are no longer the device's to write.
+            guard t.isProcessing else { return }
+            _ = try? memory.store(status, at: statusAddress)
+            t.complete(queue: queue, head: chain.head, length: UInt32(clamping: written + 1))
+        }
+        switch type {
+        case Self.typeIn, Self.typeOut:
+            let isRead = type == Self.typeIn
+            let length = isRead ? dataLength : reader.remaining
+            guard let offset = byteRange(sector: sector, length: length) else { finish(Self.statusIOError, written: 0); return }
+            if !isRead && isReadOnly { finish(Self.statusIOError, written: 0); return }
+            guard let segments = isRead ? writer.segments(length) : reader.segments(length) else {
+                finish(Self.statusIOError, written: 0); return
+            }
+            let backend = self.backend
+            submit(t) {
+                var at = offset
+                do {
+                    for s in segments {
+                        if isRead { try backend.read(into: s, at: at) } else { try backend.write(UnsafeRawBufferPointer(s), at: at) }
+                        at += UInt64(s.count)
+                    }
+                    return Self.statusOK
+                } catch { return Self.statusIOError }
+            } done: { status in finish(status, written: isRead && status == Self.statusOK ? length : 0) }
+        case Self.typeFlush:
+            let backend = self.backend
+            submit(t) {
+                do { try backend.flush(); return Self.statusOK } catch { return Self.statusIOError }
+            } done: { finish($0, written: 0) }
+        case Self.typeGetID:
+            var id = Array(configuration.serial.utf8.prefix(Self.serialLength))
+            id += [UInt8](repeating: 0, count: Self.serialLength - id.count)
+            let n = writer.write(Array(id.prefix(Int(clamping: dataLength))))
+            finish(Self.statusOK, written: UInt64(n))
+        case Self.typeDiscard, Self.typeWriteZeroes:
+            let discard = type == Self.typeDiscard
+            guard !isReadOnly else { finish(Self.statusIOError, written: 0); return }
+            // One segment per request (max_*_seg = 1): sector, num_sectors, flags (bit 0: unmap).
+            guard reader.remaining == 16, let seg = reader.read(16) else { finish(Self.statusUnsupported, written: 0); return }
+            let count = le32(seg, 8), flags = le32(seg, 12)
+            let limit = discard ? Self.maxDiscardSectors : Self.maxWriteZeroesSectors
+            guard flags & ~1 == 0, !(discard && flags & 1 != 0), count <= limit else {
+                finish(Self.statusUnsupported, written: 0); return
+            }
+            guard let offset = byteRange(sector: le64(seg, 0), length: UInt64(count) * Self.sectorSize) else {
+                finish(Self.statusIOError, written: 0); return
+            }
+            let backend = self.backend, length = UInt64(count) * Self.sectorSize, unmap = flags & 1 != 0
+            submit(t) {
+                do {
+                    if discard { try backend.discard(offset: offset, length: length) }
+                    else { try backend.writeZeroes(offset: offset, length: length, mayUnmap: unmap) }
+                    return Self.statusOK
+                } catch let e as BlockError where e.kind == .unsupported {
+                    return discard ? Self.statusOK : Self.statusIOError   // discard is advisory
+                } catch { return Self.statusIOError }
+            } done: { finish($0, written: 0) }
+        default:
+            finish(Self.statusUnsupported, written: 0)
+        }
+    }
+
+    /// The byte offset of a sector-addressed transfer, if it is whole sectors inside the disk.
+    private func byteRange(sector: UInt64, length: UInt64) -> UInt64? {
+        let (offset, o) = sector.multipliedReportingOverflow(by: Self.sectorSize)
+        guard !o, length % Self.sectorSize == 0 else { return nil }
+        let (end, o2) = offset.addingReportingOverflow(length)
+        guard !o2, end <= backend.size else { return nil }
+        return offset
+    }
+
+    private func statusByteAddress(_ chain: DescriptorChain) -> UInt64 {
+        guard let last = chain.buffers.last(where: { $0.isDeviceWritable && $0.length > 0 }) else { return 0 }
+        return last.address + UInt64(last.length - 1)
+    }
+
+    private func submit(_ t: VirtioTransport, _ work: @escaping () -> UInt8, done: @escaping (UInt8) -> Void) {
+        inflightRequests += 1
+        executor.execute(work) { [weak self, weak t] status in
+            guard let self else { return }
+            self.inflightRequests -= 1
+            done(status)
+            if self.inflightRequests == 0 { t?.requestsDrained() }
+        }
+    }
+}
+
+@inline(__always) func le32(_ b: [UInt8], _ o: Int) -> UInt32 {
+    UInt32(b[o]) | UInt32(b[o + 1]) << 8 | UInt32(b[o + 2]) << 16 | UInt32(b[o + 3]) << 24
+}
+@inline(__always) func le64(_ b: [UInt8], _ o: Int) -> UInt64 { UInt64(le32(b, o)) | UInt64(le32(b, o + 4)) << 32 }

@@ -1,0 +1,78 @@
+import Memory
+
+/// Feature bits and status bits shared by every virtio device (virtio 1.2 §2.1, §6).
+public enum Virtio {
+    public static let featureIndirectDescriptors: UInt64 = 1 << 28
+    public static let featureEventIndex: UInt64 = 1 << 29
+    public static let featureVersion1: UInt64 = 1 << 32
+
+    public static let statusAcknowledge: UInt8 = 1
+    public static let statusDriver: UInt8 = 2
+    public static let statusDriverOK: UInt8 = 4
+    public static let statusFeaturesOK: UInt8 = 8
+    public static let statusNeedsReset: UInt8 = 64
+    public static let statusFailed: UInt8 = 128
+
+    public static let noVector: UInt16 = 0xFFFF
+}
+
+/// A virtio device model (blk, rng, console...), independent of the transport. It runs on the
+/// loop that owns it: notifications, completions and resets all arrive there.
+public protocol VirtioDevice: AnyObject {
+    /// Virtio device ID (§5): 2 block, 3 console, 4 entropy.
+    var deviceType: UInt16 { get }
+    /// Device-specific feature bits; the transport adds VERSION_1, INDIRECT_DESC and EVENT_IDX.
+    var deviceFeatures: UInt64 { get }
+    /// The maximum size of each queue; the count is the device's number of queues.
+    var queueMaxSizes: [UInt16] { get }
+    /// PCI class code (base, sub, prog-if) for the transport's header.
+    var pciClassCode: UInt32 { get }
+    /// The device-specific configuration structure; `offset` and width are guest-chosen.
+    func readConfig(offset: Int, data: UnsafeMutableRawBufferPointer)
+    func writeConfig(offset: Int, data: UnsafeRawBufferPointer)
+    /// The driver set DRIVER_OK: `transport` has the negotiated features and ready queues.
+    func activate(_ transport: VirtioTransport)
+    /// The driver notified queue `index` (new available buffers).
+    func queueNotified(_ index: Int)
+    /// Requests handed to another thread that still touch guest memory; a reset waits for them.
+    var inflightRequests: Int { get }
+    /// Forget every request and queue-derived state (the transport resets the queues themselves).
+    func reset()
+}
+
+/// What a transport offers the device behind it.
+public protocol VirtioTransport: AnyObject {
+    var memory: GuestMemory { get }
+    var queues: [SplitVirtqueue] { get }
+    var driverFeatures: UInt64 { get }
+    /// Puts a chain on the used ring and interrupts the driver if it asked for it.
+    func complete(queue: Int, head: UInt16, length: UInt32)
+    /// The driver broke the rules: NEEDS_RESET, and no more queue processing until a reset.
+    func deviceNeedsReset(_ why: VirtqueueError)
+    /// The device's configuration changed (config generation, config interrupt).
+    func configChanged()
+    /// The last in-flight request finished (a pending reset may now complete).
+    func requestsDrained()
+    /// False once the device needs a reset or is being reset: stop taking chains.
+    var isProcessing: Bool { get }
+}
+
+extension VirtioTransport {
+    /// Drains queue `index` with `handle`, re-enabling notifications before sleeping and looking
+    /// again if the driver added chains meanwhile (the race virtio_ring's callers close this way).
+    public func processQueue(_ index: Int, _ handle: (DescriptorChain) -> Void) {
+        guard index >= 0, index < queues.count else { return }
+        let q = queues[index]
+        guard q.isReady else { return }
+        do throws(VirtqueueError) {
+            var again = true
+            while again && isProcessing {
+                try q.setNotification(memory, enabled: false)
+                while isProcessing, let chain = try q.pop(memory) { handle(chain) }
+                again = try q.setNotification(memory, enabled: true)
+            }
+        } catch {
+            deviceNeedsReset(error)
+        }
+    }
+}

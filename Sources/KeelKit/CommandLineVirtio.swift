@@ -1,0 +1,91 @@
+import Machine
+
+/// -drive, the virtio -device types and -object iothread, kept apart from the rest of the
+/// command line (QEMU's spelling: `-drive file=d.img,if=none,id=d0 -device virtio-blk-pci,drive=d0`).
+enum VirtioCommandLine {
+    static let deviceTypes = ["virtio-blk-pci", "virtio-rng-pci"]
+
+    static func parseDrive(_ value: String, into c: inout MachineConfiguration) throws {
+        var o = try OptionList(option: "-drive", value, impliedKey: "file")
+        guard let file = o.take("file") ?? o.implied, !file.isEmpty else {
+            throw ConfigurationErrorText("-drive \(value): no file= given")
+        }
+        var d = DriveConfiguration(id: o.take("id") ?? "drive\(c.drives.count)", file: file)
+        if let f = o.take("format") { d.format = f }
+        if let i = o.take("if") {
+            guard let v = DriveConfiguration.Interface(rawValue: i) else {
+                throw ConfigurationErrorText("-drive \(value): if=\(i) is not supported (virtio or none)")
+            }
+            d.interface = v
+        }
+        if let k = o.take("cache") {
+            guard let v = DriveConfiguration.Cache(rawValue: k) else {
+                throw ConfigurationErrorText("-drive \(value): cache=\(k) (writeback, none, unsafe, writethrough or directsync)")
+            }
+            d.cache = v
+        }
+        if let a = o.take("aio") {
+            guard let v = DriveConfiguration.AIO(rawValue: a) else {
+                throw ConfigurationErrorText("-drive \(value): aio=\(a) (threads, native or io_uring)")
+            }
+            d.aio = v
+        }
+        if let r = try o.takeBool("readonly") { d.readOnly = r }
+        _ = o.take("media"); _ = o.take("discard"); _ = o.take("detect-zeroes")
+        try o.rejectUnused(value)
+        c.drives.append(d)
+        if d.interface == .virtio { c.pciDevices.append(.virtioBlock(VirtioBlockConfiguration(drive: d.id))) }
+    }
+
+    /// Returns false if `driver` is not a virtio device type.
+    static func parseDevice(_ driver: String, _ o: inout OptionList, _ value: String, into c: inout MachineConfiguration) throws -> Bool {
+        switch driver {
+        case "virtio-blk-pci":
+            guard let drive = o.take("drive") else { throw ConfigurationErrorText("-device \(value): drive= is required") }
+            var b = VirtioBlockConfiguration(drive: drive)
+            if let n = o.take("num-queues") {
+                b.queueCount = Int(try KeelCommandLine.checked(n, max: 64, "-device", "num-queues"))
+            }
+            if let s = o.take("queue-size") {
+                let v = try KeelCommandLine.checked(s, max: 1024, "-device", "queue-size")
+                guard v >= 4, v.nonzeroBitCount == 1 else { throw ConfigurationErrorText("-device \(value): queue-size=\(s) is not a power of two from 4 to 1024") }
+                b.queueSize = UInt16(v)
+            }
+            if let s = o.take("serial") {
+                guard s.utf8.count <= 20 else { throw ConfigurationErrorText("-device \(value): serial=\(s) is longer than 20 bytes") }
+                b.serial = s
+            }
+            b.iothread = o.take("iothread")
+            _ = o.take("id"); _ = o.take("bus"); _ = o.take("addr")
+            try o.rejectUnused(value)
+            c.pciDevices.append(.virtioBlock(b))
+        case "virtio-rng-pci":
+            _ = o.take("id"); _ = o.take("bus"); _ = o.take("addr"); _ = o.take("rng")
+            try o.rejectUnused(value)
+            c.pciDevices.append(.virtioRNG)
+        default:
+            return false
+        }
+        return true
+    }
+
+    /// -object iothread,id=NAME: recorded; devices naming it are checked against it.
+    static func parseObject(_ value: String, iothreads: inout [String]) throws {
+        var o = try OptionList(option: "-object", value, impliedKey: "qom-type")
+        guard o.implied == "iothread" else {
+            throw ConfigurationErrorText("-object \(value): unknown object type '\(o.implied ?? "")' (Keel has iothread)")
+        }
+        guard let id = o.take("id") else { throw ConfigurationErrorText("-object \(value): id= is required") }
+        _ = o.take("poll-max-ns"); _ = o.take("poll-grow"); _ = o.take("poll-shrink")
+        try o.rejectUnused(value)
+        iothreads.append(id)
+    }
+
+    static func checkIOThreads(_ c: MachineConfiguration, _ iothreads: [String]) throws {
+        for case .virtioBlock(let b) in c.pciDevices {
+            if let t = b.iothread, !iothreads.contains(t) {
+                throw ConfigurationErrorText("-device virtio-blk-pci,iothread=\(t): no -object iothread,id=\(t)")
+            }
+        }
+    }
+}
