@@ -9,14 +9,18 @@ extension X86CPU {
         switch i.pointee.op {
         case .aluRMReg:
             let b = reg(i.pointee.reg, size), op = i.pointee.sub
-            try modifyRM(i, size, store: op != 7) { a in self.alu(op, a, b, size) }
+            if op == 7 { _ = alu(7, try readRM(i, size), b, size) }
+            else if isLocked(i) { try modifyRM(i, size) { a in self.alu(op, a, b, size) } }
+            else { let (a, t) = try rmwRead(i, size); try rmwWrite(i, size, t, alu(op, a, b, size)) }
         case .aluRegRM:
             let b = try readRM(i, size), r = i.pointee.reg, op = i.pointee.sub
             let v = alu(op, reg(r, size), b, size)
             if op != 7 { setReg(r, size, v) }
         case .aluRMImm:
             let b = i.pointee.imm & sizeMask(size), op = i.pointee.sub
-            try modifyRM(i, size, store: op != 7) { a in self.alu(op, a, b, size) }
+            if op == 7 { _ = alu(7, try readRM(i, size), b, size) }
+            else if isLocked(i) { try modifyRM(i, size) { a in self.alu(op, a, b, size) } }
+            else { let (a, t) = try rmwRead(i, size); try rmwWrite(i, size, t, alu(op, a, b, size)) }
         case .testRMReg:
             let a = try readRM(i, size)
             _ = alu(4, a, reg(i.pointee.reg, size), size)
@@ -24,13 +28,16 @@ extension X86CPU {
             let a = try readRM(i, size)
             _ = alu(4, a, i.pointee.imm & sizeMask(size), size)
         case .incRM:
-            try modifyRM(i, size) { v in self.incDec(v, size, dec: false) }
+            if isLocked(i) { try modifyRM(i, size) { v in self.incDec(v, size, dec: false) } }
+            else { let (v, t) = try rmwRead(i, size); try rmwWrite(i, size, t, incDec(v, size, dec: false)) }
         case .decRM:
-            try modifyRM(i, size) { v in self.incDec(v, size, dec: true) }
+            if isLocked(i) { try modifyRM(i, size) { v in self.incDec(v, size, dec: true) } }
+            else { let (v, t) = try rmwRead(i, size); try rmwWrite(i, size, t, incDec(v, size, dec: true)) }
         case .notRM:
             try modifyRM(i, size) { v in ~v & sizeMask(size) }
         case .negRM:
-            try modifyRM(i, size) { v in self.alu(5, 0, v, size) }
+            if isLocked(i) { try modifyRM(i, size) { v in self.alu(5, 0, v, size) } }
+            else { let (v, t) = try rmwRead(i, size); try rmwWrite(i, size, t, alu(5, 0, v, size)) }
         case .mulRM: multiply(try readRM(i, size), size, signed: false)
         case .imulRM: multiply(try readRM(i, size), size, signed: true)
         case .divRM: try divide(try readRM(i, size), size, signed: false)
@@ -49,7 +56,8 @@ extension X86CPU {
                 if i.pointee.isMem { _ = try readRM(i, size) } else if size == 2 { setReg(i.pointee.rm, 2, reg(i.pointee.rm, 2)) }
                 return
             }
-            try modifyRM(i, size) { v in self.shift(op, v, count, size) }
+            let (v, t) = try rmwRead(i, size)
+            try rmwWrite(i, size, t, shift(op, v, count, size))
         case .shld, .shrd:
             let count = i.pointee.prefixes & Prefix.countCL != 0 ? gpr[1] & 0xFF : i.pointee.imm
             let src = reg(i.pointee.reg, size), left = i.pointee.op == .shld
@@ -57,7 +65,8 @@ extension X86CPU {
                 if i.pointee.isMem { _ = try readRM(i, size) } else if size == 2 { setReg(i.pointee.rm, 2, reg(i.pointee.rm, 2)) }
                 return
             }
-            try modifyRM(i, size) { v in self.doubleShift(left: left, v, src, count, size) }
+            let (v, t) = try rmwRead(i, size)
+            try rmwWrite(i, size, t, doubleShift(left: left, v, src, count, size))
         case .btReg, .btImm:
             try bitTest(i, size)
         case .bsf, .bsr, .tzcnt, .lzcnt, .popcnt:
