@@ -68,6 +68,12 @@ public struct CPUIDModel: Sendable {
         for k in 0..<3 {
             l.append(Leaf(0x8000_0002 + UInt32(k), eax: brand[4 * k], ebx: brand[4 * k + 1], ecx: brand[4 * k + 2], edx: brand[4 * k + 3]))
         }
+        // AMD cache descriptors (APM Vol. 3 CPUID Fn8000_0005/6): 32 KiB 8-way L1 I and D,
+        // 512 KiB 8-way L2, 16 MiB 16-way L3, 64-byte lines, so the kernel and glibc size their
+        // copy thresholds from plausible values instead of zeros.
+        let l1: UInt32 = (32 << 24) | (8 << 16) | (1 << 8) | 64
+        l.append(Leaf(0x8000_0005, ecx: l1, edx: l1))
+        l.append(Leaf(0x8000_0006, ecx: (512 << 16) | (0x6 << 12) | (1 << 8) | 64, edx: (32 << 18) | (0x8 << 12) | (1 << 8) | 64))
         l.append(Leaf(0x8000_0008, eax: UInt32(X86CPU.physicalAddressBits) | (48 << 8), ecx: count - 1))
         return CPUIDModel(leaves: l, familyModelStepping: fms)
     }
