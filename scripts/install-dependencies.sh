@@ -7,6 +7,8 @@ packages=(
   acpica-tools               # iasl: decompiles Keel's ACPI tables in the tests
   cpio gzip xz-utils zstd    # the default guest's initramfs and kernel payload
   qemu-system-x86            # the reference for benchmarks and guest cross-checks
+  qemu-utils                 # qemu-img, qemu-io: the Block tests' image cross-checks, bench/img.sh
+  zlib1g-dev bc              # qcow2 compressed clusters (CZlib links libz); bench/img.sh arithmetic
   iproute2 procps
   python3 python3-pip        # the QMP tests drive Keel with QEMU's own client, qemu.qmp (PyPI)
 )

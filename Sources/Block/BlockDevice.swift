@@ -14,7 +14,17 @@ public protocol BlockDevice: AnyObject {
     func discard(offset: UInt64, length: UInt64) throws(BlockError)
     /// The range reads as zeroes afterwards; `mayUnmap` allows freeing the space.
     func writeZeroes(offset: UInt64, length: UInt64, mayUnmap: Bool) throws(BlockError)
+    /// Whether [offset, offset + length) starts with data or with a range known to read as zeroes,
+    /// and how long that run is (at least 1 byte, at most `length`). Lets copies skip holes.
+    func blockStatus(offset: UInt64, length: UInt64) throws(BlockError) -> BlockStatus
     func close()
+}
+
+/// One run of a device's address space, as `blockStatus` reports it.
+public struct BlockStatus: Equatable, Sendable {
+    public var isZero: Bool
+    public var length: UInt64
+    public init(isZero: Bool, length: UInt64) { self.isZero = isZero; self.length = length }
 }
 
 /// Why a block request failed, with the errno a virtio-blk or SCSI status is derived from.
@@ -34,6 +44,11 @@ public struct BlockError: Error, Equatable, CustomStringConvertible {
 }
 
 extension BlockDevice {
+    /// Backends that cannot tell report everything as data.
+    public func blockStatus(offset: UInt64, length: UInt64) throws(BlockError) -> BlockStatus {
+        BlockStatus(isZero: false, length: length)
+    }
+
     /// Checks that [offset, offset + length) lies inside the device, overflow-safe.
     public func checkRange(offset: UInt64, length: UInt64) throws(BlockError) {
         let (end, o) = offset.addingReportingOverflow(length)

@@ -14,3 +14,10 @@ int ckeel_set_thread_name(const char *name) { return pthread_setname_np(pthread_
 
 #include <unistd.h>
 int ckeel_gettid(void) { return (int)gettid(); }
+
+#include <linux/fs.h>
+int ckeel_fallocate(int fd, int mode, long offset, long length) { return fallocate(fd, mode, offset, length); }
+int ckeel_o_direct(void) { return O_DIRECT; }
+long ckeel_seek_data(int fd, long offset) { return lseek(fd, offset, SEEK_DATA); }
+long ckeel_seek_hole(int fd, long offset) { return lseek(fd, offset, SEEK_HOLE); }
+int ckeel_blkgetsize64(int fd, unsigned long long *size) { return ioctl(fd, BLKGETSIZE64, size); }

@@ -172,6 +172,7 @@ public enum KeelCommandLine {
         c.serialPorts = serials
         c.monitors = try monitors.resolve(serialOnStdio: serials.contains(.stdio))
         try VirtioCommandLine.checkIOThreads(c, iothreads)
+        try VirtioCommandLine.resolveConsoles(&c, monitors, serialOnStdio: serials.contains(.stdio))
         return .run(c)
     }
 
@@ -223,8 +224,9 @@ public enum KeelCommandLine {
       -device isa-debug-exit[,iobase=0xf4,iosize=0x04]
       -device pc-testdev
       -drive file=FILE[,if=virtio|none][,id=ID][,format=raw][,readonly=on][,cache=][,aio=]
-      -device virtio-blk-pci,drive=ID[,num-queues=N][,serial=S][,iothread=ID]
+      -device virtio-blk-pci,drive=ID[,num-queues=N][,serial=S][,iothread=ID][,ioeventfd=on|off]
       -device virtio-rng-pci
+      -device virtio-serial-pci -device virtconsole,chardev=ID
       -object iothread,id=ID
       -device help                        list devices
 
@@ -255,5 +257,7 @@ public enum KeelCommandLine {
     name "pc-testdev", bus ISA, desc "QEMU's PC test device (port 0xe0 and MMIO readback)"
     name "virtio-blk-pci", bus PCI, desc "virtio block device (modern)"
     name "virtio-rng-pci", bus PCI, desc "virtio entropy source (modern)"
+    name "virtio-serial-pci", bus PCI, desc "virtio serial controller (modern), ports from virtconsole"
+    name "virtconsole", bus virtio-serial-bus, desc "console port (hvc) on the last virtio-serial-pci, chardev=ID"
     """
 }

@@ -3,7 +3,7 @@ import Machine
 /// -drive, the virtio -device types and -object iothread, kept apart from the rest of the
 /// command line (QEMU's spelling: `-drive file=d.img,if=none,id=d0 -device virtio-blk-pci,drive=d0`).
 enum VirtioCommandLine {
-    static let deviceTypes = ["virtio-blk-pci", "virtio-rng-pci"]
+    static let deviceTypes = ["virtio-blk-pci", "virtio-rng-pci", "virtio-serial-pci", "virtconsole"]
 
     static func parseDrive(_ value: String, into c: inout MachineConfiguration) throws {
         var o = try OptionList(option: "-drive", value, impliedKey: "file")
@@ -56,9 +56,25 @@ enum VirtioCommandLine {
                 b.serial = s
             }
             b.iothread = o.take("iothread")
+            if let e = try o.takeBool("ioeventfd") { b.ioeventfd = e }
             _ = o.take("id"); _ = o.take("bus"); _ = o.take("addr")
             try o.rejectUnused(value)
             c.pciDevices.append(.virtioBlock(b))
+        case "virtio-serial-pci", "virtio-serial":
+            _ = o.take("id"); _ = o.take("bus"); _ = o.take("addr"); _ = o.take("max_ports")
+            try o.rejectUnused(value)
+            c.pciDevices.append(.virtioSerial(VirtioSerialConfiguration()))
+        case "virtconsole":
+            guard let chardev = o.take("chardev") else { throw ConfigurationErrorText("-device \(value): chardev= is required") }
+            _ = o.take("id"); _ = o.take("name"); _ = o.take("bus"); _ = o.take("nr")
+            try o.rejectUnused(value)
+            // QEMU puts the port on the most recent virtio-serial bus.
+            guard let i = c.pciDevices.lastIndex(where: { if case .virtioSerial = $0 { return true } else { return false } }),
+                  case .virtioSerial(var s) = c.pciDevices[i] else {
+                throw ConfigurationErrorText("-device \(value): no virtio-serial-pci before it to attach to")
+            }
+            s.ports.append(.init(chardev: chardev))
+            c.pciDevices[i] = .virtioSerial(s)
         case "virtio-rng-pci":
             _ = o.take("id"); _ = o.take("bus"); _ = o.take("addr"); _ = o.take("rng")
             try o.rejectUnused(value)
@@ -79,6 +95,36 @@ enum VirtioCommandLine {
         _ = o.take("poll-max-ns"); _ = o.take("poll-grow"); _ = o.take("poll-shrink")
         try o.rejectUnused(value)
         iothreads.append(id)
+    }
+
+    /// Attaches each virtconsole to its `-chardev` (stdio, or a listening unix socket).
+    static func resolveConsoles(_ c: inout MachineConfiguration, _ monitors: MonitorOptions, serialOnStdio: Bool) throws {
+        var stdioUsed = serialOnStdio || c.monitors.contains { $0.backend == .stdio }
+        for i in c.pciDevices.indices {
+            guard case .virtioSerial(var s) = c.pciDevices[i] else { continue }
+            for p in s.ports.indices {
+                let id = s.ports[p].chardev
+                guard let d = monitors.chardev(id) else {
+                    throw ConfigurationErrorText("-device virtconsole,chardev=\(id): no -chardev with id=\(id)")
+                }
+                guard !monitors.monitorUses(id) else {
+                    throw ConfigurationErrorText("-device virtconsole,chardev=\(id): the chardev is already used by a -mon")
+                }
+                switch d.backend {
+                case .stdio:
+                    guard !stdioUsed else {
+                        throw ConfigurationErrorText("-device virtconsole,chardev=\(id): stdio is already in use (-serial, -monitor or -nographic)")
+                    }
+                    stdioUsed = true
+                    s.ports[p].backend = .stdio
+                case .unixSocket(let path):
+                    s.ports[p].backend = .unixSocket(path: path, server: true, wait: d.wait)
+                case .tcpSocket:
+                    throw ConfigurationErrorText("-device virtconsole,chardev=\(id): Keel's consoles take stdio or a unix socket")
+                }
+            }
+            c.pciDevices[i] = .virtioSerial(s)
+        }
     }
 
     static func checkIOThreads(_ c: MachineConfiguration, _ iothreads: [String]) throws {

@@ -55,6 +55,12 @@ struct MonitorOptions {
         chardevOrder.append(id)
     }
 
+    /// A `-chardev`'s backend, for devices that attach to one by id (virtconsole).
+    func chardev(_ id: String) -> (backend: MonitorSpec.Backend, wait: Bool)? { chardevs[id] }
+
+    /// Whether a `-mon` uses chardev `id`.
+    func monitorUses(_ id: String) -> Bool { mons.contains { $0.id == id } }
+
     /// `-mon chardev=ID[,mode=control|readline][,pretty=on|off]`.
     mutating func addMon(_ value: String) throws {
         var o = try OptionList(option: "-mon", value, impliedKey: "chardev")

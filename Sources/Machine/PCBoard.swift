@@ -78,6 +78,7 @@ public final class PCBoard: @unchecked Sendable {
     /// Power-on state again: RAM zeroed and returned to the host, devices reset (CMOS keeps its
     /// NVRAM, as a PC's battery-backed CMOS does), interrupt lines low. Call with vCPUs stopped.
     public func reset() {
+        pci.drainRequests()
         memory.discardAll()
         interrupts.forgetLevels()
         lock.withLock {
@@ -85,6 +86,13 @@ public final class PCBoard: @unchecked Sendable {
             pci.reset()
             userspaceInterrupts?.reset()
         }
+    }
+
+    /// The running accelerator's in-kernel notification paths (kvm's ioeventfd and irqfd) for
+    /// the virtio devices; nil withdraws them before that accelerator's VM is destroyed. Call
+    /// with the big lock held.
+    public func setIOEventAcceleratorLocked(_ accelerator: IOEventAccelerator?) {
+        pci?.setIOEventsLocked(accelerator)
     }
 
     /// Presses the ACPI power button (QMP system_powerdown). Call with the big lock held.

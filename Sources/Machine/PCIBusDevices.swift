@@ -1,5 +1,6 @@
 import Block
 import Devices
+import Glibc
 import Loop
 
 /// PCI bus 0 on Keel's PC: the host bridge (0xCF8/0xCFC and ECAM), the configured virtio-pci
@@ -18,8 +19,12 @@ final class PCIBusDevices {
     let root: PCIRootConfiguration
     let msi: MSIRouting
     private(set) var virtio: [VirtioPCIDevice] = []
+    /// Per device in `virtio`: whether its notifications may bypass Keel (ioeventfd=on).
+    private var ioeventfdAllowed: [Bool] = []
+    private let loop: EventLoop
     private var backends: [BlockDevice] = []
     private var workers: WorkerPool?
+    private var executors: [WorkerPoolExecutor] = []
 
     init(board: PCBoard) throws {
         let c = board.configuration
@@ -29,10 +34,12 @@ final class PCIBusDevices {
                                     memory32Window: Self.memory32Window, memory64Window: m64Base...(m64Base + Self.memory64Size - 1))
         bridge = PCIHostBridge(pio: board.pioBus, mmio: board.mmioBus)
         msi = MSIRouting(board.interrupts)
+        loop = board.loop
         try bridge.attach(ecamBase: Self.ecamBase, busCount: Self.busCount)
         do {
             for d in c.pciDevices {
                 let model: VirtioDevice
+                var ioeventfd = true
                 switch d {
                 case .virtioBlock(let b):
                     guard let drive = c.drives.first(where: { $0.id == b.drive }) else {
@@ -40,18 +47,30 @@ final class PCIBusDevices {
                     }
                     let backend = try openDriveBackend(drive)
                     backends.append(backend)
-                    if workers == nil { workers = WorkerPool(threads: 4) }
+                    let pool = workers ?? WorkerPool(threads: 4)
+                    workers = pool
+                    ioeventfd = b.ioeventfd
                     var v = VirtioBlock.Configuration()
                     v.queueCount = b.queueCount; v.queueSize = b.queueSize; v.serial = b.serial; v.readOnly = drive.readOnly
-                    model = VirtioBlock(backend: backend, configuration: v,
-                                        executor: WorkerPoolExecutor(pool: workers!, loop: board.loop))
+                    let executor = WorkerPoolExecutor(pool: pool, loop: board.loop)
+                    executors.append(executor)
+                    model = VirtioBlock(backend: backend, configuration: v, executor: executor)
                 case .virtioRNG:
                     model = VirtioRNG()
+                case .virtioSerial(let v):
+                    var chardevs: [Chardev] = []
+                    for port in v.ports {
+                        let c = try openChardev(port.backend, loop: board.loop, muxEscape: false, option: "-chardev") {}
+                        board.chardevs.append(c)
+                        chardevs.append(c)
+                    }
+                    model = VirtioConsole(chardevs: chardevs)
                 }
                 let dev = VirtioPCIDevice(device: model, memory: board.memory, msiController: msi)
                 let slot = try bridge.plug(dev)
                 dev.pci.intxLine = board.interrupts.line(root.intxGSI(slot: slot, pin: 0))
                 virtio.append(dev)
+                ioeventfdAllowed.append(ioeventfd)
             }
             try assignResources()
         } catch {
@@ -66,13 +85,41 @@ final class PCIBusDevices {
                                    memory64: root.memory64Window.map { $0.lowerBound..<$0.upperBound + 1 } ?? 0..<0)
     }
 
+    /// Waits until no block request is reading or writing guest memory (vCPUs stopped, before a
+    /// machine reset wipes RAM; QEMU drains all block I/O there too). Call without the big lock.
+    func drainRequests() {
+        for e in executors { e.waitUntilIdle() }
+    }
+
     /// Machine reset with the big lock held: headers back to power-on, then BARs placed again.
     func reset() {
         bridge.reset()
         try? assignResources()
     }
 
+    /// Hands the running accelerator's ioeventfd/irqfd hooks to the virtio devices, or takes
+    /// them back (nil) before that accelerator's VM goes away. Call with the big lock held.
+    func setIOEventsLocked(_ accelerator: IOEventAccelerator?) {
+        for (dev, allowed) in zip(virtio, ioeventfdAllowed) {
+            dev.ioEvents = allowed ? accelerator.map { VirtioNotifyAcceleration(accelerator: $0, loop: loop) } : nil
+        }
+    }
+
+    /// KEEL_DEBUG_VIRTIO=1: per device, how its notifications and interrupts travelled.
+    private var reported = false
+    func reportStatistics() {
+        guard !reported, getenv("KEEL_DEBUG_VIRTIO") != nil else { return }
+        reported = true
+        for (i, dev) in virtio.enumerated() {
+            let s = dev.statistics
+            var line = "keel: virtio-pci \(i) (type \(dev.device.deviceType)): notify trapped \(s.trappedNotifies) eventfd \(s.eventFDNotifies); "
+            line += "msi ioctl \(s.msiByController) irqfd \(s.msiByIRQFD); routes set \(s.msiRouteUpdates)\n"
+            line.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
+        }
+    }
+
     func close() {
+        reportStatistics()
         workers?.shutdown()
         workers = nil
         for b in backends { b.close() }
@@ -80,10 +127,24 @@ final class PCIBusDevices {
     }
 }
 
-/// Opens a drive's image. The Block target's image backends (raw, qcow2) are merged
-/// separately; until then a drive cannot be opened.
+/// Opens a drive's image with the Block target's backends: the format given (or probed), the
+/// cache mode, read-only when asked. Errors name the file.
 func openDriveBackend(_ d: DriveConfiguration) throws -> BlockDevice {
-    throw ConfigurationError("-drive file=\(d.file): this build has no image backends yet (the Block target's raw/qcow2 devices)")
+    var format: ImageFormat? = nil
+    if let f = d.format {
+        guard let known = ImageFormat(rawValue: f) else {
+            throw ConfigurationError("-drive file=\(d.file): format=\(f) is not supported (raw or qcow2)")
+        }
+        format = known
+    }
+    guard let cache = CacheMode(rawValue: d.cache.rawValue) else {
+        throw ConfigurationError("-drive file=\(d.file): cache=\(d.cache.rawValue) is not supported")
+    }
+    do {
+        return try openImage(path: d.file, options: ImageOpenOptions(format: format, readOnly: d.readOnly, cache: cache))
+    } catch {
+        throw ConfigurationError("-drive file=\(d.file): \(error)")
+    }
 }
 
 /// MSI-X messages to whichever interrupt controller is current (kvm's or tcg's).

@@ -1,3 +1,5 @@
+import Devices
+
 /// A `-drive`: a host image and how it is opened (QEMU's blockdev options, the subset Keel has).
 public struct DriveConfiguration: Sendable, Equatable {
     public enum Interface: String, Sendable { case virtio, none }
@@ -6,7 +8,8 @@ public struct DriveConfiguration: Sendable, Equatable {
 
     public var id: String
     public var file: String
-    public var format = "raw"
+    /// raw or qcow2; nil probes the file as QEMU does (a qcow2 header is never taken for raw).
+    public var format: String?
     public var interface: Interface = .virtio
     public var cache: Cache = .writeback
     public var aio: AIO = .threads
@@ -19,6 +22,21 @@ public struct DriveConfiguration: Sendable, Equatable {
 public enum PCIDeviceConfiguration: Sendable, Equatable {
     case virtioBlock(VirtioBlockConfiguration)
     case virtioRNG
+    /// `-device virtio-serial-pci` with its `-device virtconsole,chardev=` ports.
+    case virtioSerial(VirtioSerialConfiguration)
+}
+
+/// A virtio-serial controller and its console ports (port 0 becomes the guest's hvc0).
+public struct VirtioSerialConfiguration: Sendable, Equatable {
+    public struct Port: Sendable, Equatable {
+        /// The `-chardev id=` the port is attached to.
+        public var chardev: String
+        /// Resolved from the `-chardev` options once the command line is read.
+        public var backend: ChardevSpec = .null
+        public init(chardev: String, backend: ChardevSpec = .null) { self.chardev = chardev; self.backend = backend }
+    }
+    public var ports: [Port] = []
+    public init(ports: [Port] = []) { self.ports = ports }
 }
 
 public struct VirtioBlockConfiguration: Sendable, Equatable {
@@ -29,6 +47,9 @@ public struct VirtioBlockConfiguration: Sendable, Equatable {
     public var serial = ""
     /// `-object iothread,id=` owning the queues (not yet honoured: the main loop owns them).
     public var iothread: String?
+    /// Queue notifications through kvm's ioeventfd and MSI-X through irqfd (QEMU's
+    /// `ioeventfd=on`); off, every notify write exits to Keel and MSIs go by ioctl.
+    public var ioeventfd = true
     public init(drive: String) { self.drive = drive }
 }
 
@@ -38,8 +59,8 @@ extension MachineConfiguration {
         var ids: Set<String> = []
         for d in drives {
             guard ids.insert(d.id).inserted else { throw ConfigurationError("-drive id=\(d.id): duplicate drive id") }
-            guard d.format == "raw" || d.format == "qcow2" else {
-                throw ConfigurationError("-drive \(d.file): format=\(d.format) is not supported (raw or qcow2)")
+            if let f = d.format, f != "raw", f != "qcow2" {
+                throw ConfigurationError("-drive \(d.file): format=\(f) is not supported (raw or qcow2)")
             }
         }
         var used: Set<String> = []
@@ -54,6 +75,10 @@ extension MachineConfiguration {
             guard (1...64).contains(b.queueCount) else {
                 throw ConfigurationError("-device virtio-blk-pci,num-queues=\(b.queueCount): 1 to 64 queues")
             }
+        }
+        for case .virtioSerial(let s) in pciDevices {
+            guard !s.ports.isEmpty else { throw ConfigurationError("-device virtio-serial-pci: no -device virtconsole,chardev=... port on it") }
+            guard s.ports.count <= 31 else { throw ConfigurationError("-device virtio-serial-pci: \(s.ports.count) ports, at most 31") }
         }
         guard pciDevices.count <= 30 else { throw ConfigurationError("\(pciDevices.count) PCI devices: at most 30 fit on bus 0") }
     }

@@ -1,4 +1,7 @@
 import Glibc
+import KeelImg
 import KeelKit
 
-exit(KeelMain.main(Array(CommandLine.arguments.dropFirst())))
+let arguments = Array(CommandLine.arguments.dropFirst())
+if arguments.first == "img" { exit(KeelImg.main(Array(arguments.dropFirst()))) }
+exit(KeelMain.main(arguments))

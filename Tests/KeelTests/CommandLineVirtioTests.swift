@@ -20,7 +20,7 @@ final class CommandLineVirtioTests: XCTestCase {
                                    "-device", "virtio-blk-pci,drive=d0,num-queues=4,serial=SN1,iothread=io0",
                                    "-device", "virtio-rng-pci"])
         var d = DriveConfiguration(id: "d0", file: "/d.img")
-        d.interface = .none; d.cache = .none; d.aio = .io_uring; d.readOnly = true
+        d.format = "raw"; d.interface = .none; d.cache = .none; d.aio = .io_uring; d.readOnly = true
         XCTAssertEqual(c.drives, [d])
         var b = VirtioBlockConfiguration(drive: "d0")
         b.queueCount = 4; b.serial = "SN1"; b.iothread = "io0"

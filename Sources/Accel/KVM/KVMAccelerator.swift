@@ -22,8 +22,8 @@ public final class KVMAccelerator: Accelerator, InterruptController, @unchecked 
     var vcpus: [KVMVCPUThread] = []
     /// With a split irqchip, where EOIs of level-triggered vectors go (the userspace IOAPIC).
     var ioapicEndOfInterrupt: ((UInt8) -> Void)?
-    /// A new VM's split irqchip starts with an empty routing table.
-    var committedIOAPICRoutes: [GSIRoute] = []
+    /// The GSI routing table: the irqchip's (or mirrored IOAPIC's) routes and virtio's MSI routes.
+    let routing: KVMGSIRouting
     /// Pause protocol (QMP stop/cont), all under the big lock.
     var pauseRequested = false
     let parkedChanged: BigLock.Condition
@@ -33,6 +33,7 @@ public final class KVMAccelerator: Accelerator, InterruptController, @unchecked 
         system = try KVMSystem()
         vm = try system.createVM()
         self.board = board
+        routing = KVMGSIRouting(vm: vm)
         parkedChanged = BigLock.Condition(lock: board.lock)
         resumed = BigLock.Condition(lock: board.lock)
         try vm.setTSSAddress(Self.tssAddress)
@@ -62,7 +63,7 @@ public final class KVMAccelerator: Accelerator, InterruptController, @unchecked 
         for gsi: UInt32 in 0..<24 where gsi != 2 {
             entries.append(.irqchip(gsi: gsi, chip: UInt32(KVM_IRQCHIP_IOAPIC), pin: gsi == 0 ? 2 : gsi))
         }
-        try vm.setGSIRouting(entries)
+        try routing.setBase(entries)
     }
 
     /// Split irqchip: the board's IOAPIC sends its messages to the kernel's LAPICs as MSIs, the
@@ -81,10 +82,8 @@ public final class KVMAccelerator: Accelerator, InterruptController, @unchecked 
         let routes: [GSIRoute] = (0..<IOAPIC.pinCount).compactMap { pin in
             ioapic.message(pin: pin).map { .msi(gsi: UInt32(pin), address: $0.msiAddress, data: $0.msiData) }
         }
-        guard routes != committedIOAPICRoutes else { return }
         do {
-            try vm.setGSIRouting(routes)
-            committedIOAPICRoutes = routes
+            try routing.setBase(routes)
         } catch {
             board.requests.raise(.failure("\(error)"))
         }
@@ -112,8 +111,10 @@ public final class KVMAccelerator: Accelerator, InterruptController, @unchecked 
         }
     }
 
+    /// Call with the big lock held.
     public func start() {
         board.interrupts.controller = board.userspaceInterrupts?.controllers ?? self
+        board.setIOEventAcceleratorLocked(self)
         for v in vcpus { v.start() }
     }
 
@@ -124,6 +125,9 @@ public final class KVMAccelerator: Accelerator, InterruptController, @unchecked 
         }
         for v in vcpus { v.requestStop() }
         for v in vcpus { v.join() }
+        // This VM goes away with the accelerator: the devices fall back to trapped notifies and
+        // KVM_SIGNAL_MSI until the next one hands them its eventfd paths.
+        board.lock.withLock { board.setIOEventAcceleratorLocked(nil) }
         board.interrupts.controller = nil
     }
 

@@ -25,6 +25,14 @@ int ckeel_memfd_create(const char *name, unsigned flags);
 int ckeel_punch_hole(int fd, long offset, long length);
 int ckeel_set_thread_name(const char *name);  /* at most 15 characters */
 int ckeel_gettid(void);
+// Block backends: fallocate with explicit FALLOC_FL_* flags, O_DIRECT, SEEK_DATA/SEEK_HOLE, BLKGETSIZE64.
+int ckeel_fallocate(int fd, int mode, long offset, long length);
+int ckeel_o_direct(void);
+long ckeel_seek_data(int fd, long offset);
+long ckeel_seek_hole(int fd, long offset);
+int ckeel_blkgetsize64(int fd, unsigned long long *size);
+static const int CKEEL_FALLOC_PUNCH_HOLE = 0x02 | 0x01;  /* PUNCH_HOLE | KEEP_SIZE */
+static const int CKEEL_FALLOC_ZERO_RANGE = 0x10 | 0x01;  /* ZERO_RANGE | KEEP_SIZE */
 static inline int ckeel_open(const char *path, int flags, unsigned mode) { return open(path, flags, mode); }
 
 static const unsigned long CKEEL_KVM_GET_API_VERSION = KVM_GET_API_VERSION;

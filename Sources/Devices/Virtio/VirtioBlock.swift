@@ -38,6 +38,8 @@ public final class VirtioBlock: VirtioDevice {
     let executor: VirtioRequestExecutor
     weak var transport: VirtioTransport?
     public private(set) var inflightRequests = 0
+    /// Bumped by a reset: completions of requests from before it must not touch the new rings.
+    private var epoch: UInt64 = 0
     private var configBytes: [UInt8]
 
     public init(backend: BlockDevice, configuration: Configuration, executor: VirtioRequestExecutor) {
@@ -78,7 +80,7 @@ public final class VirtioBlock: VirtioDevice {
 
     public func activate(_ transport: VirtioTransport) { self.transport = transport }
 
-    public func reset() {}
+    public func reset() { epoch &+= 1 }
 
     public func queueNotified(_ index: Int) {
         guard let t = transport else { return }
@@ -177,10 +179,11 @@ public final class VirtioBlock: VirtioDevice {
 
     private func submit(_ t: VirtioTransport, _ work: @escaping () -> UInt8, done: @escaping (UInt8) -> Void) {
         inflightRequests += 1
+        let submitted = epoch
         executor.execute(work) { [weak self, weak t] status in
             guard let self else { return }
             self.inflightRequests -= 1
-            done(status)
+            if submitted == self.epoch { done(status) }
             if self.inflightRequests == 0 { t?.requestsDrained() }
         }
     }

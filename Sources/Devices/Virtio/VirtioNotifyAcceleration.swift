@@ -23,6 +23,59 @@ public struct VirtioNotifyAcceleration {
     public init(accelerator: IOEventAccelerator, loop: EventLoop) { self.accelerator = accelerator; self.loop = loop }
 }
 
+/// Counters of the paths a device's notifications and interrupts took: with ioeventfd and
+/// irqfd working, a busy queue shows eventfd notifies and irqfd MSIs only.
+public struct VirtioPCIStatistics: Sendable, Equatable {
+    /// Notify writes that exited to Keel and reached BAR 4 through the MMIO bus.
+    public var trappedNotifies: UInt64 = 0
+    /// Notifies that arrived as an ioeventfd signal on the owning loop.
+    public var eventFDNotifies: UInt64 = 0
+    /// MSI-X messages raised by asking the interrupt controller (KVM_SIGNAL_MSI, tcg's APIC bus).
+    public var msiByController: UInt64 = 0
+    /// MSI-X messages raised by signalling an irqfd.
+    public var msiByIRQFD: UInt64 = 0
+    /// GSI route changes the device asked the accelerator for (each costs a routing commit).
+    public var msiRouteUpdates: UInt64 = 0
+    public init() {}
+}
+
+/// The irqfds of one device's MSI-X vectors: a vector has one while MSI-X is enabled, the
+/// function and the vector are unmasked and a queue or the config change uses it. Masking or
+/// reprogramming moves or withdraws the route at once, so a routed vector never needs PCIMSIX's
+/// pending bit.
+final class VirtioMSIBinding {
+    struct Route { let fd: EventFD; var address: UInt64; var data: UInt32 }
+    let accelerator: IOEventAccelerator
+    private(set) var routes: [Int: Route] = [:]
+    init(_ a: IOEventAccelerator) { accelerator = a }
+
+    func eventFD(vector: Int) -> EventFD? { routes[vector]?.fd }
+
+    /// Returns whether the accelerator was asked for anything.
+    @discardableResult
+    func route(vector: Int, address: UInt64, data: UInt32) -> Bool {
+        if let r = routes[vector], r.address == address, r.data == data { return false }
+        guard let fd = routes[vector]?.fd ?? (try? EventFD()) else { return false }
+        do {
+            try accelerator.setMSIRoute(fd: fd.fd, address: address, data: data)
+            routes[vector] = Route(fd: fd, address: address, data: data)
+        } catch {
+            // The fallback (KVM_SIGNAL_MSI) still delivers the vector.
+            unroute(vector: vector)
+        }
+        return true
+    }
+
+    func unroute(vector: Int) {
+        guard let r = routes.removeValue(forKey: vector) else { return }
+        accelerator.removeMSIRoute(fd: r.fd.fd)
+    }
+
+    func unbind() {
+        for v in Array(routes.keys) { unroute(vector: v) }
+    }
+}
+
 /// The ioeventfds currently registered for one device: one per ready queue, at the queue's
 /// notify address in BAR 4.
 final class VirtioNotifyBinding {
@@ -46,7 +99,7 @@ extension VirtioPCIDevice {
     func ioEventsChanged() {
         notifyBinding?.unbind()
         guard let acceleration = ioEvents else { notifyBinding = nil; return }
-        let binding = notifyBinding ?? VirtioNotifyBinding(acceleration)
+        let binding = VirtioNotifyBinding(acceleration)
         notifyBinding = binding
         guard status & Virtio.statusDriverOK != 0 else { return }
         for (i, q) in queues.enumerated() where q.isReady {
@@ -55,11 +108,42 @@ extension VirtioPCIDevice {
                 try acceleration.accelerator.addIOEvent(fd: fd.fd, address: address, length: 2)
                 try acceleration.loop.addReadable(fd: fd.fd) { [unowned self, fd] _ in
                     fd.consume()
+                    self.statistics.eventFDNotifies &+= 1
                     self.notify(queue: i)
                 }
                 binding.entries.append(.init(queue: i, fd: fd, address: address))
             } catch {
                 acceleration.accelerator.removeIOEvent(fd: fd.fd, address: address, length: 2)
+            }
+        }
+    }
+}
+
+extension VirtioPCIDevice {
+    /// Brings the irqfd routes in line with the MSI-X table, the function's enable/mask bits and
+    /// the vectors the queues and config changes use. Called on every change to any of them.
+    func msiRoutesChanged() {
+        guard let acceleration = ioEvents else {
+            msiBinding?.unbind()
+            msiBinding = nil
+            return
+        }
+        if let b = msiBinding, b.accelerator !== acceleration.accelerator {
+            b.unbind()
+            msiBinding = nil
+        }
+        let binding = msiBinding ?? VirtioMSIBinding(acceleration.accelerator)
+        msiBinding = binding
+        var used = Set<Int>()
+        if configVector != Virtio.noVector { used.insert(Int(configVector)) }
+        for q in queues where q.msixVector != Virtio.noVector { used.insert(Int(q.msixVector)) }
+        let live = msix.isEnabled && !msix.isFunctionMasked
+        for v in 0..<msix.vectorCount {
+            if live, used.contains(v), let e = msix.entry(v), !e.masked {
+                if binding.route(vector: v, address: e.address, data: e.data) { statistics.msiRouteUpdates &+= 1 }
+            } else if binding.eventFD(vector: v) != nil {
+                binding.unroute(vector: v)
+                statistics.msiRouteUpdates &+= 1
             }
         }
     }

@@ -1,4 +1,5 @@
 import Memory
+import Loop
 
 /// The virtio-pci modern transport (virtio 1.2 §4.1): a PCI function (vendor 0x1AF4, device
 /// 0x1040 + type) whose vendor capabilities point at the common, ISR, device and notify
@@ -32,8 +33,17 @@ public final class VirtioPCIDevice: PCIDevice, VirtioTransport {
     var resetPending = false
     public private(set) var lastError: VirtqueueError?
     /// Where queue notifications can arrive without an exit (kvm's ioeventfd), if anywhere.
-    public var ioEvents: VirtioNotifyAcceleration? { didSet { ioEventsChanged() } }
+    public var ioEvents: VirtioNotifyAcceleration? {
+        didSet {
+            ioEventsChanged()
+            msiRoutesChanged()
+        }
+    }
     var notifyBinding: VirtioNotifyBinding?
+    /// The MSI-X vectors currently raised through irqfds rather than by asking the controller.
+    var msiBinding: VirtioMSIBinding?
+    /// How notifications and interrupts travelled (KEEL_DEBUG_VIRTIO, tests).
+    public internal(set) var statistics = VirtioPCIStatistics()
 
     public init(device: VirtioDevice, memory: GuestMemory, msiController: MSIController?) {
         self.device = device
@@ -61,6 +71,7 @@ public final class VirtioPCIDevice: PCIDevice, VirtioTransport {
         pci.setBar(Self.msixBar, PCIBar(kind: .memory32, size: msix.barSize, region: PCIMSIXRegion(msix), name: "virtio-msix"))
         pci.setBar(Self.virtioBar, PCIBar(kind: .memory32, size: 4 * Self.regionSize, region: VirtioPCIRegisters(self), name: "virtio-pci"))
         pci.barMoved = { [unowned self] i, _ in if i == Self.virtioBar { self.ioEventsChanged() } }
+        msix.vectorsChanged = { [unowned self] in self.msiRoutesChanged() }
     }
 
     public func pciReset() {
@@ -111,7 +122,16 @@ public final class VirtioPCIDevice: PCIDevice, VirtioTransport {
     /// Queue interrupts and config changes: the MSI-X vector, or INTx with the ISR bit (§4.1.4.5).
     func interrupt(vector: UInt16, isrBit: UInt8) {
         if msix.isEnabled {
-            if vector != Virtio.noVector { msix.notify(vector: Int(vector)) }
+            guard vector != Virtio.noVector else { return }
+            // A routed vector is unmasked by construction: masking it withdraws the route, so
+            // the pending-bit rules below stay with PCIMSIX.
+            if let fd = msiBinding?.eventFD(vector: Int(vector)) {
+                statistics.msiByIRQFD &+= 1
+                fd.signal()
+            } else {
+                statistics.msiByController &+= 1
+                msix.notify(vector: Int(vector))
+            }
         } else {
             isr |= isrBit
             pci.setINTx(true)
@@ -131,6 +151,7 @@ public final class VirtioPCIDevice: PCIDevice, VirtioTransport {
         pci.setINTx(false)
         lastError = nil
         ioEventsChanged()
+        msiRoutesChanged()
     }
 
     func writeStatus(_ value: UInt8) {
@@ -260,6 +281,7 @@ final class VirtioPCIRegisters: BusDevice {
         case 2: transport.device.writeConfig(offset: Int(within), data: data)
         case 3:
             guard within % VirtioPCIDevice.notifyMultiplier == 0 else { return }
+            transport.statistics.trappedNotifies &+= 1
             transport.notify(queue: Int(within / VirtioPCIDevice.notifyMultiplier))
         default: break
         }

@@ -1,4 +1,6 @@
+import Glibc
 import Loop
+import Synchronization
 
 /// Where a device's blocking work runs: a worker pool with the completion posted back to the
 /// device's loop, or (in tests, and for work that cannot block) right away.
@@ -7,12 +9,25 @@ public protocol VirtioRequestExecutor: AnyObject {
 }
 
 /// Runs the work on a `WorkerPool` thread; `completion` runs on `loop` (the device's owner).
-public final class WorkerPoolExecutor: VirtioRequestExecutor {
+public final class WorkerPoolExecutor: VirtioRequestExecutor, @unchecked Sendable {
     let pool: WorkerPool
     let loop: EventLoop
+    /// Jobs whose work (which reads and writes guest memory) has not finished yet.
+    private let running = Atomic<Int>(0)
     public init(pool: WorkerPool, loop: EventLoop) { self.pool = pool; self.loop = loop }
     public func execute(_ work: @escaping () -> UInt8, completion: @escaping (UInt8) -> Void) {
-        pool.submit(on: loop, work, completion: completion)
+        running.add(1, ordering: .sequentiallyConsistent)
+        pool.submit(on: loop, { [self] in
+            let status = work()
+            running.subtract(1, ordering: .sequentiallyConsistent)
+            return status
+        }, completion: completion)
+    }
+
+    /// Returns once no job touches guest memory any more (machine reset: before RAM is wiped).
+    /// Completions may still be queued on the loop; the device's reset makes them no-ops.
+    public func waitUntilIdle() {
+        while running.load(ordering: .sequentiallyConsistent) > 0 { usleep(200) }
     }
 }
 

@@ -1,0 +1,271 @@
+import CKeel
+import Glibc
+
+/// How the host page cache is used, as QEMU's -drive cache= modes.
+public enum CacheMode: String, Sendable, CaseIterable {
+    case writeback      // page cache; flush = fdatasync
+    case writethrough   // page cache; every write is followed by fdatasync
+    case none           // O_DIRECT; flush = fdatasync
+    case directsync     // O_DIRECT and fdatasync after every write
+    case unsafe         // page cache; flush does nothing
+
+    var direct: Bool { self == .none || self == .directsync }
+    var syncEachWrite: Bool { self == .writethrough || self == .directsync }
+}
+
+/// A raw image: a regular file or a block device whose bytes are the disk's bytes. Also the
+/// protocol layer a format driver (qcow2) reads and writes its file through (`pread`/`pwrite`,
+/// not bounded by `size`).
+public final class RawFileDevice: BlockDevice, @unchecked Sendable {
+    public let path: String
+    public let isReadOnly: Bool
+    public let cache: CacheMode
+    public let isBlockDevice: Bool
+    private(set) public var fd: Int32
+    private var cachedSize: UInt64
+    private let sizeLock = BlockLock()
+    /// O_DIRECT needs buffer address, offset and length aligned; 4 KiB suits every sector size.
+    static let directAlignment = 4096
+    /// Set when the format was guessed: a write may not put a qcow2 magic into sector 0.
+    public var guardsFormatProbe = false
+    /// Serializes read-modify-write cycles of unaligned O_DIRECT writes.
+    private let bounceLock = BlockLock()
+
+    public init(path: String, readOnly: Bool, cache: CacheMode = .writeback) throws(BlockError) {
+        self.path = path
+        self.isReadOnly = readOnly
+        self.cache = cache
+        var flags = (readOnly ? O_RDONLY : O_RDWR) | O_CLOEXEC
+        if cache.direct { flags |= ckeel_o_direct() }
+        let fd = ckeel_open(path, flags, 0)
+        guard fd >= 0 else { throw BlockError.errno("cannot open '\(path)'") }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { let e = BlockError.errno("cannot stat '\(path)'"); Glibc.close(fd); throw e }
+        let kind = st.st_mode & S_IFMT
+        guard kind == S_IFREG || kind == S_IFBLK else {
+            Glibc.close(fd)
+            throw BlockError(.unsupported, "'\(path)' is neither a regular file nor a block device")
+        }
+        self.fd = fd
+        isBlockDevice = kind == S_IFBLK
+        if isBlockDevice {
+            var n: UInt64 = 0
+            guard ckeel_blkgetsize64(fd, &n) == 0 else {
+                let e = BlockError.errno("BLKGETSIZE64 on '\(path)'"); Glibc.close(fd); throw e
+            }
+            cachedSize = n
+        } else {
+            cachedSize = UInt64(st.st_size)
+        }
+    }
+
+    deinit { close() }
+
+    public var size: UInt64 { sizeLock.lock(); defer { sizeLock.unlock() }; return cachedSize }
+
+    public func close() {
+        if fd >= 0 { Glibc.close(fd); fd = -1 }
+    }
+
+    // MARK: BlockDevice
+
+    public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(BlockError) {
+        try checkRange(offset: offset, length: UInt64(buffer.count))
+        try pread(into: buffer, at: offset)
+    }
+
+    public func write(_ data: UnsafeRawBufferPointer, at offset: UInt64) throws(BlockError) {
+        guard !isReadOnly else { throw BlockError(.readOnly, "'\(path)' is read-only") }
+        try checkRange(offset: offset, length: UInt64(data.count))
+        if guardsFormatProbe, offset == 0, data.count >= 4,
+           data.load(as: UInt32.self) == Qcow2Header.magic.bigEndian {
+            throw BlockError(.readOnly, "'\(path)': refusing a write that would make a probed raw image look like qcow2")
+        }
+        try pwrite(data, at: offset)
+    }
+
+    public func flush() throws(BlockError) { try sync() }
+
+    public func discard(offset: UInt64, length: UInt64) throws(BlockError) {
+        guard !isReadOnly else { throw BlockError(.readOnly, "'\(path)' is read-only") }
+        try checkRange(offset: offset, length: length)
+        // Advisory: a file system that cannot punch holes keeps the data, which is allowed.
+        _ = punchHole(offset: offset, length: length)
+    }
+
+    public func writeZeroes(offset: UInt64, length: UInt64, mayUnmap: Bool) throws(BlockError) {
+        guard !isReadOnly else { throw BlockError(.readOnly, "'\(path)' is read-only") }
+        try checkRange(offset: offset, length: length)
+        try zeroRange(offset: offset, length: length, mayUnmap: mayUnmap)
+    }
+
+    public func blockStatus(offset: UInt64, length: UInt64) throws(BlockError) -> BlockStatus {
+        try checkRange(offset: offset, length: length)
+        guard !isBlockDevice, length > 0, offset <= UInt64(Int.max) else { return BlockStatus(isZero: false, length: length) }
+        let data = ckeel_seek_data(fd, Int(offset))
+        if data < 0 {
+            // ENXIO: no data after offset, the rest is a hole.
+            if errno == ENXIO { return BlockStatus(isZero: true, length: length) }
+            return BlockStatus(isZero: false, length: length)
+        }
+        if UInt64(data) > offset { return BlockStatus(isZero: true, length: min(UInt64(data) - offset, length)) }
+        let hole = ckeel_seek_hole(fd, Int(offset))
+        guard hole > 0, UInt64(hole) > offset else { return BlockStatus(isZero: false, length: length) }
+        return BlockStatus(isZero: false, length: min(UInt64(hole) - offset, length))
+    }
+
+    // MARK: The protocol layer
+
+    /// The file's current length (fstat; the block device's size).
+    public func fileLength() throws(BlockError) -> UInt64 {
+        if isBlockDevice { return size }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw BlockError.errno("cannot stat '\(path)'") }
+        return UInt64(st.st_size)
+    }
+
+    /// Reads exactly `buffer.count` bytes; bytes past the end of the file read as zeroes.
+    public func pread(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(BlockError) {
+        guard buffer.count > 0, let base = buffer.baseAddress else { return }
+        let (_, o) = offset.addingReportingOverflow(UInt64(buffer.count))
+        guard !o, offset <= UInt64(Int.max) - UInt64(buffer.count) else {
+            throw BlockError(.outOfRange, "offset \(offset) is beyond what a file can address")
+        }
+        if cache.direct && !Self.isAligned(UnsafeRawPointer(base), offset, buffer.count) {
+            try bounced(offset: offset, count: buffer.count) { (bounce, skip) throws(BlockError) in
+                UnsafeMutableRawBufferPointer(start: base, count: buffer.count)
+                    .copyMemory(from: UnsafeRawBufferPointer(start: bounce + skip, count: buffer.count))
+                return false
+            }
+            return
+        }
+        try rawRead(base, buffer.count, offset)
+    }
+
+    /// Writes exactly `data.count` bytes, extending the file if needed.
+    public func pwrite(_ data: UnsafeRawBufferPointer, at offset: UInt64) throws(BlockError) {
+        guard data.count > 0, let base = data.baseAddress else { return }
+        guard offset <= UInt64(Int.max) - UInt64(data.count) else {
+            throw BlockError(.outOfRange, "offset \(offset) is beyond what a file can address")
+        }
+        if cache.direct && !Self.isAligned(base, offset, data.count) {
+            try bounced(offset: offset, count: data.count) { (bounce, skip) throws(BlockError) in
+                UnsafeMutableRawBufferPointer(start: bounce + skip, count: data.count).copyMemory(from: data)
+                return true
+            }
+        } else {
+            try rawWrite(base, data.count, offset)
+        }
+        if cache.syncEachWrite { try datasync() }
+    }
+
+    /// fdatasync unless the cache mode is unsafe.
+    public func sync() throws(BlockError) {
+        if cache == .unsafe { return }
+        try datasync()
+    }
+
+    private func datasync() throws(BlockError) {
+        while fdatasync(fd) != 0 {
+            if errno == EINTR { continue }
+            throw BlockError.errno("fdatasync '\(path)'")
+        }
+    }
+
+    /// Sets the file's length (regular files only).
+    public func truncate(to length: UInt64) throws(BlockError) {
+        guard !isBlockDevice else { throw BlockError(.unsupported, "cannot resize block device '\(path)'") }
+        guard length <= UInt64(Int.max) else { throw BlockError(.outOfRange, "size \(length) is too large") }
+        guard ftruncate(fd, Int(length)) == 0 else { throw BlockError.errno("cannot resize '\(path)' to \(length) bytes") }
+        sizeLock.lock(); cachedSize = length; sizeLock.unlock()
+    }
+
+    /// Frees the range's space; false if the file system cannot.
+    @discardableResult
+    public func punchHole(offset: UInt64, length: UInt64) -> Bool {
+        guard length > 0, offset <= UInt64(Int.max), length <= UInt64(Int.max) - offset else { return false }
+        return ckeel_fallocate(fd, CKEEL_FALLOC_PUNCH_HOLE, Int(offset), Int(length)) == 0
+    }
+
+    /// The range reads as zeroes afterwards: a hole or a zeroed extent if the file system can,
+    /// written zeroes otherwise.
+    public func zeroRange(offset: UInt64, length: UInt64, mayUnmap: Bool) throws(BlockError) {
+        guard length > 0 else { return }
+        guard offset <= UInt64(Int.max), length <= UInt64(Int.max) - offset else {
+            throw BlockError(.outOfRange, "zero range [\(offset), +\(length)) is too large")
+        }
+        if !isBlockDevice {
+            if mayUnmap && punchHole(offset: offset, length: length) { return }
+            if ckeel_fallocate(fd, CKEEL_FALLOC_ZERO_RANGE, Int(offset), Int(length)) == 0 { return }
+            if !mayUnmap && punchHole(offset: offset, length: length) { return }
+        }
+        let chunk = 1 << 20
+        guard let zeros = Self.alignedBuffer(chunk) else { throw BlockError(.io, "out of memory") }
+        defer { free(zeros) }
+        memset(zeros, 0, chunk)
+        var done: UInt64 = 0
+        while done < length {
+            let n = Int(min(UInt64(chunk), length - done))
+            try pwrite(UnsafeRawBufferPointer(start: zeros, count: n), at: offset + done)
+            done += UInt64(n)
+        }
+    }
+
+    // MARK: Plumbing
+
+    static func isAligned(_ p: UnsafeRawPointer, _ offset: UInt64, _ count: Int) -> Bool {
+        let a = directAlignment
+        return Int(bitPattern: p) % a == 0 && offset % UInt64(a) == 0 && count % a == 0
+    }
+
+    static func alignedBuffer(_ count: Int) -> UnsafeMutableRawPointer? {
+        var p: UnsafeMutableRawPointer? = nil
+        guard posix_memalign(&p, directAlignment, max(count, directAlignment)) == 0 else { return nil }
+        return p
+    }
+
+    /// An O_DIRECT request through an aligned buffer covering it: read the covering sectors,
+    /// let `body` copy in or out (it returns true when the sectors must be written back).
+    private func bounced(offset: UInt64, count: Int,
+                         _ body: (UnsafeMutableRawPointer, Int) throws(BlockError) -> Bool) throws(BlockError) {
+        let a = UInt64(Self.directAlignment)
+        let start = offset / a * a
+        let end = (offset + UInt64(count) + a - 1) / a * a
+        let length = Int(end - start)
+        guard let bounce = Self.alignedBuffer(length) else { throw BlockError(.io, "out of memory for a \(length)-byte bounce buffer") }
+        defer { free(bounce) }
+        bounceLock.lock(); defer { bounceLock.unlock() }
+        try rawRead(bounce, length, start)
+        if try body(bounce, Int(offset - start)) { try rawWrite(UnsafeRawPointer(bounce), length, start) }
+    }
+
+    private func rawRead(_ base: UnsafeMutableRawPointer, _ count: Int, _ offset: UInt64) throws(BlockError) {
+        var done = 0
+        while done < count {
+            let n = Glibc.pread(fd, base + done, count - done, Int(offset) + done)
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw BlockError.errno("read of \(count) bytes at \(offset) from '\(path)'")
+            }
+            if n == 0 { memset(base + done, 0, count - done); return }   // end of file
+            done += n
+        }
+    }
+
+    private func rawWrite(_ base: UnsafeRawPointer, _ count: Int, _ offset: UInt64) throws(BlockError) {
+        var done = 0
+        while done < count {
+            let n = Glibc.pwrite(fd, base + done, count - done, Int(offset) + done)
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw BlockError.errno("write of \(count) bytes at \(offset) to '\(path)'")
+            }
+            if n == 0 { throw BlockError(.io, "write to '\(path)' made no progress at \(offset + UInt64(done))") }
+            done += n
+        }
+        if !isBlockDevice {
+            let end = offset + UInt64(count)
+            sizeLock.lock(); if end > cachedSize { cachedSize = end }; sizeLock.unlock()
+        }
+    }
+}

@@ -1,0 +1,209 @@
+import Foundation
+import XCTest
+
+extension GuestRecipe {
+    static let virtioBlk = pvh("virtio-blk", "virtio-blk.gc")
+}
+
+/// Keel's virtio-blk under kvm, driven by the project's own guest driver (virtio-blk.gc): PCI
+/// enumeration, the modern transport, MSI-X through the kernel's LAPICs, data on a real image
+/// file, and a hostile driver. With ioeventfd (the default) the guest's notify writes must never
+/// reach Keel as exits and the interrupts must leave through irqfds; KEEL_DEBUG_VIRTIO makes Keel
+/// print how each device's notifications and interrupts travelled.
+final class VirtioKVMGuestTests: XCTestCase {
+    var runner: KeelRunner!
+    var directory: URL!
+
+    override func setUpWithError() throws {
+        guard FileManager.default.fileExists(atPath: "/dev/kvm") else {
+            throw XCTSkip("/dev/kvm is absent: this host cannot run Keel's kvm accelerator")
+        }
+        runner = try KeelRunner.fromEnvironment()
+        guard case .keel = runner.emulator else { throw XCTSkip("these runs read Keel's own virtio statistics") }
+        directory = FileManager.default.temporaryDirectory.appendingPathComponent("keel-virtio-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+    }
+
+    override func tearDownWithError() throws {
+        if let directory { try? FileManager.default.removeItem(at: directory) }
+    }
+
+    static let diskSize = 2 << 20
+
+    /// The pattern the guest checks: byte at offset o is (o >> 9) + 7 o.
+    static func diskPattern() -> Data {
+        Data((0..<diskSize).map { o in UInt8(truncatingIfNeeded: (o >> 9) &+ 7 &* o) })
+    }
+
+    /// What the guest writes to sectors 16-23: 3 o + 0x5a for disk offset o.
+    static func guestPattern(_ range: Range<Int>) -> Data {
+        Data(range.map { o in UInt8(truncatingIfNeeded: 3 &* o &+ 0x5a) })
+    }
+
+    func makeRawImage() throws -> URL {
+        let url = directory.appendingPathComponent("disk.raw")
+        try Self.diskPattern().write(to: url)
+        return url
+    }
+
+    func keelImg(_ arguments: [String]) throws {
+        let r = try KeelRunner.runCommand(executable: runner.binary, arguments: ["img"] + arguments, timeout: 60)
+        XCTAssertEqual(r.status, 0, "keel img \(arguments.joined(separator: " ")): \(r.stdout)\(r.stderr)")
+    }
+
+    struct Statistics: Equatable {
+        var trapped = 0, eventFD = 0, msiIoctl = 0, irqfd = 0
+    }
+
+    /// Boots the virtio-blk guest with the disk at `image`; returns the run and the statistics
+    /// line Keel printed for the disk.
+    func boot(image: URL, format: String, machine: String, append: String, device: String = "",
+              drive: String = "", extra: [String] = [], whileRunning: (() throws -> Void)? = nil) throws -> (RunResult, Statistics?) {
+        var o = MachineOptions(kernel: try GuestBuilder.shared.image(for: .virtioBlk))
+        o.noReboot = whileRunning == nil
+        o.machine = machine
+        o.append = append
+        let args = runner.arguments(for: o) + [
+            "-drive", "file=\(image.path),if=none,id=d0,format=\(format)\(drive)",
+            "-device", "virtio-blk-pci,drive=d0,serial=keel-disk-7\(device)",
+        ] + extra
+        let r = try KeelRunner.runCommand(executable: "/usr/bin/env",
+                                          arguments: ["KEEL_DEBUG_VIRTIO=1", runner.binary] + args, timeout: 120,
+                                          whileRunning: whileRunning)
+        return (r, Self.statistics(r.stderr))
+    }
+
+    static func statistics(_ stderr: String) -> Statistics? {
+        // "keel: virtio-pci 0 (type 2): notify trapped T eventfd E; msi ioctl M irqfd I; ..."
+        guard let line = stderr.split(separator: "\n").first(where: { $0.contains("virtio-pci 0 (type 2)") }) else { return nil }
+        let words = line.replacingOccurrences(of: ";", with: "").split(separator: " ").map(String.init)
+        func after(_ a: String, _ b: String) -> Int? {
+            guard let i = words.indices.first(where: { words[$0] == a && $0 + 2 < words.count && words[$0 + 1] == b }) else { return nil }
+            return Int(words[i + 2])
+        }
+        guard let t = after("notify", "trapped"), let m = after("msi", "ioctl"),
+              let e = words.firstIndex(of: "eventfd").flatMap({ Int(words[$0 + 1]) }),
+              let i = words.firstIndex(of: "irqfd").flatMap({ Int(words[$0 + 1]) }) else { return nil }
+        return Statistics(trapped: t, eventFD: e, msiIoctl: m, irqfd: i)
+    }
+
+    func requests(_ r: RunResult) -> Int? {
+        guard let line = r.lines.first(where: { $0.hasPrefix("virtio-blk: ") && $0.contains(" requests, ") }) else { return nil }
+        return Int(line.split(separator: " ")[1])
+    }
+
+    func assertPassed(_ r: RunResult, file: StaticString = #filePath, line: UInt = #line) {
+        XCTAssertEqual(r.status, KVMGuestTestsStatus.pass, "\(r.stdout)\n\(r.stderr)", file: file, line: line)
+        XCTAssertTrue(r.lines.contains("virtio-blk: pass"), r.stdout, file: file, line: line)
+    }
+
+    func checkGuestWrites(_ raw: URL) throws {
+        let disk = try Data(contentsOf: raw)
+        XCTAssertEqual(disk.count, Self.diskSize)
+        XCTAssertEqual(disk[16 * 512..<24 * 512], Self.guestPattern(16 * 512..<24 * 512), "sectors 16-23 are not what the guest wrote")
+        XCTAssertEqual(disk[0..<16 * 512], Self.diskPattern()[0..<16 * 512], "the guest's write spilled before sector 16")
+        XCTAssertEqual(disk[24 * 512..<disk.count], Self.diskPattern()[24 * 512..<disk.count], "the guest's write spilled past sector 23")
+    }
+
+    /// In-kernel irqchip, config mechanism #1, raw image: data both ways, one MSI-X per request,
+    /// and not one notify exit or KVM_SIGNAL_MSI: everything went through ioeventfd and irqfd.
+    func testBlockIOWithInKernelIRQChipThroughIOEventFDAndIRQFD() throws {
+        let raw = try makeRawImage()
+        let (r, s) = try boot(image: raw, format: "raw", machine: "pc", append: "loops=40")
+        assertPassed(r)
+        XCTAssertTrue(r.lines.contains { $0.hasPrefix("virtio-blk: capacity 4096 sectors,") }, r.stdout)
+        XCTAssertTrue(r.lines.contains("virtio-blk: serial 'keel-disk-7'"), r.stdout)
+        XCTAssertTrue(r.lines.contains("virtio-blk: wrote, flushed and read back 8 sectors ok"), r.stdout)
+        try checkGuestWrites(raw)
+        let n = try XCTUnwrap(requests(r), r.stdout)
+        XCTAssertGreaterThanOrEqual(n, 46)
+        let stats = try XCTUnwrap(s, "no statistics line from Keel:\n\(r.stderr)")
+        XCTAssertEqual(stats.trapped, 0, "notify writes exited to Keel despite ioeventfd")
+        XCTAssertGreaterThanOrEqual(stats.eventFD, 1)
+        XCTAssertLessThanOrEqual(stats.eventFD, n)
+        XCTAssertEqual(stats.msiIoctl, 0, "MSI-X went through KVM_SIGNAL_MSI instead of irqfd")
+        XCTAssertEqual(stats.irqfd, n)
+    }
+
+    /// Split irqchip (microvm), ECAM from the MCFG, qcow2 image: same driver, same guarantees.
+    func testBlockIOWithSplitIRQChipECAMAndQcow2() throws {
+        let raw = try makeRawImage()
+        let qcow2 = directory.appendingPathComponent("disk.qcow2")
+        try keelImg(["convert", "-f", "raw", "-O", "qcow2", raw.path, qcow2.path])
+        let (r, s) = try boot(image: qcow2, format: "qcow2", machine: "microvm", append: "ecam loops=10", drive: ",cache=none")
+        assertPassed(r)
+        XCTAssertTrue(r.lines.contains { $0.hasPrefix("virtio-blk: found at 00:") && $0.hasSuffix("(ECAM)") }, r.stdout)
+        let back = directory.appendingPathComponent("back.raw")
+        try keelImg(["convert", "-f", "qcow2", "-O", "raw", qcow2.path, back.path])
+        try checkGuestWrites(back)
+        let n = try XCTUnwrap(requests(r), r.stdout)
+        let stats = try XCTUnwrap(s, r.stderr)
+        XCTAssertEqual(stats.trapped, 0)
+        XCTAssertEqual(stats.msiIoctl, 0)
+        XCTAssertEqual(stats.irqfd, n)
+    }
+
+    /// ioeventfd=off: every notify exits and is counted, interrupts go by KVM_SIGNAL_MSI; the
+    /// guest sees no difference.
+    func testIOEventFDOffTrapsEveryNotify() throws {
+        let raw = try makeRawImage()
+        let (r, s) = try boot(image: raw, format: "raw", machine: "pc", append: "loops=10", device: ",ioeventfd=off")
+        assertPassed(r)
+        let n = try XCTUnwrap(requests(r), r.stdout)
+        let stats = try XCTUnwrap(s, r.stderr)
+        XCTAssertEqual(stats, Statistics(trapped: n, eventFD: 0, msiIoctl: n, irqfd: 0))
+    }
+
+    /// A machine reset (QMP system_reset) in the middle of a stream of requests: requests in
+    /// flight finish before RAM is wiped, their completions do not reach the new boot's rings,
+    /// and the rebuilt VM gets the ioeventfd/irqfd paths again.
+    func testMachineResetDuringIORebindsTheEventFDs() throws {
+        let raw = try makeRawImage()
+        let qmp = "/tmp/keel-vqmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sock"
+        defer { unlink(qmp) }
+        var replies = ""
+        let (r, s) = try boot(image: raw, format: "raw", machine: "pc", append: "loops=3000",
+                              extra: ["-qmp", "unix:\(qmp),server=on,wait=off"]) {
+            let client = try UnixSocketClient(path: qmp, timeout: 20)
+            replies += client.receive(until: "\"QMP\"", timeout: 10)
+            try client.send(Data("{\"execute\":\"qmp_capabilities\"}\n".utf8))
+            replies += client.receive(until: "return", timeout: 10)
+            Thread.sleep(forTimeInterval: 0.15)
+            try client.send(Data("{\"execute\":\"system_reset\"}\n".utf8))
+            replies += client.receive(until: "RESET", timeout: 10)
+        }
+        XCTAssertTrue(replies.contains("\"event\": \"RESET\""), replies)
+        assertPassed(r)
+        XCTAssertEqual(r.lines.filter { $0.hasPrefix("virtio-blk: found at") }.count, 2, "the guest did not start again:\n\(r.stdout)")
+        try checkGuestWrites(raw)
+        let stats = try XCTUnwrap(s, r.stderr)
+        XCTAssertEqual(stats.trapped, 0)
+        XCTAssertEqual(stats.msiIoctl, 0)
+        XCTAssertGreaterThan(stats.eventFD, 3006, "the second boot's notifies did not come through the eventfd\n\(r.stdout)\n\(r.stderr)")
+    }
+
+    func testReadOnlyDriveRefusesWrites() throws {
+        let raw = try makeRawImage()
+        let (r, _) = try boot(image: raw, format: "raw", machine: "pc", append: "ro", drive: ",readonly=on")
+        assertPassed(r)
+        XCTAssertTrue(r.lines.contains("virtio-blk: write refused (read-only)"), r.stdout)
+        XCTAssertEqual(try Data(contentsOf: raw), Self.diskPattern())
+    }
+
+    /// Malformed chains and rings: each puts the device in NEEDS_RESET (with a config
+    /// interrupt), Keel keeps running, and a reset makes the device usable again.
+    func testHostileDriverOnBothIRQChips() throws {
+        for machine in ["pc", "microvm"] {
+            let raw = try makeRawImage()
+            let (r, s) = try boot(image: raw, format: "raw", machine: machine, append: "hostile")
+            assertPassed(r)
+            XCTAssertTrue(r.lines.contains("virtio-blk: hostile: 8 cases recovered"), "\(machine):\n\(r.stdout)")
+            for what in ["descriptor loop", "buffer outside RAM", "oversized indirect table", "available index jump", "ring outside RAM"] {
+                XCTAssertTrue(r.lines.contains("virtio-blk: hostile \(what) -> NEEDS_RESET, reset, works again"), "\(machine): \(what)\n\(r.stdout)")
+            }
+            XCTAssertTrue(r.lines.contains { $0.hasPrefix("virtio-blk: hostile queue sizes ignored") }, r.stdout)
+            let stats = try XCTUnwrap(s, r.stderr)
+            XCTAssertEqual(stats.trapped, 0, machine)
+        }
+    }
+}
