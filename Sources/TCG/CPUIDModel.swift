@@ -30,6 +30,7 @@ public struct CPUIDModel: Sendable {
         // The local APIC and time base (with the board's LocalAPIC and TCGTimeBase).
         public static let apic: UInt32 = 1 << 9, x2apic: UInt32 = 1 << 21, tscDeadline: UInt32 = 1 << 24
         public static let arat: UInt32 = 1 << 2, invariantTSC: UInt32 = 1 << 8
+        public static let fpu: UInt32 = 1 << 0, fxsr: UInt32 = 1 << 24, sse: UInt32 = 1 << 25, sse2: UInt32 = 1 << 26
     }
 
     /// Keel's tcg CPU for vCPU `cpuIndex` of `cpuCount` (APIC ID = index).
@@ -58,10 +59,10 @@ public struct CPUIDModel: Sendable {
         let apicID = UInt32(truncatingIfNeeded: cpuIndex) & 0xFF
         var brand = regs("Keel TCG x86-64 CPU")
         while brand.count < 12 { brand.append(0) }
-        let common: UInt32 = Feature.pse | Feature.tsc | Feature.msr | Feature.pae | Feature.cx8 | Feature.pge
+        let common: UInt32 = Feature.fpu | Feature.fxsr | Feature.pse | Feature.tsc | Feature.msr | Feature.pae | Feature.cx8 | Feature.pge
         let common2: UInt32 = Feature.cmov | Feature.pat | Feature.pse36
         let htt: UInt32 = count > 1 ? 1 << 28 : 0
-        let edx1: UInt32 = common | common2 | Feature.clflush | htt | Feature.apic
+        let edx1: UInt32 = common | common2 | Feature.clflush | Feature.sse | Feature.sse2 | htt | Feature.apic
         let ecx1: UInt32 = Feature.cx16 | Feature.movbe | Feature.popcnt | Feature.hypervisor
             | Feature.x2apic | Feature.tscDeadline
         let ext: UInt32 = Feature.syscall | Feature.nx | Feature.pdpe1gb | Feature.rdtscp | Feature.lm
@@ -80,6 +81,12 @@ public struct CPUIDModel: Sendable {
         for k in 0..<3 {
             l.append(Leaf(0x8000_0002 + UInt32(k), eax: brand[4 * k], ebx: brand[4 * k + 1], ecx: brand[4 * k + 2], edx: brand[4 * k + 3]))
         }
+        // AMD cache descriptors (APM Vol. 3 CPUID Fn8000_0005/6): 32 KiB 8-way L1 I and D,
+        // 512 KiB 8-way L2, 16 MiB 16-way L3, 64-byte lines, so the kernel and glibc size their
+        // copy thresholds from plausible values instead of zeros.
+        let l1: UInt32 = (32 << 24) | (8 << 16) | (1 << 8) | 64
+        l.append(Leaf(0x8000_0005, ecx: l1, edx: l1))
+        l.append(Leaf(0x8000_0006, ecx: (512 << 16) | (0x6 << 12) | (1 << 8) | 64, edx: (32 << 18) | (0x8 << 12) | (1 << 8) | 64))
         l.append(Leaf(0x8000_0008, eax: UInt32(X86CPU.physicalAddressBits) | (48 << 8), ecx: count - 1))
         return CPUIDModel(leaves: l, familyModelStepping: fms)
     }

@@ -79,6 +79,8 @@ public struct CPUState {
     public var efer: UInt64 = 0
     public var dr0: UInt64 = 0, dr1: UInt64 = 0, dr2: UInt64 = 0, dr3: UInt64 = 0
     public var dr6: UInt64 = 0xFFFF_0FF0, dr7: UInt64 = 0x400
+    /// x87, MMX and SSE registers (reached through `X86CPU.fpu`).
+    public var fpu = FPUState()
 
     public var star: UInt64 = 0, lstar: UInt64 = 0, cstar: UInt64 = 0, sfmask: UInt64 = 0
     public var kernelGSBase: UInt64 = 0, tscAux: UInt64 = 0

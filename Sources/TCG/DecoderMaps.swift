@@ -72,7 +72,7 @@ extension Decoder {
             i.op = .xchgRMReg; i.rm = (b & 7) | rexB; i.reg = Reg.rax
         case 0x98: i.op = .cbw
         case 0x99: i.op = .cwd
-        case 0x9B: i.op = .nop  // fwait: no x87 exceptions pending
+        case 0x9B: i.op = .fwait
         case 0x9C: stackSize(); i.op = .pushf
         case 0x9D: stackSize(); i.op = .popf
         case 0x9E: i.op = .sahf
@@ -179,8 +179,10 @@ extension Decoder {
             case 6: stackSize(); i.op = .pushRM
             default: throw .undefined
             }
+        case 0xD8...0xDF:
+            try x87(b)
         default:
-            // x87 (D8-DF), BCD and the other legacy-only or VEX/EVEX encodings: not implemented.
+            // BCD and the other legacy-only or VEX/EVEX encodings: not implemented.
             throw .undefined
         }
     }
@@ -275,7 +277,12 @@ extension Decoder {
             guard i.isMem, rawReg == 1 else { throw .undefined }
             i.op = .cmpxchg8b16b
         case 0xC8...0xCF: i.op = .bswap; i.rm = (b & 7) | rexB
-        default: throw .undefined
+        case 0xC3:
+            // MOVNTI: a plain store (no cache model).
+            guard i.prefixes & (Prefix.opsize | Prefix.rep | Prefix.repne) == 0 else { throw .undefined }
+            try modrm(); try requireMem(); i.op = .movRMReg
+            if i.size < 2 { i.size = 2 }
+        default: try sse(b)
         }
     }
 }

@@ -1,3 +1,5 @@
+import Synchronization
+
 /// The interpreter's dispatch: one switch over `Op` per instruction.
 extension X86CPU {
     @inline(__always)
@@ -7,14 +9,18 @@ extension X86CPU {
         switch i.pointee.op {
         case .aluRMReg:
             let b = reg(i.pointee.reg, size), op = i.pointee.sub
-            try modifyRM(i, size, store: op != 7) { a in self.alu(op, a, b, size) }
+            if op == 7 { _ = alu(7, try readRM(i, size), b, size) }
+            else if isLocked(i) { try modifyRM(i, size) { a in self.alu(op, a, b, size) } }
+            else { let (a, t) = try rmwRead(i, size); try rmwWrite(i, size, t, alu(op, a, b, size)) }
         case .aluRegRM:
             let b = try readRM(i, size), r = i.pointee.reg, op = i.pointee.sub
             let v = alu(op, reg(r, size), b, size)
             if op != 7 { setReg(r, size, v) }
         case .aluRMImm:
             let b = i.pointee.imm & sizeMask(size), op = i.pointee.sub
-            try modifyRM(i, size, store: op != 7) { a in self.alu(op, a, b, size) }
+            if op == 7 { _ = alu(7, try readRM(i, size), b, size) }
+            else if isLocked(i) { try modifyRM(i, size) { a in self.alu(op, a, b, size) } }
+            else { let (a, t) = try rmwRead(i, size); try rmwWrite(i, size, t, alu(op, a, b, size)) }
         case .testRMReg:
             let a = try readRM(i, size)
             _ = alu(4, a, reg(i.pointee.reg, size), size)
@@ -22,13 +28,16 @@ extension X86CPU {
             let a = try readRM(i, size)
             _ = alu(4, a, i.pointee.imm & sizeMask(size), size)
         case .incRM:
-            try modifyRM(i, size) { v in self.incDec(v, size, dec: false) }
+            if isLocked(i) { try modifyRM(i, size) { v in self.incDec(v, size, dec: false) } }
+            else { let (v, t) = try rmwRead(i, size); try rmwWrite(i, size, t, incDec(v, size, dec: false)) }
         case .decRM:
-            try modifyRM(i, size) { v in self.incDec(v, size, dec: true) }
+            if isLocked(i) { try modifyRM(i, size) { v in self.incDec(v, size, dec: true) } }
+            else { let (v, t) = try rmwRead(i, size); try rmwWrite(i, size, t, incDec(v, size, dec: true)) }
         case .notRM:
             try modifyRM(i, size) { v in ~v & sizeMask(size) }
         case .negRM:
-            try modifyRM(i, size) { v in self.alu(5, 0, v, size) }
+            if isLocked(i) { try modifyRM(i, size) { v in self.alu(5, 0, v, size) } }
+            else { let (v, t) = try rmwRead(i, size); try rmwWrite(i, size, t, alu(5, 0, v, size)) }
         case .mulRM: multiply(try readRM(i, size), size, signed: false)
         case .imulRM: multiply(try readRM(i, size), size, signed: true)
         case .divRM: try divide(try readRM(i, size), size, signed: false)
@@ -47,7 +56,8 @@ extension X86CPU {
                 if i.pointee.isMem { _ = try readRM(i, size) } else if size == 2 { setReg(i.pointee.rm, 2, reg(i.pointee.rm, 2)) }
                 return
             }
-            try modifyRM(i, size) { v in self.shift(op, v, count, size) }
+            let (v, t) = try rmwRead(i, size)
+            try rmwWrite(i, size, t, shift(op, v, count, size))
         case .shld, .shrd:
             let count = i.pointee.prefixes & Prefix.countCL != 0 ? gpr[1] & 0xFF : i.pointee.imm
             let src = reg(i.pointee.reg, size), left = i.pointee.op == .shld
@@ -55,7 +65,8 @@ extension X86CPU {
                 if i.pointee.isMem { _ = try readRM(i, size) } else if size == 2 { setReg(i.pointee.rm, 2, reg(i.pointee.rm, 2)) }
                 return
             }
-            try modifyRM(i, size) { v in self.doubleShift(left: left, v, src, count, size) }
+            let (v, t) = try rmwRead(i, size)
+            try rmwWrite(i, size, t, doubleShift(left: left, v, src, count, size))
         case .btReg, .btImm:
             try bitTest(i, size)
         case .bsf, .bsr, .tzcnt, .lzcnt, .popcnt:
@@ -154,6 +165,10 @@ extension X86CPU {
         case .std: s.pointee.rflags |= RFlags.df
         case .nop, .fence: break
         case .pause: break
+        case .sse: try executeSSE(i)
+        case .x87: try executeX87(i)
+        case .fwait: try fwait()
+        case .fxsave, .fxrstor, .ldmxcsr, .stmxcsr: try executeFXState(i)
         default:
             try executeControl(i)
         }
@@ -232,6 +247,19 @@ extension X86CPU {
         if wide {
             guard la & 15 == 0 else { throw X86Exception.gp(0) }
             _ = try translate(la, .write)
+            if let p = try atomicPointer(la, 16) {
+                // One host CMPXCHG16B on RAM: atomic against the other vCPUs.
+                let a = p.assumingMemoryBound(to: Atomic<WordPair>.self)
+                let expected = WordPair(first: UInt(truncatingIfNeeded: gpr[0]), second: UInt(truncatingIfNeeded: gpr[2]))
+                let desired = WordPair(first: UInt(truncatingIfNeeded: gpr[3]), second: UInt(truncatingIfNeeded: gpr[1]))
+                let r = a.pointee.compareExchange(expected: expected, desired: desired, ordering: .sequentiallyConsistent)
+                if !r.exchanged {
+                    gpr[0] = UInt64(truncatingIfNeeded: r.original.first); gpr[2] = UInt64(truncatingIfNeeded: r.original.second)
+                }
+                let f = s.pointee.statusFlags() & ~RFlags.zf
+                s.pointee.setStatusFlags(f | (r.exchanged ? RFlags.zf : 0))
+                return
+            }
             let lo = try readLinear(la, 3), hi = try readLinear(la &+ 8, 3)
             let equal = lo == gpr[0] && hi == gpr[2]
             if equal {

@@ -57,8 +57,13 @@ extension X86CPU {
         let count = rawCount & (size == 3 ? 63 : 31)
         let m = sizeMask(size), sign = signBit(size)
         if count == 0 { return v }
-        let cf0: UInt64 = s.pointee.carryFlag ? 1 : 0
-        var f = s.pointee.statusFlags()
+        // Shifts replace every status flag: only rotates read (and keep some of) the old ones,
+        // so only they pay for materializing the lazy flags.
+        var f: UInt64 = 0, cf0: UInt64 = 0
+        if op & 7 < 4 {
+            cf0 = s.pointee.carryFlag ? 1 : 0
+            f = s.pointee.statusFlags()
+        }
         switch op & 7 {
         case 0: // ROL
             let c = count % bits

@@ -179,7 +179,9 @@ extension X86CPU {
         case 0xC000_0101: return s.pointee.gs.base
         case 0xC000_0102: return s.pointee.kernelGSBase
         case 0xC000_0103: return s.pointee.tscAux
-        default: throw X86Exception.gp(0)
+        default:
+            if Self.isReadAsZeroMSR(index) { return 0 }
+            throw X86Exception.gp(0)
         }
     }
 
@@ -230,7 +232,9 @@ extension X86CPU {
         case 0xC000_0101: try canonical(); s.pointee.gs.base = v
         case 0xC000_0102: try canonical(); s.pointee.kernelGSBase = v
         case 0xC000_0103: s.pointee.tscAux = v & 0xFFFF_FFFF
-        default: throw X86Exception.gp(0)
+        default:
+            if Self.isReadAsZeroMSR(index) { return }
+            throw X86Exception.gp(0)
         }
     }
 

@@ -53,7 +53,7 @@ extension CPUState {
         flagOp == .none ? rflags & RFlags.sf != 0 : flagRes & signBit(flagSize) != 0
     }
 
-    var overflowFlag: Bool {
+    @inline(__always) var overflowFlag: Bool {
         let sign = signBit(flagSize)
         switch flagOp {
         case .none: return rflags & RFlags.of != 0
@@ -65,11 +65,11 @@ extension CPUState {
         }
     }
 
-    var parityFlagSet: Bool {
+    @inline(__always) var parityFlagSet: Bool {
         flagOp == .none ? rflags & RFlags.pf != 0 : parityFlag(flagRes) != 0
     }
 
-    var adjustFlag: Bool {
+    @inline(__always) var adjustFlag: Bool {
         switch flagOp {
         case .none: return rflags & RFlags.af != 0
         case .logic: return false

@@ -35,6 +35,9 @@ public enum Op: UInt8 {
     case wbinvd, fence, clflush
     case fxsave, fxrstor, ldmxcsr, stmxcsr
     case rdrand
+    // x87 (D8-DF: `sub` the opcode's low 3 bits, `imm` the ModRM byte), FWAIT, and the SSE/SSE2
+    // 0F map (`sub` the second opcode byte, `imm2` the mandatory prefix: 0 none, 1 66, 2 F3, 3 F2).
+    case x87, fwait, sse
 }
 
 /// Prefix bits kept in `Instruction.prefixes`.

@@ -122,7 +122,7 @@ final class SystemTests: XCTestCase {
     }
 
     func testUnimplementedInstructionRaisesUD() throws {
-        XCTAssertEqual(try run([0xD9, 0xE8]), .haltedForever)   // fld1 (no x87 yet)
+        XCTAssertEqual(try run([0xC5, 0xF8, 0x77]), .haltedForever)   // vzeroupper (no AVX)
         XCTAssertEqual(cpu.st.pointee.rip, handler(6))
         XCTAssertEqual(try run([0x0F, 0x0B]), .haltedForever)   // ud2
         XCTAssertEqual(cpu.st.pointee.rip, handler(6))

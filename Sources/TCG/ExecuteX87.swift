@@ -1,0 +1,393 @@
+import Glibc
+
+/// The x87 FPU (SDM Vol. 1 ch. 8): the register stack with tags, loads and stores of the real,
+/// integer and extended formats, arithmetic, comparisons (FCOM/FUCOM/FCOMI), FCMOVcc, constants
+/// and the transcendental instructions, computed with the host's 80-bit extended precision.
+/// Exceptions are always treated as masked (no #MF): the status word records them.
+extension X86CPU {
+    @inline(__always) var fpuTop: Int { Int((fpu.pointee.fsw >> 11) & 7) }
+
+    @inline(__always) func setFPUTop(_ t: Int) {
+        fpu.pointee.fsw = (fpu.pointee.fsw & ~FSW.top) | (UInt16(t & 7) << 11)
+    }
+
+    @inline(__always) func loadPhysical(_ k: Int) -> Float80 {
+        (x87Slots + (k & 7) &* 16).loadUnaligned(as: Float80.self)
+    }
+
+    @inline(__always) func storePhysical(_ k: Int, _ v: Float80) {
+        let p = x87Slots + (k & 7) &* 16
+        p.storeBytes(of: 0, toByteOffset: 8, as: UInt64.self)
+        p.storeBytes(of: v, as: Float80.self)
+    }
+
+    /// The QNaN "real indefinite" stored on invalid operations.
+    static var indefinite: Float80 { float80(0xC000_0000_0000_0000, 0xFFFF) }
+
+    static func float80(_ significand: UInt64, _ signExponent: UInt16) -> Float80 {
+        var t: (UInt64, UInt64) = (significand, UInt64(signExponent))
+        return withUnsafeBytes(of: &t) { $0.loadUnaligned(as: Float80.self) }
+    }
+
+    static func bits80(_ v: Float80) -> (UInt64, UInt16) {
+        var t: (UInt64, UInt64) = (0, 0)
+        withUnsafeMutableBytes(of: &t) { $0.storeBytes(of: v, as: Float80.self) }
+        return (t.0, UInt16(truncatingIfNeeded: t.1))
+    }
+
+    /// ST(i); an empty register is a stack underflow (IE, SF) and reads as the indefinite.
+    @inline(__always) func stReg(_ i: Int) -> Float80 {
+        let k = (fpuTop + i) & 7
+        if fpu.pointee.ftw & (1 << UInt8(k)) == 0 {
+            fpu.pointee.fsw = (fpu.pointee.fsw & ~FSW.c1) | FSW.ie | FSW.sf
+            return Self.indefinite
+        }
+        return loadPhysical(k)
+    }
+
+    @inline(__always) func setSTReg(_ i: Int, _ v: Float80) {
+        let k = (fpuTop + i) & 7
+        storePhysical(k, v)
+        fpu.pointee.ftw |= 1 << UInt8(k)
+    }
+
+    func fpuPush(_ v: Float80) {
+        let t = (fpuTop - 1) & 7
+        var value = v
+        if fpu.pointee.ftw & (1 << UInt8(t)) != 0 {
+            fpu.pointee.fsw |= FSW.ie | FSW.sf | FSW.c1
+            value = Self.indefinite
+        }
+        setFPUTop(t)
+        storePhysical(t, value)
+        fpu.pointee.ftw |= 1 << UInt8(t)
+    }
+
+    func fpuPop() {
+        let t = fpuTop
+        fpu.pointee.ftw &= ~(1 << UInt8(t))
+        setFPUTop(t + 1)
+    }
+
+    var x87Rounding: FloatingPointRoundingRule {
+        switch (fpu.pointee.fcw >> 10) & 3 {
+        case 0: return .toNearestOrEven
+        case 1: return .down
+        case 2: return .up
+        default: return .towardZero
+        }
+    }
+
+    /// FNINIT's state (SDM Vol. 1 Table 8-...): FCW 0x37F, everything else clear, all empty.
+    func fpuInit() {
+        let f = fpu
+        f.pointee.fcw = 0x037F; f.pointee.fsw = 0; f.pointee.ftw = 0
+        f.pointee.fop = 0; f.pointee.fip = 0; f.pointee.fdp = 0; f.pointee.fcs = 0; f.pointee.fds = 0
+    }
+
+    /// C3 C2 C0 after comparing a with b (unordered: all three).
+    static func compareCodes(_ a: Float80, _ b: Float80) -> UInt16 {
+        if a.isNaN || b.isNaN { return FSW.c3 | FSW.c2 | FSW.c0 }
+        if a < b { return FSW.c0 }
+        return a == b ? FSW.c3 : 0
+    }
+
+    func setConditionCodes(_ c: UInt16) {
+        fpu.pointee.fsw = (fpu.pointee.fsw & ~FSW.conditions) | c
+    }
+
+    /// FCOMI/FUCOMI: ZF, PF, CF from the comparison; OF, SF, AF cleared.
+    func setCompareFlags(_ a: Float80, _ b: Float80) {
+        let f: UInt64
+        if a.isNaN || b.isNaN { f = RFlags.zf | RFlags.pf | RFlags.cf } else if a < b { f = RFlags.cf } else { f = a == b ? RFlags.zf : 0 }
+        st.pointee.setStatusFlags(f)
+        fpu.pointee.fsw &= ~FSW.c1
+    }
+
+    /// Arithmetic of D8/DC/DA/DE: 0 add, 1 mul, 4 dst-src, 5 src-dst, 6 dst/src, 7 src/dst.
+    @inline(__always) func x87Arith(_ op: UInt8, _ dst: Float80, _ src: Float80) -> Float80 {
+        switch op {
+        case 0: return dst + src
+        case 1: return dst * src
+        case 4: return dst - src
+        case 5: return src - dst
+        case 6:
+            if src == 0 && !dst.isNaN && dst != 0 { fpu.pointee.fsw |= FSW.ze }
+            return dst / src
+        default:
+            if dst == 0 && !src.isNaN && src != 0 { fpu.pointee.fsw |= FSW.ze }
+            return src / dst
+        }
+    }
+
+    /// A value rounded by FCW.RC to a signed integer of `bytes`; out of range gives the integer
+    /// indefinite and IE.
+    func x87ToInteger(_ v: Float80, bytes: Int, truncate: Bool) -> UInt64 {
+        let r = v.rounded(truncate ? .towardZero : x87Rounding)
+        let limit = Float80(sign: .plus, exponent: bytes * 8 - 1, significand: 1)
+        if r.isNaN || r >= limit || r < -limit {
+            fpu.pointee.fsw |= FSW.ie
+            return UInt64(1) << UInt64(bytes * 8 - 1)
+        }
+        if r != v { fpu.pointee.fsw |= FSW.pe }
+        return UInt64(bitPattern: Int64(r))
+    }
+
+    func executeX87(_ i: UnsafeMutablePointer<Instruction>) throws(X86Exception) {
+        let s = st
+        if s.pointee.cr0 & (CR0.em | CR0.ts) != 0 { throw X86Exception(X86Exception.deviceNotAvailable) }
+        let group = i.pointee.sub, m = UInt8(truncatingIfNeeded: i.pointee.imm)
+        if group == 8 {
+            fpu.pointee.ftw = 0
+            return
+        }
+        let reg = (m >> 3) & 7
+        if i.pointee.isMem {
+            let la = linearAddress(i)
+            // Control instructions (FLDCW, FNSTCW, FNSTSW, environment) leave FIP/FDP/FOP alone.
+            let control = (group == 1 && reg >= 4) || (group == 5 && reg >= 4)
+            if !control {
+                fpu.pointee.fop = (UInt16(group) << 8) | UInt16(m)
+                fpu.pointee.fip = s.pointee.currentRIP; fpu.pointee.fdp = la
+            }
+            try x87Memory(i, group, reg, la)
+        } else {
+            if !(group == 3 && (m == 0xE2 || m == 0xE3)) && !(group == 7 && m == 0xE0) {
+                fpu.pointee.fop = (UInt16(group) << 8) | UInt16(m)
+                fpu.pointee.fip = s.pointee.currentRIP
+            }
+            try x87Register(group, m)
+        }
+    }
+
+    func x87Memory(_ i: UnsafeMutablePointer<Instruction>, _ group: UInt8, _ reg: UInt8, _ la: UInt64) throws(X86Exception) {
+        switch (group, reg) {
+        case (0, _), (2, _), (4, _), (6, _):
+            let v: Float80
+            switch group {
+            case 0: v = Float80(Float(bitPattern: UInt32(truncatingIfNeeded: try readLinear(la, 2))))
+            case 4: v = Float80(Double(bitPattern: try readLinear(la, 3)))
+            case 2: v = Float80(Int32(truncatingIfNeeded: try readLinear(la, 2)))
+            default: v = Float80(Int16(truncatingIfNeeded: try readLinear(la, 1)))
+            }
+            let a = stReg(0)
+            switch reg {
+            case 2, 3:
+                setConditionCodes(Self.compareCodes(a, v))
+                if reg == 3 { fpuPop() }
+            default:
+                setSTReg(0, x87Arith(reg, a, v))
+            }
+        case (1, 0): fpuPush(Float80(Float(bitPattern: UInt32(truncatingIfNeeded: try readLinear(la, 2)))))
+        case (1, 2), (1, 3):
+            try writeLinear(la, 2, UInt64(Float(stReg(0)).bitPattern))
+            if reg == 3 { fpuPop() }
+        case (1, 4): try loadEnvironment(la, size: i.pointee.size)
+        case (1, 5): fpu.pointee.fcw = UInt16(truncatingIfNeeded: try readLinear(la, 1))
+        case (1, 6):
+            try storeEnvironment(la, size: i.pointee.size)
+            fpu.pointee.fcw |= 0x3F
+        case (1, 7): try writeLinear(la, 1, UInt64(fpu.pointee.fcw))
+        case (3, 0): fpuPush(Float80(Int32(truncatingIfNeeded: try readLinear(la, 2))))
+        case (3, 1), (3, 2), (3, 3):
+            try writeLinear(la, 2, x87ToInteger(stReg(0), bytes: 4, truncate: reg == 1))
+            if reg != 2 { fpuPop() }
+        case (3, 5):
+            let lo = try readLinear(la, 3), hi = try readLinear(la &+ 8, 1)
+            fpuPush(Self.float80(lo, UInt16(truncatingIfNeeded: hi)))
+        case (3, 7):
+            let (lo, hi) = Self.bits80(stReg(0))
+            _ = try translate(la &+ 9, .write)
+            try writeLinear(la, 3, lo); try writeLinear(la &+ 8, 1, UInt64(hi))
+            fpuPop()
+        case (5, 0): fpuPush(Float80(Double(bitPattern: try readLinear(la, 3))))
+        case (5, 1):
+            try writeLinear(la, 3, x87ToInteger(stReg(0), bytes: 8, truncate: true))
+            fpuPop()
+        case (5, 2), (5, 3):
+            try writeLinear(la, 3, Double(stReg(0)).bitPattern)
+            if reg == 3 { fpuPop() }
+        case (5, 4): try restoreState(la, size: i.pointee.size)
+        case (5, 6): try saveState(la, size: i.pointee.size)
+        case (5, 7): try writeLinear(la, 1, UInt64(fpu.pointee.fsw))
+        case (7, 0): fpuPush(Float80(Int16(truncatingIfNeeded: try readLinear(la, 1))))
+        case (7, 1), (7, 2), (7, 3):
+            try writeLinear(la, 1, x87ToInteger(stReg(0), bytes: 2, truncate: reg == 1))
+            if reg != 2 { fpuPop() }
+        case (7, 5): fpuPush(Float80(Int64(bitPattern: try readLinear(la, 3))))
+        case (7, 7):
+            try writeLinear(la, 3, x87ToInteger(stReg(0), bytes: 8, truncate: false))
+            fpuPop()
+        default:
+            // FBLD/FBSTP (packed BCD) and the reserved encodings.
+            throw X86Exception.ud
+        }
+    }
+
+    func x87Register(_ group: UInt8, _ m: UInt8) throws(X86Exception) {
+        let reg = (m >> 3) & 7, k = Int(m & 7)
+        switch group {
+        case 0:
+            let a = stReg(0), b = stReg(k)
+            if reg == 2 || reg == 3 {
+                setConditionCodes(Self.compareCodes(a, b))
+                if reg == 3 { fpuPop() }
+            } else {
+                setSTReg(0, x87Arith(reg, a, b))
+            }
+        case 4, 6:
+            if reg == 2 || reg == 3 {
+                // DC D0-DF: FCOM/FCOMP aliases; DE D9: FCOMPP.
+                if group == 6 && m != 0xD9 { throw X86Exception.ud }
+                setConditionCodes(Self.compareCodes(stReg(0), stReg(k)))
+                fpuPop()
+                if group == 6 { fpuPop() }
+                return
+            }
+            let op = reg >= 4 ? reg ^ 1 : reg
+            setSTReg(k, x87Arith(op, stReg(k), stReg(0)))
+            if group == 6 { fpuPop() }
+        case 1: try x87D9(m)
+        case 2, 3:
+            if reg < 4 {
+                // FCMOVcc: DA B, E, BE, U; DB the negations.
+                let c: Bool
+                switch reg {
+                case 0: c = st.pointee.condition(2)
+                case 1: c = st.pointee.condition(4)
+                case 2: c = st.pointee.condition(6)
+                default: c = st.pointee.condition(0xA)
+                }
+                if c != (group == 3) { setSTReg(0, stReg(k)) }
+                return
+            }
+            switch (group, m) {
+            case (2, 0xE9):
+                setConditionCodes(Self.compareCodes(stReg(0), stReg(1)))
+                fpuPop(); fpuPop()
+            case (3, 0xE2): fpu.pointee.fsw &= ~(FSW.ie | FSW.de | FSW.ze | FSW.oe | FSW.ue | FSW.pe | FSW.sf | FSW.es | 0x8000)
+            case (3, 0xE3): fpuInit()
+            case (3, 0xE0), (3, 0xE1), (3, 0xE4): break  // FENI, FDISI, FSETPM: no-ops since the 287
+            case (3, _) where reg == 5 || reg == 6: setCompareFlags(stReg(0), stReg(k))
+            default: throw X86Exception.ud
+            }
+        case 5:
+            switch reg {
+            case 0: fpu.pointee.ftw &= ~(1 << UInt8((fpuTop + k) & 7))
+            case 2, 3:
+                setSTReg(k, stReg(0))
+                if reg == 3 { fpuPop() }
+            case 4, 5:
+                setConditionCodes(Self.compareCodes(stReg(0), stReg(k)))
+                if reg == 5 { fpuPop() }
+            default: throw X86Exception.ud
+            }
+        default:
+            switch reg {
+            case 0:
+                // FFREEP (undocumented, used by some code as "free and pop").
+                fpu.pointee.ftw &= ~(1 << UInt8((fpuTop + k) & 7)); fpuPop()
+            case 4 where m == 0xE0: setReg(Reg.rax, 1, UInt64(fpu.pointee.fsw))
+            case 5, 6:
+                setCompareFlags(stReg(0), stReg(k))
+                fpuPop()
+            default: throw X86Exception.ud
+            }
+        }
+    }
+
+    /// D9 register forms: FLD ST(i), FXCH, FNOP, sign and class operations, constants, and the
+    /// transcendental group.
+    func x87D9(_ m: UInt8) throws(X86Exception) {
+        let k = Int(m & 7)
+        switch m {
+        case 0xC0...0xC7: fpuPush(stReg(k))
+        case 0xC8...0xCF:
+            let a = stReg(0), b = stReg(k)
+            setSTReg(0, b); setSTReg(k, a)
+            fpu.pointee.fsw &= ~FSW.c1
+        case 0xD0: break
+        case 0xE0: setSTReg(0, -stReg(0))
+        case 0xE1: setSTReg(0, abs(stReg(0)))
+        case 0xE4: setConditionCodes(Self.compareCodes(stReg(0), 0))
+        case 0xE5: fxam()
+        case 0xE8: fpuPush(1)
+        case 0xE9: fpuPush(3.32192809488736234787031942948939017586)
+        case 0xEA: fpuPush(1.44269504088896340735992468100189213743)
+        case 0xEB: fpuPush(Float80.pi)
+        case 0xEC: fpuPush(0.301029995663981195213738894724493026768)
+        case 0xED: fpuPush(0.693147180559945309417232121458176568076)
+        case 0xEE: fpuPush(0)
+        case 0xF0: setSTReg(0, expm1l(stReg(0) * 0.693147180559945309417232121458176568076))
+        case 0xF1:
+            let r = stReg(1) * log2l(stReg(0))
+            fpuPop(); setSTReg(0, r)
+        case 0xF2:
+            setSTReg(0, tanl(stReg(0))); fpuPush(1)
+            fpu.pointee.fsw &= ~FSW.c2
+        case 0xF3:
+            let r = atan2l(stReg(1), stReg(0))
+            fpuPop(); setSTReg(0, r)
+        case 0xF4:
+            let v = stReg(0)
+            if v == 0 {
+                fpu.pointee.fsw |= FSW.ze
+                setSTReg(0, -Float80.infinity); fpuPush(v)
+            } else if v.isFinite {
+                setSTReg(0, Float80(v.exponent)); fpuPush(Float80(sign: v.sign, exponent: 0, significand: v.significand))
+            } else {
+                setSTReg(0, v); fpuPush(v)
+            }
+        case 0xF5, 0xF8:
+            let x = stReg(0), y = stReg(1)
+            let nearest = m == 0xF5
+            let r = nearest ? x.remainder(dividingBy: y) : x.truncatingRemainder(dividingBy: y)
+            let q = (x / y).rounded(nearest ? .toNearestOrEven : .towardZero)
+            let bits: UInt64 = q.isFinite && abs(q) < 0x1p63 ? UInt64(abs(q)) : 0
+            var c: UInt16 = 0
+            if bits & 4 != 0 { c |= FSW.c0 }
+            if bits & 2 != 0 { c |= FSW.c3 }
+            if bits & 1 != 0 { c |= FSW.c1 }
+            setConditionCodes(c)
+            setSTReg(0, r)
+        case 0xF6: setFPUTop(fpuTop - 1); fpu.pointee.fsw &= ~FSW.c1
+        case 0xF7: setFPUTop(fpuTop + 1); fpu.pointee.fsw &= ~FSW.c1
+        case 0xF9:
+            let r = stReg(1) * (log1pl(stReg(0)) / 0.693147180559945309417232121458176568076)
+            fpuPop(); setSTReg(0, r)
+        case 0xFA: setSTReg(0, stReg(0).squareRoot())
+        case 0xFB:
+            let v = stReg(0)
+            setSTReg(0, sinl(v)); fpuPush(cosl(v))
+            fpu.pointee.fsw &= ~FSW.c2
+        case 0xFC: setSTReg(0, stReg(0).rounded(x87Rounding))
+        case 0xFD:
+            let e = stReg(1).rounded(.towardZero)
+            let n = e.isNaN ? 0 : Int32(max(-100_000, min(100_000, e)))
+            setSTReg(0, scalbnl(stReg(0), n))
+        case 0xFE: setSTReg(0, sinl(stReg(0))); fpu.pointee.fsw &= ~FSW.c2
+        case 0xFF: setSTReg(0, cosl(stReg(0))); fpu.pointee.fsw &= ~FSW.c2
+        default: throw X86Exception.ud
+        }
+    }
+
+    /// FXAM: the class of ST(0) in C3 C2 C0, its sign in C1.
+    func fxam() {
+        let k = fpuTop
+        let v = loadPhysical(k)
+        var c: UInt16 = v.sign == .minus ? FSW.c1 : 0
+        if fpu.pointee.ftw & (1 << UInt8(k)) == 0 { c |= FSW.c3 | FSW.c0 }
+        else if v.isNaN { c |= FSW.c0 }
+        else if v.isInfinite { c |= FSW.c2 | FSW.c0 }
+        else if v == 0 { c |= FSW.c3 }
+        else if v.isSubnormal { c |= FSW.c3 | FSW.c2 }
+        else { c |= FSW.c2 }
+        setConditionCodes(c)
+    }
+
+    /// FWAIT: with CR0.MP and CR0.TS, #NM (SDM Vol. 3 Table 2-2); no pending exceptions to raise.
+    func fwait() throws(X86Exception) {
+        let cr0 = st.pointee.cr0
+        if cr0 & CR0.mp != 0 && cr0 & CR0.ts != 0 { throw X86Exception(X86Exception.deviceNotAvailable) }
+    }
+}
