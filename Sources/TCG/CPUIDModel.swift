@@ -30,8 +30,17 @@ public struct CPUIDModel: Sendable {
         // The local APIC and time base (with the board's LocalAPIC and TCGTimeBase).
         public static let apic: UInt32 = 1 << 9, x2apic: UInt32 = 1 << 21, tscDeadline: UInt32 = 1 << 24
         public static let arat: UInt32 = 1 << 2, invariantTSC: UInt32 = 1 << 8
+        /// CPUID.7.0:EDX[29]: IA32_ARCH_CAPABILITIES exists (read by RDMSR 0x10A).
+        public static let archCapabilities: UInt32 = 1 << 29
         public static let fpu: UInt32 = 1 << 0, fxsr: UInt32 = 1 << 24, sse: UInt32 = 1 << 25, sse2: UInt32 = 1 << 26
     }
+
+    /// IA32_ARCH_CAPABILITIES (MSR 0x10A): an interpreter does not speculate, so Keel's CPU is not
+    /// affected by Meltdown (RDCL_NO), L1TF, SSB, MDS, TAA, MMIO stale data, PBRSB, GDS, RFDS, BHI
+    /// or ITS; saying so spares the guest page-table isolation and buffer clearing on every kernel
+    /// exit. (IBRS_ALL is not claimed: Keel has no IA32_SPEC_CTRL.)
+    public static let archCapabilitiesMSR: UInt64 = [0, 3, 4, 5, 6, 8, 13, 14, 15, 20, 24, 26, 27, 62]
+        .reduce(0) { $0 | (1 << UInt64($1)) }
 
     /// Keel's tcg CPU for vCPU `cpuIndex` of `cpuCount` (APIC ID = index).
     /// GenuineIntel, because Linux takes the TSC and LAPIC timer frequencies from CPUID.15H only
@@ -71,7 +80,7 @@ public struct CPUIDModel: Sendable {
         l.append(Leaf(0, eax: 0x16, ebx: vendor[0], ecx: vendor[2], edx: vendor[1]))
         l.append(Leaf(1, eax: fms, ebx: ebx1, ecx: ecx1, edx: edx1))
         l.append(Leaf(6, eax: Feature.arat))
-        l.append(Leaf(7, 0))
+        l.append(Leaf(7, 0, edx: Feature.archCapabilities))
         let t15 = timeBase.cpuid15, t16 = timeBase.cpuid16
         l.append(Leaf(0x15, eax: t15.eax, ebx: t15.ebx, ecx: t15.ecx, edx: t15.edx))
         l.append(Leaf(0x16, eax: t16.eax, ebx: t16.ebx, ecx: t16.ecx, edx: t16.edx))

@@ -153,6 +153,7 @@ extension X86CPU {
         switch index {
         case 0x10: return tsc
         case 0x8B: return 1 << 32   // IA32_BIOS_SIGN_ID: microcode revision 1 (Intel's early_init_intel reads it)
+        case 0x10A: return CPUIDModel.archCapabilitiesMSR
         case 0x1B, 0x6E0, 0x800...0x8FF where apic != nil:
             guard let apic else { throw X86Exception.gp(0) }
             platform.lock.lock()

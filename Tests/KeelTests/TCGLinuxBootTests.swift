@@ -116,6 +116,9 @@ final class TCGLinuxBootTests: XCTestCase {
             XCTAssertTrue(r.console.contains(line), "\(where_) missing \"\(line)\" in:\n\(r.console.suffix(4000))\n--- stderr ---\n\(r.stderr.suffix(2000))")
         }
         XCTAssertFalse(r.console.contains("No local APIC present"), "\(where_) the tcg board must have local APICs")
+        // Keel's CPU says, through IA32_ARCH_CAPABILITIES, that it is not affected by Meltdown or MDS.
+        XCTAssertFalse(r.console.contains("page tables isolation: enabled"), "\(where_) Linux turned on PTI")
+        XCTAssertFalse(r.console.contains("MDS: Vulnerable"), "\(where_) Linux thinks the CPU has MDS")
         if keel.release {
             XCTAssertEqual(r.status, 0, "\(where_) the guest's poweroff must end keel with status 0:\n\(r.console.suffix(2000))")
         }
