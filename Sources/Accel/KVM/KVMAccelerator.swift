@@ -25,17 +25,14 @@ public final class KVMAccelerator: Accelerator, InterruptController, @unchecked 
     /// The GSI routing table: the irqchip's (or mirrored IOAPIC's) routes and virtio's MSI routes.
     let routing: KVMGSIRouting
     /// Pause protocol (QMP stop/cont), all under the big lock.
-    var pauseRequested = false
-    let parkedChanged: BigLock.Condition
-    let resumed: BigLock.Condition
+    let pauseGate: VCPUPauseGate
 
     public init(board: PCBoard) throws {
         system = try KVMSystem()
         vm = try system.createVM()
         self.board = board
         routing = KVMGSIRouting(vm: vm)
-        parkedChanged = BigLock.Condition(lock: board.lock)
-        resumed = BigLock.Condition(lock: board.lock)
+        pauseGate = VCPUPauseGate(lock: board.lock)
         try vm.setTSSAddress(Self.tssAddress)
         try vm.setIdentityMapAddress(Self.identityMapAddress)
         if let chips = board.userspaceInterrupts {
@@ -120,8 +117,7 @@ public final class KVMAccelerator: Accelerator, InterruptController, @unchecked 
 
     public func stop() {
         board.lock.withLock {
-            pauseRequested = false
-            resumed.broadcast()
+            pauseGate.resumeLocked()
         }
         for v in vcpus { v.requestStop() }
         for v in vcpus { v.join() }
@@ -132,19 +128,12 @@ public final class KVMAccelerator: Accelerator, InterruptController, @unchecked 
     }
 
     public func pauseLocked() {
-        guard !pauseRequested else { return }
-        pauseRequested = true
-        for v in vcpus { v.kick() }
-        while vcpus.contains(where: { !$0.parkedOrDone }) { parkedChanged.wait() }
+        pauseGate.pauseLocked(vcpus.map(\.control)) { for v in vcpus { v.kick() } }
     }
 
-    public func resumeLocked() {
-        guard pauseRequested else { return }
-        pauseRequested = false
-        resumed.broadcast()
-    }
+    public func resumeLocked() { pauseGate.resumeLocked() }
 
-    public var vcpuThreadIDs: [Int32] { vcpus.map { $0.threadID } }
+    public var vcpuThreadIDs: [Int32] { vcpus.map { $0.control.threadID } }
 
     public func setIRQ(_ gsi: UInt32, level: Bool) {
         do { try vm.setIRQLine(gsi, level: level) } catch { board.requests.raise(.failure("\(error)")) }

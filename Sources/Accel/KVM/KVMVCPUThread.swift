@@ -3,7 +3,6 @@ import Devices
 import Glibc
 import KVM
 import Machine
-import Synchronization
 
 /// One vCPU's thread: KVM_RUN in a loop; a port or MMIO exit is emulated here, holding the big
 /// lock only for the device access. Stopping sets immediate_exit and sends a signal, so a vCPU
@@ -14,76 +13,38 @@ final class KVMVCPUThread: @unchecked Sendable {
     unowned let accelerator: KVMAccelerator
     let pio: Bus
     let mmio: Bus
-    let stopRequested = Atomic<Bool>(false)
-    var thread: pthread_t?
-    /// The host thread ID (gettid), for QMP and for people reading `top -H`; under the big lock.
-    private(set) var threadID: Int32 = 0
-    /// Under the big lock: parked by a pause, or the thread has ended.
-    private(set) var parkedOrDone = false
+    let control: VCPUThreadControl
 
     init(vcpu: VCPU, board: PCBoard, accelerator: KVMAccelerator) {
         self.vcpu = vcpu
         self.board = board
         self.accelerator = accelerator
+        control = VCPUThreadControl(lock: board.lock, gate: accelerator.pauseGate)
         self.pio = board.pioBus
         self.mmio = board.mmioBus
     }
 
     func start() {
-        var t = pthread_t()
-        let me = Unmanaged.passRetained(self).toOpaque()
-        pthread_create(&t, nil, { arg in
-            let v = Unmanaged<KVMVCPUThread>.fromOpaque(arg!).takeRetainedValue()
-            v.main()
-            return nil
-        }, me)
-        thread = t
+        control.start(name: "CPU \(vcpu.id)/KVM") { [self] in main() }
     }
 
     func requestStop() {
-        stopRequested.store(true, ordering: .sequentiallyConsistent)
+        control.requestStop()
         kick()
     }
 
     /// Makes KVM_RUN return now, or right away if the vCPU is about to enter it.
     func kick() {
         vcpu.setImmediateExit(true)
-        if let t = thread { pthread_kill(t, KVMAccelerator.kickSignal) }
+        control.signal(KVMAccelerator.kickSignal)
     }
 
-    /// Waits, outside guest code, while a pause is requested. The big lock is held on entry to
-    /// the wait and released by it.
-    private func parkIfPaused() {
-        let lock = board.lock
-        lock.lock()
-        while accelerator.pauseRequested && !stopRequested.load(ordering: .relaxed) {
-            parkedOrDone = true
-            accelerator.parkedChanged.broadcast()
-            accelerator.resumed.wait()
-        }
-        parkedOrDone = false
-        lock.unlock()
-    }
-
-    private func finish() {
-        board.lock.withLock {
-            parkedOrDone = true
-            accelerator.parkedChanged.broadcast()
-        }
-    }
-
-    func join() {
-        if let t = thread { pthread_join(t, nil) }
-        thread = nil
-    }
+    func join() { control.join() }
 
     private func main() {
-        board.lock.withLock { threadID = ckeel_gettid() }
-        defer { finish() }
-        _ = ckeel_set_thread_name(String("CPU \(vcpu.id)/KVM".prefix(15)))
         let lock = board.lock
         let requests = board.requests
-        while !stopRequested.load(ordering: .relaxed) && !requests.isPending {
+        while !control.isStopRequested && !requests.isPending {
             let exit: VCPUExit
             do { exit = try vcpu.runOnce() } catch {
                 board.requests.raise(.failure("vCPU \(vcpu.id): \(error)"))
@@ -118,7 +79,7 @@ final class KVMVCPUThread: @unchecked Sendable {
                 // A kick: a pause, a stop, or a signal. Clear immediate_exit before looking at
                 // the reason, so a kick sent after this point is not lost (it sets it again).
                 vcpu.setImmediateExit(false)
-                parkIfPaused()
+                control.parkIfPaused()
                 continue
             case .halt:
                 // With the in-kernel LAPIC, HLT is handled inside KVM; a halt exit means the vCPU

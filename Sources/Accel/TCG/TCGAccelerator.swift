@@ -12,17 +12,14 @@ public final class TCGAccelerator: Accelerator, @unchecked Sendable {
     let platform: TCGPlatform
     var vcpus: [TCGVCPUThread] = []
     /// Pause protocol (QMP stop/cont), all under the big lock.
-    var pauseRequested = false
-    let parkedChanged: BigLock.Condition
-    let resumed: BigLock.Condition
+    let pauseGate: VCPUPauseGate
 
     public init(board: PCBoard) {
         self.board = board
         platform = TCGPlatform(memory: board.memory, pio: board.pioBus, mmio: board.mmioBus, lock: board.lock)
         let requests = board.requests
         platform.stopPending = { requests.isPending }
-        parkedChanged = BigLock.Condition(lock: board.lock)
-        resumed = BigLock.Condition(lock: board.lock)
+        pauseGate = VCPUPauseGate(lock: board.lock)
     }
 
     public func prepare(boot: BootCPUState) throws {
@@ -100,8 +97,7 @@ public final class TCGAccelerator: Accelerator, @unchecked Sendable {
 
     public func stop() {
         board.lock.withLock {
-            pauseRequested = false
-            resumed.broadcast()
+            pauseGate.resumeLocked()
             for v in vcpus { v.requestStop() }
         }
         for v in vcpus { v.join() }
@@ -112,17 +108,10 @@ public final class TCGAccelerator: Accelerator, @unchecked Sendable {
     }
 
     public func pauseLocked() {
-        guard !pauseRequested else { return }
-        pauseRequested = true
-        for v in vcpus { v.kickLocked() }
-        while vcpus.contains(where: { !$0.parkedOrDone }) { parkedChanged.wait() }
+        pauseGate.pauseLocked(vcpus.map(\.control)) { for v in vcpus { v.kickLocked() } }
     }
 
-    public func resumeLocked() {
-        guard pauseRequested else { return }
-        pauseRequested = false
-        resumed.broadcast()
-    }
+    public func resumeLocked() { pauseGate.resumeLocked() }
 
-    public var vcpuThreadIDs: [Int32] { vcpus.map { $0.threadID } }
+    public var vcpuThreadIDs: [Int32] { vcpus.map { $0.control.threadID } }
 }
