@@ -132,4 +132,25 @@ final class VirtioLinuxTests: XCTestCase {
         XCTAssertTrue(bytes.allSatisfy { $0.count == 2 && UInt8($0, radix: 16) != nil }, line)
         XCTAssertFalse(bytes.allSatisfy { $0 == "00" }, "16 zero bytes are not random: \(line)")
     }
+
+    /// hvc0 (virtconsole on a unix-socket chardev) carries a line each way. The guest keeps hvc0
+    /// open across both directions: the host's line is sent once the guest's has arrived.
+    func testHVC0RoundTripOverAUnixSocket() throws {
+        let socket = "/tmp/keel-vl-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sock"
+        defer { unlink(socket) }
+        let extra = ["-device", "virtio-serial-pci", "-device", "virtconsole,chardev=c0",
+                     "-chardev", "socket,id=c0,path=\(socket),server=on,wait=off"]
+        let commands = ["exec 3<>/dev/hvc0; echo hello-hvc >&3; read line <&3; echo got:$line"]
+        var hello = "", echoed = ""
+        let r = try runShell(commands, extra: extra, whileRunning: {
+            let client = try UnixSocketClient(path: socket, timeout: 30)
+            hello = client.receive(until: "hello-hvc", timeout: 120)
+            try client.send(Data("from-host\n".utf8))
+            // The tty echoes what it reads; wait for it so the line has reached the guest.
+            echoed = client.receive(until: "from-host", timeout: 60)
+        })
+        let context = "\n" + r.stdout.suffix(3000)
+        XCTAssertTrue(hello.contains("hello-hvc"), "the guest's line did not reach the socket: \(hello.debugDescription)\(context)")
+        XCTAssertTrue(r.lines.contains("got:from-host"), "the host's line did not reach the guest (echo: \(echoed.debugDescription)):\(context)")
+    }
 }
