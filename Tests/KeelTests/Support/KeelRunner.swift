@@ -49,6 +49,8 @@ struct MachineOptions: Sendable {
     var serial: SerialBackend = .stdio
     /// -M for Keel (QEMU runs keep `pc`).
     var machine: String?
+    /// Appended as is (devices, drives, chardevs).
+    var extraArguments: [String] = []
 }
 
 /// Which program runs the guests: Keel with the kvm accelerator (the default), or QEMU with tcg
@@ -143,6 +145,7 @@ final class KeelRunner: Sendable {
         case .file(let path): args += ["-serial", "file:\(path)"]
         case .unixServer(let path): args += ["-serial", "unix:\(path),server=on,wait=off"]
         }
+        args += options.extraArguments
         return args
     }
 
@@ -154,15 +157,18 @@ final class KeelRunner: Sendable {
 
     /// Boots a guest. `input` goes to stdin once stdout contains `inputAfter` (or at once);
     /// `whileRunning` runs on the calling thread while the guest runs.
+    /// `inputLineDelay` sends the input a line at a time with that pause after each line.
     func run(_ options: MachineOptions, timeout: TimeInterval = 60, input: Data? = nil,
-             inputAfter: String? = nil, whileRunning: (() throws -> Void)? = nil) throws -> RunResult {
+             inputAfter: String? = nil, inputLineDelay: TimeInterval? = nil,
+             whileRunning: (() throws -> Void)? = nil) throws -> RunResult {
         try Self.runCommand(executable: binary, arguments: arguments(for: options), timeout: timeout,
-                            input: input, inputAfter: inputAfter, whileRunning: whileRunning)
+                            input: input, inputAfter: inputAfter, inputLineDelay: inputLineDelay,
+                            whileRunning: whileRunning)
     }
 
     /// Runs `executable` with `arguments`, killing it after `timeout` seconds.
     static func runCommand(executable: String, arguments: [String], timeout: TimeInterval,
-                           input: Data? = nil, inputAfter: String? = nil,
+                           input: Data? = nil, inputAfter: String? = nil, inputLineDelay: TimeInterval? = nil,
                            whileRunning: (() throws -> Void)? = nil) throws -> RunResult {
         ignoreSIGPIPE
         let process = Process()
@@ -173,7 +179,7 @@ final class KeelRunner: Sendable {
         process.standardOutput = stdoutPipe
         process.standardError = stderrPipe
 
-        let state = CaptureState(input: input, trigger: inputAfter, stdin: stdinPipe.fileHandleForWriting)
+        let state = CaptureState(input: input, trigger: inputAfter, lineDelay: inputLineDelay, stdin: stdinPipe.fileHandleForWriting)
         let exited = DispatchSemaphore(value: 0)
         process.terminationHandler = { _ in exited.signal() }
         let launched = Date()
@@ -230,12 +236,14 @@ private final class CaptureState: @unchecked Sendable {
     private var stderr = Data()
     private var input: Data?
     private let trigger: String?
+    private let lineDelay: TimeInterval?
     private let stdin: FileHandle
     private var inputClosed = false
 
-    init(input: Data?, trigger: String?, stdin: FileHandle) {
+    init(input: Data?, trigger: String?, lineDelay: TimeInterval?, stdin: FileHandle) {
         self.input = input
         self.trigger = trigger
+        self.lineDelay = lineDelay
         self.stdin = stdin
     }
 
@@ -252,7 +260,21 @@ private final class CaptureState: @unchecked Sendable {
         guard let pending = input, !inputClosed else { return }
         if let trigger, !String(decoding: stdout, as: UTF8.self).contains(trigger) { return }
         input = nil
-        try? stdin.write(contentsOf: pending)
+        guard let lineDelay else {
+            try? stdin.write(contentsOf: pending)
+            return
+        }
+        let lines = pending.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false)
+        Thread.detachNewThread { [self] in
+            for (i, line) in lines.enumerated() where i < lines.count - 1 || !line.isEmpty {
+                lock.lock()
+                if !inputClosed { try? stdin.write(contentsOf: line + Data(i < lines.count - 1 ? [UInt8(ascii: "\n")] : [])) }
+                let closed = inputClosed
+                lock.unlock()
+                if closed { return }
+                Thread.sleep(forTimeInterval: lineDelay)
+            }
+        }
     }
 
     func closeInput() {
