@@ -177,37 +177,33 @@ extension X86CPU {
         }
     }
 
+    /// The packed (ps/pd) forms of SQRT, ADD, MUL, SUB, MIN, DIV, MAX on `a` (destination) and
+    /// `b` (source). MIN/MAX return the source unless the comparison holds, as the SDM says (so a
+    /// NaN in either operand, or two zeros, give the source).
+    @inline(__always)
+    static func packedArithmetic<V: SIMD>(_ op: UInt8, _ a: V, _ b: V) -> V where V.Scalar: BinaryFloatingPoint {
+        switch op {
+        case 0x51: return b.squareRoot()
+        case 0x58: return a + b
+        case 0x59: return a * b
+        case 0x5C: return a - b
+        case 0x5D: return b.replacing(with: a, where: a .< b)
+        case 0x5E: return a / b
+        default: return b.replacing(with: a, where: a .> b)
+        }
+    }
+
     /// SQRT, ADD, MUL, SUB, MIN, DIV, MAX in the ps, pd, ss and sd forms.
     func floatArithmetic(_ i: UnsafeMutablePointer<Instruction>, _ op: UInt8, _ p: UInt8) throws(X86Exception) {
         let d = i.pointee.reg
         switch p {
         case 0:
-            let a = unsafeBitCast(xmm(d), to: SIMD4<Float>.self)
-            let b = unsafeBitCast(try sseSource(i), to: SIMD4<Float>.self)
-            let r: SIMD4<Float>
-            switch op {
-            case 0x51: r = b.squareRoot()
-            case 0x58: r = a + b
-            case 0x59: r = a * b
-            case 0x5C: r = a - b
-            case 0x5D: r = b.replacing(with: a, where: a .< b)
-            case 0x5E: r = a / b
-            default: r = b.replacing(with: a, where: a .> b)
-            }
+            let r = Self.packedArithmetic(op, unsafeBitCast(xmm(d), to: SIMD4<Float>.self),
+                                          unsafeBitCast(try sseSource(i), to: SIMD4<Float>.self))
             setXMM(d, unsafeBitCast(r, to: SIMD2<UInt64>.self))
         case 1:
-            let a = unsafeBitCast(xmm(d), to: SIMD2<Double>.self)
-            let b = unsafeBitCast(try sseSource(i), to: SIMD2<Double>.self)
-            let r: SIMD2<Double>
-            switch op {
-            case 0x51: r = b.squareRoot()
-            case 0x58: r = a + b
-            case 0x59: r = a * b
-            case 0x5C: r = a - b
-            case 0x5D: r = b.replacing(with: a, where: a .< b)
-            case 0x5E: r = a / b
-            default: r = b.replacing(with: a, where: a .> b)
-            }
+            let r = Self.packedArithmetic(op, unsafeBitCast(xmm(d), to: SIMD2<Double>.self),
+                                          unsafeBitCast(try sseSource(i), to: SIMD2<Double>.self))
             setXMM(d, unsafeBitCast(r, to: SIMD2<UInt64>.self))
         case 2:
             let old = xmm(d)[0]
