@@ -7,6 +7,7 @@ extension VirtualMachineInstance: MachineControl {
     public func stopLocked() {
         guard runState.isRunning, let accel = accelerator else { return }
         accel.pauseLocked()
+        board.setDeviceQueuesPausedLocked(true)
         runState = .paused
         monitor.emit("STOP")
     }
@@ -15,6 +16,7 @@ extension VirtualMachineInstance: MachineControl {
         switch runState {
         case .running: return
         case .paused, .prelaunch:
+            board.setDeviceQueuesPausedLocked(false)
             accelerator?.resumeLocked()
             runState = .running
             monitor.emit("RESUME")

@@ -100,6 +100,12 @@ public final class PCBoard: @unchecked Sendable {
         pci?.setIOEventsLocked(accelerator)
     }
 
+    /// QMP stop/cont: virtio queue processing pauses and resumes with the vCPUs (QEMU's vm_stop
+    /// stops the dataplanes too). Call with the big lock held.
+    public func setDeviceQueuesPausedLocked(_ paused: Bool) {
+        pci?.setQueuesPausedLocked(paused)
+    }
+
     /// Presses the ACPI power button (QMP system_powerdown). Call with the big lock held.
     public func pressPowerButtonLocked() {
         devices.pm.pressPowerButton()

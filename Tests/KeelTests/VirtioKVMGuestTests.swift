@@ -53,6 +53,17 @@ final class VirtioKVMGuestTests: XCTestCase {
 
     struct Statistics: Equatable {
         var trapped = 0, eventFD = 0, msiIoctl = 0, irqfd = 0
+        /// The thread that handled the first notify, and how many notifies an iothread handled.
+        var notifyThread = "", iothreadNotifies = 0
+
+        init(trapped: Int = 0, eventFD: Int = 0, msiIoctl: Int = 0, irqfd: Int = 0) {
+            self.trapped = trapped; self.eventFD = eventFD; self.msiIoctl = msiIoctl; self.irqfd = irqfd
+        }
+
+        /// The four path counters only.
+        static func == (a: Statistics, b: Statistics) -> Bool {
+            (a.trapped, a.eventFD, a.msiIoctl, a.irqfd) == (b.trapped, b.eventFD, b.msiIoctl, b.irqfd)
+        }
     }
 
     /// Boots the virtio-blk guest with the disk at `image`; returns the run and the statistics
@@ -84,7 +95,12 @@ final class VirtioKVMGuestTests: XCTestCase {
         guard let t = after("notify", "trapped"), let m = after("msi", "ioctl"),
               let e = words.firstIndex(of: "eventfd").flatMap({ Int(words[$0 + 1]) }),
               let i = words.firstIndex(of: "irqfd").flatMap({ Int(words[$0 + 1]) }) else { return nil }
-        return Statistics(trapped: t, eventFD: e, msiIoctl: m, irqfd: i)
+        var s = Statistics(trapped: t, eventFD: e, msiIoctl: m, irqfd: i)
+        if let open = line.range(of: "notify thread '"), let close = line[open.upperBound...].firstIndex(of: "'") {
+            s.notifyThread = String(line[open.upperBound..<close])
+        }
+        s.iothreadNotifies = after("iothread", "notifies") ?? 0
+        return s
     }
 
     func requests(_ r: RunResult) -> Int? {
@@ -158,12 +174,23 @@ final class VirtioKVMGuestTests: XCTestCase {
     /// flight finish before RAM is wiped, their completions do not reach the new boot's rings,
     /// and the rebuilt VM gets the ioeventfd/irqfd paths again.
     func testMachineResetDuringIORebindsTheEventFDs() throws {
+        try machineResetDuringIO(iothread: false)
+    }
+
+    /// The same with the queue on an iothread: the reset reaches the device through it, the
+    /// drain stops it taking requests, and the second boot's ioeventfds land on its loop again.
+    func testMachineResetDuringIOWithIOThread() throws {
+        try machineResetDuringIO(iothread: true)
+    }
+
+    func machineResetDuringIO(iothread: Bool) throws {
         let raw = try makeRawImage()
         let qmp = "/tmp/keel-vqmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sock"
         defer { unlink(qmp) }
         var replies = ""
         let (r, s) = try boot(image: raw, format: "raw", machine: "pc", append: "loops=3000",
-                              extra: ["-qmp", "unix:\(qmp),server=on,wait=off"]) {
+                              device: iothread ? ",iothread=io0" : "",
+                              extra: ["-qmp", "unix:\(qmp),server=on,wait=off"] + (iothread ? ["-object", "iothread,id=io0"] : [])) {
             let client = try UnixSocketClient(path: qmp, timeout: 20)
             replies += client.receive(until: "\"QMP\"", timeout: 10)
             try client.send(Data("{\"execute\":\"qmp_capabilities\"}\n".utf8))
@@ -180,6 +207,45 @@ final class VirtioKVMGuestTests: XCTestCase {
         XCTAssertEqual(stats.trapped, 0)
         XCTAssertEqual(stats.msiIoctl, 0)
         XCTAssertGreaterThan(stats.eventFD, 3006, "the second boot's notifies did not come through the eventfd\n\(r.stdout)\n\(r.stderr)")
+        if iothread { XCTAssertEqual(stats.iothreadNotifies, stats.eventFD, r.stderr) }
+    }
+
+    /// -object iothread: the disk's queue runs on the thread "iothread io0" (every notify is
+    /// handled there, arriving through the ioeventfd registered on its loop), interrupts leave
+    /// through irqfds from that thread, and the data is right on both irqchips.
+    func testIOThreadOwnsTheQueue() throws {
+        for machine in ["pc", "microvm"] {
+            let raw = try makeRawImage()
+            let (r, s) = try boot(image: raw, format: "raw", machine: machine, append: "loops=40",
+                                  device: ",iothread=io0", extra: ["-object", "iothread,id=io0"])
+            assertPassed(r)
+            XCTAssertTrue(r.lines.contains("virtio-blk: wrote, flushed and read back 8 sectors ok"), r.stdout)
+            try checkGuestWrites(raw)
+            let n = try XCTUnwrap(requests(r), r.stdout)
+            let stats = try XCTUnwrap(s, r.stderr)
+            XCTAssertEqual(stats.notifyThread, "iothread io0", "\(machine): \(r.stderr)")
+            XCTAssertEqual(stats.trapped, 0, machine)
+            XCTAssertGreaterThanOrEqual(stats.eventFD, 1, machine)
+            XCTAssertEqual(stats.iothreadNotifies, stats.eventFD, "\(machine): every notify must be handled on the iothread")
+            XCTAssertEqual(stats.msiIoctl, 0, machine)
+            XCTAssertEqual(stats.irqfd, n, machine)
+        }
+    }
+
+    /// ioeventfd=off with an iothread: each trapped notify is posted from the vCPU to the
+    /// iothread; interrupts without irqfd take the big lock (or go by the main loop).
+    func testIOThreadWithTrappedNotifies() throws {
+        let raw = try makeRawImage()
+        let (r, s) = try boot(image: raw, format: "raw", machine: "pc", append: "loops=10",
+                              device: ",iothread=io0,ioeventfd=off", extra: ["-object", "iothread,id=io0"])
+        assertPassed(r)
+        try checkGuestWrites(raw)
+        let n = try XCTUnwrap(requests(r), r.stdout)
+        let stats = try XCTUnwrap(s, r.stderr)
+        XCTAssertEqual(stats.notifyThread, "iothread io0", r.stderr)
+        XCTAssertEqual(stats.trapped, n)
+        XCTAssertEqual(stats.iothreadNotifies, n)
+        XCTAssertEqual(stats.msiIoctl, n)
     }
 
     func testReadOnlyDriveRefusesWrites() throws {
@@ -193,9 +259,19 @@ final class VirtioKVMGuestTests: XCTestCase {
     /// Malformed chains and rings: each puts the device in NEEDS_RESET (with a config
     /// interrupt), Keel keeps running, and a reset makes the device usable again.
     func testHostileDriverOnBothIRQChips() throws {
+        try hostileDriver(iothread: false)
+    }
+
+    /// NEEDS_RESET and the driver's resets, with the queue on an iothread.
+    func testHostileDriverWithIOThread() throws {
+        try hostileDriver(iothread: true)
+    }
+
+    func hostileDriver(iothread: Bool) throws {
         for machine in ["pc", "microvm"] {
             let raw = try makeRawImage()
-            let (r, s) = try boot(image: raw, format: "raw", machine: machine, append: "hostile")
+            let (r, s) = try boot(image: raw, format: "raw", machine: machine, append: "hostile",
+                                  device: iothread ? ",iothread=io0" : "", extra: iothread ? ["-object", "iothread,id=io0"] : [])
             assertPassed(r)
             XCTAssertTrue(r.lines.contains("virtio-blk: hostile: 8 cases recovered"), "\(machine):\n\(r.stdout)")
             for what in ["descriptor loop", "buffer outside RAM", "oversized indirect table", "available index jump", "ring outside RAM"] {
