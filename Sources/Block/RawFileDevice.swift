@@ -9,8 +9,8 @@ public enum CacheMode: String, Sendable, CaseIterable {
     case directsync     // O_DIRECT and fdatasync after every write
     case unsafe         // page cache; flush does nothing
 
-    var direct: Bool { self == .none || self == .directsync }
-    var syncEachWrite: Bool { self == .writethrough || self == .directsync }
+    public var direct: Bool { self == .none || self == .directsync }
+    public var syncEachWrite: Bool { self == .writethrough || self == .directsync }
 }
 
 /// A raw image: a regular file or a block device whose bytes are the disk's bytes. Also the
@@ -209,6 +209,19 @@ public final class RawFileDevice: BlockDevice, @unchecked Sendable {
             try pwrite(UnsafeRawBufferPointer(start: zeros, count: n), at: offset + done)
             done += UInt64(n)
         }
+    }
+
+    /// Whether guest buffers can go to the file as they are (an asynchronous engine such as
+    /// io_uring): always with the page cache; with O_DIRECT only when every buffer, length and
+    /// the offset are aligned (else the synchronous path bounces them).
+    public func transfersDirectly(_ segments: [UnsafeMutableRawBufferPointer], at offset: UInt64) -> Bool {
+        guard cache.direct else { return true }
+        var at = offset
+        for s in segments {
+            guard let base = s.baseAddress, Self.isAligned(UnsafeRawPointer(base), at, s.count) else { return false }
+            at &+= UInt64(s.count)
+        }
+        return true
     }
 
     // MARK: Plumbing

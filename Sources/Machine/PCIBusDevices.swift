@@ -24,7 +24,10 @@ final class PCIBusDevices {
     private let loop: EventLoop
     private var backends: [BlockDevice] = []
     private var workers: WorkerPool?
-    private var executors: [WorkerPoolExecutor] = []
+    /// Per block device: waits until none of its requests touches guest memory.
+    private var drains: [() -> Void] = []
+    /// aio=io_uring executors by index in `virtio` (KEEL_DEBUG_VIRTIO counts their operations).
+    private var rings: [Int: IoUringExecutor] = [:]
     /// `-object iothread` threads that own devices, by id.
     private var iothreads: [String: IOThread] = [:]
     /// Per device in `virtio`: the loop that owns its queues (the main loop or an iothread's).
@@ -58,8 +61,8 @@ final class PCIBusDevices {
                     if let id = b.iothread { iothread = try startIOThread(id) }
                     var v = VirtioBlock.Configuration()
                     v.queueCount = b.queueCount; v.queueSize = b.queueSize; v.serial = b.serial; v.readOnly = drive.readOnly
-                    let executor = WorkerPoolExecutor(pool: pool, loop: iothread?.loop ?? board.loop)
-                    executors.append(executor)
+                    let executor = try makeExecutor(drive, backend: backend, pool: pool, loop: iothread?.loop ?? board.loop, iothread: iothread)
+                    if let ring = executor as? IoUringExecutor { rings[virtio.count] = ring }
                     model = VirtioBlock(backend: backend, configuration: v, executor: executor)
                 case .virtioRNG:
                     model = VirtioRNG()
@@ -93,6 +96,29 @@ final class PCIBusDevices {
                                    memory64: root.memory64Window.map { $0.lowerBound..<$0.upperBound + 1 } ?? 0..<0)
     }
 
+    /// aio=io_uring for raw files; qcow2 (whose metadata I/O is synchronous) and aio=threads or
+    /// native use the worker pool.
+    private func makeExecutor(_ drive: DriveConfiguration, backend: BlockDevice, pool: WorkerPool, loop: EventLoop,
+                              iothread: IOThread?) throws -> VirtioRequestExecutor {
+        if drive.aio == .io_uring, backend is RawFileDevice {
+            do {
+                let e = try IoUringExecutor(pool: pool, loop: loop) { fd, handler in
+                    var failure: Error?
+                    let add = { do { try loop.addReadable(fd: fd, handler) } catch { failure = error } }
+                    if let iothread { iothread.runSync(add) } else { add() }
+                    if let failure { throw failure }
+                }
+                drains.append { e.waitUntilIdle() }
+                return e
+            } catch {
+                throw ConfigurationError("-drive file=\(drive.file): \(error)")
+            }
+        }
+        let e = WorkerPoolExecutor(pool: pool, loop: loop)
+        drains.append { e.waitUntilIdle() }
+        return e
+    }
+
     private func startIOThread(_ id: String) throws -> IOThread {
         if let t = iothreads[id] { return t }
         let t = try IOThread(id: id)
@@ -107,7 +133,7 @@ final class PCIBusDevices {
     /// lets them go again.
     func drainRequests() {
         for dev in virtio where dev.ioThreadContext != nil { dev.quiesce() }
-        for e in executors { e.waitUntilIdle() }
+        for d in drains { d() }
     }
 
     /// QMP stop/cont: device queue processing stops and resumes with the vCPUs. Big lock held.
@@ -138,7 +164,9 @@ final class PCIBusDevices {
             let s = dev.statistics
             var line = "keel: virtio-pci \(i) (type \(dev.device.deviceType)): notify trapped \(s.trappedNotifies) eventfd \(s.eventFDNotifies); "
             line += "msi ioctl \(s.msiByController) irqfd \(s.msiByIRQFD); routes set \(s.msiRouteUpdates); "
-            line += "notify thread '\(dev.notifyThreadName ?? "")' iothread notifies \(s.iothreadNotifies)\n"
+            line += "notify thread '\(dev.notifyThreadName ?? "")' iothread notifies \(s.iothreadNotifies)"
+            if let ring = rings[i] { line += "; io_uring operations \(ring.ringOperations)" }
+            line += "\n"
             line.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
         }
     }
