@@ -38,7 +38,12 @@ public final class RawFileDevice: BlockDevice, @unchecked Sendable {
         var flags = (readOnly ? O_RDONLY : O_RDWR) | O_CLOEXEC
         if cache.direct { flags |= ckeel_o_direct() }
         let fd = ckeel_open(path, flags, 0)
-        guard fd >= 0 else { throw BlockError.errno("cannot open '\(path)'") }
+        guard fd >= 0 else {
+            if cache.direct && errno == EINVAL {
+                throw BlockError(.unsupported, "cannot open '\(path)' with O_DIRECT for cache=\(cache.rawValue): its file system does not support direct I/O")
+            }
+            throw BlockError.errno("cannot open '\(path)'")
+        }
         var st = stat()
         guard fstat(fd, &st) == 0 else { let e = BlockError.errno("cannot stat '\(path)'"); Glibc.close(fd); throw e }
         let kind = st.st_mode & S_IFMT
