@@ -123,6 +123,7 @@ final class VirtioIOThreadLinuxTests: XCTestCase {
             XCTAssertTrue(s.contains("notify thread 'iothread io0'"), "disk \(i) was not served by the iothread: \(s)\(context)")
         }
         let ring = statistics(r, device: 1)
+        for i in 0..<3 { print(statistics(r, device: i)) }
         guard let ops = ring.components(separatedBy: "io_uring operations ").last.flatMap({ Int($0) }) else {
             return XCTFail("no io_uring count for vdb: \(ring)")
         }
@@ -202,6 +203,7 @@ final class VirtioIOThreadLinuxTests: XCTestCase {
             replies += client.receive(until: "SHUTDOWN", timeout: 30)
         }
         let context = "\n\(log)\n\(replies)\n" + r.stdout.suffix(2000) + "\n" + r.stderr.suffix(1000)
+        print("stop/cont counter: \(log)")
         XCTAssertFalse(r.timedOut, context)
         XCTAssertEqual(log.count, 3, context)
         guard log.count == 3 else { return }
