@@ -51,6 +51,10 @@ extension VirtualMachineInstance: MachineControl {
         return (0..<configuration.cpuCount).map { CPUInfo(index: $0, threadID: $0 < ids.count ? ids[$0] : 0) }
     }
 
+    public var iothreads: [IOThreadInfo] {
+        board.iothreads.map { IOThreadInfo(id: $0.id, threadID: $0.threadID) }
+    }
+
     public var chardevs: [ChardevInfo] {
         configuration.serialPorts.enumerated().compactMap { i, spec in
             spec == .disabled ? nil : ChardevInfo(label: "serial\(i)", filename: spec.description)

@@ -12,6 +12,8 @@ public final class IOThread: @unchecked Sendable {
     /// The OS thread name, as /proc/<pid>/task/<tid>/comm shows it (at most 15 bytes).
     public let threadName: String
     private var thread = pthread_t()
+    /// The host thread ID (gettid), once started; QMP query-iothreads reports it.
+    public private(set) var threadID: Int32 = 0
     private var running = false
     private let started: UnsafeMutablePointer<sem_t>
 
@@ -53,6 +55,7 @@ public final class IOThread: @unchecked Sendable {
         for s in [SIGINT, SIGTERM, SIGHUP] { sigaddset(&set, s) }
         pthread_sigmask(SIG_BLOCK, &set, nil)
         _ = ckeel_set_thread_name(threadName)
+        threadID = ckeel_gettid()
         sem_post(started)
         loop.run()
     }

@@ -106,6 +106,9 @@ public final class PCBoard: @unchecked Sendable {
         pci?.setQueuesPausedLocked(paused)
     }
 
+    /// The `-object iothread` threads running devices: id and host thread ID.
+    public var iothreads: [(id: String, threadID: Int32)] { pci?.iothreadThreads ?? [] }
+
     /// Presses the ACPI power button (QMP system_powerdown). Call with the big lock held.
     public func pressPowerButtonLocked() {
         devices.pm.pressPowerButton()

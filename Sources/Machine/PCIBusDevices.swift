@@ -119,6 +119,11 @@ final class PCIBusDevices {
         return e
     }
 
+    /// The iothreads running devices, by id.
+    var iothreadThreads: [(id: String, threadID: Int32)] {
+        iothreads.values.sorted { $0.id < $1.id }.map { ($0.id, $0.threadID) }
+    }
+
     private func startIOThread(_ id: String) throws -> IOThread {
         if let t = iothreads[id] { return t }
         let t = try IOThread(id: id)

@@ -235,6 +235,39 @@ final class VirtioKVMGuestTests: XCTestCase {
         }
     }
 
+    /// QMP query-iothreads names the thread; /proc shows it as "iothread io0" and it spends CPU
+    /// time while the guest streams requests.
+    func testQueryIOThreadsAndTheThreadsCPUTime() throws {
+        let raw = try makeRawImage()
+        let qmp = "/tmp/keel-ioq-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sock"
+        defer { unlink(qmp) }
+        var reply = "", comm = "", ticks = -1
+        let (r, s) = try boot(image: raw, format: "raw", machine: "pc", append: "loops=30000", device: ",iothread=io0",
+                              extra: ["-object", "iothread,id=io0", "-qmp", "unix:\(qmp),server=on,wait=off"]) {
+            let client = try UnixSocketClient(path: qmp, timeout: 20)
+            _ = client.receive(until: "\"QMP\"", timeout: 10)
+            try client.send(Data("{\"execute\":\"qmp_capabilities\"}\n".utf8))
+            _ = client.receive(until: "return", timeout: 10)
+            try client.send(Data("{\"execute\":\"query-iothreads\"}\n".utf8))
+            reply = client.receive(until: "thread-id", timeout: 10)
+            Thread.sleep(forTimeInterval: 1.5)
+            guard let tid = reply.range(of: "\"thread-id\": ").map({ reply[$0.upperBound...].prefix { $0.isNumber } }) else { return }
+            comm = (try? String(contentsOfFile: "/proc/\(tid)/comm", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? ""
+            // utime and stime: fields 14 and 15, after the parenthesised name.
+            if let stat = try? String(contentsOfFile: "/proc/\(tid)/stat", encoding: .utf8),
+               let close = stat.lastIndex(of: ")") {
+                let f = stat[stat.index(after: close)...].split(separator: " ")
+                if f.count > 13, let u = Int(f[11]), let k = Int(f[12]) { ticks = u + k }
+            }
+        }
+        assertPassed(r)
+        XCTAssertTrue(reply.contains("\"id\": \"io0\""), reply)
+        XCTAssertEqual(comm, "iothread io0", "the thread-id query-iothreads gave is not the iothread: \(reply)")
+        XCTAssertGreaterThan(ticks, 0, "the iothread spent no CPU time while the guest streamed requests")
+        let stats = try XCTUnwrap(s, r.stderr)
+        XCTAssertEqual(stats.iothreadNotifies, stats.eventFD)
+    }
+
     /// ioeventfd=off with an iothread: each trapped notify is posted from the vCPU to the
     /// iothread; interrupts without irqfd take the big lock (or go by the main loop).
     func testIOThreadWithTrappedNotifies() throws {
