@@ -170,7 +170,7 @@ final class PCIBusDevices {
             var line = "keel: virtio-pci \(i) (type \(dev.device.deviceType)): notify trapped \(s.trappedNotifies) eventfd \(s.eventFDNotifies); "
             line += "msi ioctl \(s.msiByController) irqfd \(s.msiByIRQFD); routes set \(s.msiRouteUpdates); "
             line += "notify thread '\(dev.notifyThreadName ?? "")' iothread notifies \(s.iothreadNotifies)"
-            if let ring = rings[i] { line += "; io_uring operations \(ring.ringOperations)" }
+            if let ring = rings[i] { line += "; io_uring operations \(ring.ringOperations) submissions \(ring.ringSubmissions)" }
             line += "\n"
             line.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
         }

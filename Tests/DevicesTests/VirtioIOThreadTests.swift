@@ -183,6 +183,100 @@ final class VirtioIOThreadTests: XCTestCase {
     }
 }
 
+extension VirtioIOThreadTests {
+    /// aio=io_uring behind the device on an iothread: three writes queued before one notify go
+    /// to the kernel in one submission; reads, flush, discard and write-zeroes complete through
+    /// the ring and the host file holds the data.
+    func testIoUringExecutorOnAnIOThread() throws {
+        let t = try IOThread(id: "io2")
+        try t.start()
+        defer { t.stop() }
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let path = root.appendingPathComponent(".build/keel-uring-dev-\(UUID().uuidString).raw").path
+        FileManager.default.createFile(atPath: path, contents: Data(repeating: 0x77, count: 1 << 20))
+        defer { unlink(path) }
+        let file = try RawFileDevice(path: path, readOnly: false, cache: .writeback)
+        defer { file.close() }
+        let pool = WorkerPool(threads: 1)
+        defer { pool.shutdown() }
+        let executor: IoUringExecutor
+        do {
+            executor = try IoUringExecutor(pool: pool, loop: t.loop) { fd, handler in
+                var failure: Error?
+                t.runSync { do { try t.loop.addReadable(fd: fd, handler) } catch { failure = error } }
+                if let failure { throw failure }
+            }
+        } catch {
+            throw XCTSkip("io_uring is unavailable here: \(error)")
+        }
+        let (_, drv) = try makeDevice(file, executor: executor, iothread: t)
+        // Three writes, one notify.
+        try lock.withLock {
+            let q = drv.queues[0]
+            let old = q.availIdx
+            for k in 0..<3 {
+                let base = 0x200000 + UInt64(k) * 0x4000
+                var header = [UInt8](repeating: 0, count: 16)
+                header[0] = 1; header[8] = UInt8(8 * k)   // sectors 0, 8, 16
+                try memory.write(header, at: base)
+                try memory.write([UInt8](repeating: UInt8(0xA0 + k), count: 4096), at: base + 0x1000)
+                try memory.write([0xEE], at: 0x210000 + UInt64(k))
+                try q.add([.init(address: base, length: 16, writable: false), .init(address: base + 0x1000, length: 4096, writable: false),
+                           .init(address: 0x210000 + UInt64(k), length: 1, writable: true)])
+            }
+            if try q.kickNeeded(oldAvail: old) { drv.kick(0) }
+        }
+        for k in 0..<3 { XCTAssertEqual(waitForStatus(0x210000 + UInt64(k)), 0, "write \(k)") }
+        let disk = try Data(contentsOf: URL(fileURLWithPath: path))
+        for k in 0..<3 { XCTAssertEqual(disk[(4096 * k)..<(4096 * (k + 1))], Data(repeating: UInt8(0xA0 + k), count: 4096)) }
+        XCTAssertEqual(disk[12288..<(1 << 20)], Data(repeating: 0x77, count: (1 << 20) - 12288))
+        t.runSync {
+            XCTAssertEqual(executor.ringOperations, 3)
+            XCTAssertEqual(executor.ringSubmissions, 1, "one io_uring_enter for the batch")
+        }
+        // A read back through the ring, then flush, discard and write-zeroes.
+        var header = [UInt8](repeating: 0, count: 16)
+        header[8] = 8
+        try memory.write(header, at: 0x300000)
+        try memory.write([0xEE], at: 0x210010)
+        try lock.withLock {
+            let q = drv.queues[0]
+            let old = q.availIdx
+            try q.add([.init(address: 0x300000, length: 16, writable: false), .init(address: 0x301000, length: 4096, writable: true),
+                       .init(address: 0x210010, length: 1, writable: true)])
+            if try q.kickNeeded(oldAvail: old) { drv.kick(0) }
+        }
+        XCTAssertEqual(waitForStatus(0x210010), 0)
+        XCTAssertEqual(try memory.readBytes(at: 0x301000, count: 4096), [UInt8](repeating: 0xA1, count: 4096))
+        func segment(_ sector: UInt64, _ count: UInt32, _ flags: UInt32) -> [UInt8] {
+            (0..<8).map { UInt8(truncatingIfNeeded: sector >> (8 * UInt64($0))) } +
+            (0..<4).map { UInt8(truncatingIfNeeded: count >> (8 * UInt32($0))) } +
+            (0..<4).map { UInt8(truncatingIfNeeded: flags >> (8 * UInt32($0))) }
+        }
+        for (n, (type, data)) in [(UInt32(4), [UInt8]()), (11, segment(0, 8, 0)), (13, segment(16, 8, 0))].enumerated() {
+            var h = [UInt8](repeating: 0, count: 16)
+            h[0] = UInt8(type)
+            try memory.write(h, at: 0x310000)
+            var bufs: [TestVirtqueueDriver.Buf] = [.init(address: 0x310000, length: 16, writable: false)]
+            if !data.isEmpty { try memory.write(data, at: 0x311000); bufs.append(.init(address: 0x311000, length: 16, writable: false)) }
+            let status = 0x210020 + UInt64(n)
+            try memory.write([0xEE], at: status)
+            bufs.append(.init(address: status, length: 1, writable: true))
+            try lock.withLock {
+                let q = drv.queues[0]
+                let old = q.availIdx
+                try q.add(bufs)
+                if try q.kickNeeded(oldAvail: old) { drv.kick(0) }
+            }
+            XCTAssertEqual(waitForStatus(status), 0, "request type \(type)")
+        }
+        let after = try Data(contentsOf: URL(fileURLWithPath: path))
+        XCTAssertEqual(after[8192..<12288], Data(count: 4096), "write-zeroes of sectors 16-23")
+        XCTAssertEqual(after[4096..<8192], Data(repeating: 0xA1, count: 4096))
+        t.runSync { XCTAssertEqual(executor.ringOperations, 7) }
+    }
+}
+
 /// Messages recorded under the test's big lock (the iothread injects with it held).
 final class LockedMSIController: MSIController, @unchecked Sendable {
     var messages: [(UInt64, UInt32)] = []

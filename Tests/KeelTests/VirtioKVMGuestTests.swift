@@ -209,7 +209,9 @@ final class VirtioKVMGuestTests: XCTestCase {
         let stats = try XCTUnwrap(s, r.stderr)
         XCTAssertEqual(stats.trapped, 0)
         XCTAssertEqual(stats.msiIoctl, 0)
-        XCTAssertGreaterThan(stats.eventFD, 3006, "the second boot's notifies did not come through the eventfd\n\(r.stdout)\n\(r.stderr)")
+        // The second boot alone makes 3006 notifies (the reset may land before the first boot's
+        // driver made any when the host is busy); with none trapped, all came by eventfd.
+        XCTAssertGreaterThanOrEqual(stats.eventFD, 3006, "the second boot's notifies did not come through the eventfd\n\(r.stdout)\n\(r.stderr)")
         if iothread { XCTAssertEqual(stats.iothreadNotifies, stats.eventFD, r.stderr) }
     }
 

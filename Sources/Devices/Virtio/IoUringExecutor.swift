@@ -34,6 +34,10 @@ public final class IoUringExecutor: VirtioRequestExecutor, @unchecked Sendable {
     private var nextToken: UInt64 = 1
     /// Operations that went through the ring (KEEL_DEBUG_VIRTIO, tests).
     public private(set) var ringOperations: UInt64 = 0
+    /// io_uring_enter calls that submitted them.
+    public private(set) var ringSubmissions: UInt64 = 0
+    /// Operations prepared since the last submission (the device submits once per batch).
+    private var unsubmitted = 0
 
     /// `register` adds the doorbell to `loop` on the loop's own thread (an iothread's loop is
     /// already running). Errors name aio=io_uring and the errno.
@@ -68,9 +72,13 @@ public final class IoUringExecutor: VirtioRequestExecutor, @unchecked Sendable {
         let token = nextToken
         nextToken &+= 1
         let queued = inRing.withLock { n -> Bool in
-            guard ring.prepare(op, token: token) else { return false }
+            if !ring.prepare(op, token: token) {
+                // A full submission queue: hand it over and try once more.
+                submitLocked()
+                guard ring.prepare(op, token: token) else { return false }
+            }
             n += 1
-            ring.submit()
+            unsubmitted += 1
             return true
         }
         guard queued else {
@@ -79,6 +87,19 @@ public final class IoUringExecutor: VirtioRequestExecutor, @unchecked Sendable {
         }
         ringOperations &+= 1
         pending[token] = Pending(iovecs: iovecs, expected: expected, kind: kind, work: work, completion: completion)
+    }
+
+    public func submitQueued() {
+        guard unsubmitted > 0 else { return }
+        inRing.withLock { _ in submitLocked() }
+    }
+
+    /// With `inRing` held.
+    private func submitLocked() {
+        guard unsubmitted > 0 else { return }
+        ring.submit()
+        ringSubmissions &+= 1
+        unsubmitted = 0
     }
 
     /// The ring operation for `request`, or nil when it must take the synchronous path.

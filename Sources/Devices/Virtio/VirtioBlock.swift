@@ -85,6 +85,7 @@ public final class VirtioBlock: VirtioDevice {
     public func queueNotified(_ index: Int) {
         guard let t = transport else { return }
         t.processQueue(index) { chain in handle(chain, queue: index, transport: t) }
+        executor.submitQueued()
     }
 
     private func handle(_ chain: DescriptorChain, queue: Int, transport t: VirtioTransport) {

@@ -13,6 +13,9 @@ public protocol VirtioRequestExecutor: AnyObject {
     /// gets a virtio-blk status.
     func execute(_ request: BlockRequest, on backend: BlockDevice, work: @escaping () -> UInt8,
                  completion: @escaping (UInt8) -> Void)
+    /// The device took every chain it had: hand what was queued to the kernel (one io_uring
+    /// submission for a batch of requests).
+    func submitQueued()
 }
 
 extension VirtioRequestExecutor {
@@ -20,6 +23,8 @@ extension VirtioRequestExecutor {
                         completion: @escaping (UInt8) -> Void) {
         execute(work, completion: completion)
     }
+
+    public func submitQueued() {}
 }
 
 /// One virtio-blk data request, already checked against the disk: guest buffers in order and
