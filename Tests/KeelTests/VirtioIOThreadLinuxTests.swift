@@ -79,7 +79,6 @@ final class VirtioIOThreadLinuxTests: XCTestCase {
             "-drive", "file=\(c.path),if=none,id=d2,format=raw,cache=none",
             "-device", "virtio-blk-pci,drive=d2,serial=IO-C",
         ]
-        // Lines stay under ~75 characters: Keel's serial input drops bytes of longer bursts.
         let commands = [
             "cd /sys/block",
             "for d in vd?; do echo $d:$(cat $d/size):$(cat $d/serial); done",
