@@ -25,6 +25,7 @@ final class PCIBusDevices {
     private var backends: [BlockDevice] = []
     private var workers: WorkerPool?
     private var executors: [WorkerPoolExecutor] = []
+    private var nics: [VirtioNet] = []
 
     init(board: PCBoard) throws {
         let c = board.configuration
@@ -65,6 +66,17 @@ final class PCIBusDevices {
                         chardevs.append(c)
                     }
                     model = VirtioConsole(chardevs: chardevs)
+                case .virtioNet(let n):
+                    guard let netdev = c.netdevs.first(where: { $0.id == n.netdev }) else {
+                        throw ConfigurationError("virtio-net-pci: no -netdev with id=\(n.netdev)")
+                    }
+                    let backends = try openNetBackends(netdev, queuePairs: netdev.queues)
+                    var v = VirtioNet.Configuration(mac: n.mac)
+                    v.multiqueue = n.multiqueue
+                    v.queueSize = n.queueSize
+                    let nic = try VirtioNet(backends: backends, configuration: v, loop: board.loop)
+                    nics.append(nic)
+                    model = nic
                 }
                 let dev = VirtioPCIDevice(device: model, memory: board.memory, msiController: msi)
                 let slot = try bridge.plug(dev)
@@ -124,6 +136,8 @@ final class PCIBusDevices {
         workers = nil
         for b in backends { b.close() }
         backends.removeAll()
+        for n in nics { n.close() }
+        nics.removeAll()
     }
 }
 
