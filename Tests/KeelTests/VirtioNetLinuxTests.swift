@@ -38,11 +38,11 @@ final class VirtioNetLinuxTests: XCTestCase {
     }
 
     /// A fresh namespace with loopback up and tap0 at 10.0.3.1/24 (created before Keel opens it).
-    func makeNamespace() throws -> String {
+    func makeNamespace(multiqueue: Bool = false) throws -> String {
         let ns = "keel-test-\(UInt32.random(in: 0...UInt32.max))"
         try Self.ipCommand(["netns", "add", ns])
         namespace = ns
-        for args in [["link", "set", "lo", "up"], ["tuntap", "add", "dev", "tap0", "mode", "tap"],
+        for args in [["link", "set", "lo", "up"], ["tuntap", "add", "dev", "tap0", "mode", "tap"] + (multiqueue ? ["multi_queue"] : []),
                      ["addr", "add", "10.0.3.1/24", "dev", "tap0"], ["link", "set", "tap0", "up"]] {
             try Self.ipCommand(["netns", "exec", ns, Self.ip] + args)
         }
@@ -102,6 +102,39 @@ final class VirtioNetLinuxTests: XCTestCase {
         XCTAssertNotNil(hostSent, context)
         XCTAssertEqual(hostSent, guestReceived, "host -> guest: 32 MiB must arrive intact:\(context)")
         XCTAssertTrue(lines.contains("nc2=0"), context)
+    }
+
+    /// mq=on with a two-queue tap and two vCPUs: Linux sets two queue pairs over the control
+    /// queue and transmits on the second from the second CPU.
+    func testMultiqueueTwoPairs() throws {
+        let ns = try makeNamespace(multiqueue: true)
+        var o = MachineOptions(kernel: guest.appendingPathComponent("vmlinuz"))
+        o.initrd = guest.appendingPathComponent("initrd.img")
+        o.memoryMiB = 512
+        o.smp = 2
+        o.append = "console=ttyS0 keel.init=shell"
+        o.extraArguments = ["-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no,queues=2",
+                            "-device", "virtio-net-pci,netdev=n0,mq=on"]
+        let commands = [
+            "ip addr add 10.0.3.2/24 dev eth0; ip link set eth0 up",
+            "echo q=$(ls /sys/class/net/eth0/queues)",
+            "taskset 2 ping -c 3 10.0.3.1",
+            "grep virtio0-output.1 /proc/interrupts",
+            "poweroff -f",
+        ]
+        let input = commands.joined(separator: "\n") + "\n"
+        let r = try KeelRunner.runCommand(executable: Self.ip, arguments: ["netns", "exec", ns, keelPath] + runner.arguments(for: o),
+                                          timeout: 300, input: Data(input.utf8), inputAfter: "keel# ", inputLineDelay: 1.5)
+        let context = "\n\(r.stdout.suffix(3000))\n\(r.stderr)"
+        XCTAssertFalse(r.timedOut, context)
+        XCTAssertEqual(r.status, 0, context)
+        XCTAssertTrue(r.lines.contains("q=rx-0 rx-1 tx-0 tx-1"), context)
+        XCTAssertTrue(r.lines.contains("3 packets transmitted, 3 packets received, 0% packet loss"), context)
+        // "NN:  c0  c1  PCI-MSI ...  virtio0-output.1": the second pair's transmit interrupts.
+        let line = try XCTUnwrap(r.lines.first { $0.hasSuffix("virtio0-output.1") && !$0.contains("grep") }, context)
+        let counts = line.split(separator: " ").dropFirst().prefix(2).compactMap { Int($0) }
+        XCTAssertEqual(counts.count, 2, line)
+        XCTAssertGreaterThan(counts.reduce(0, +), 0, "the second transmit queue was never used: \(line)")
     }
 
     /// Options the tap netdev refuses name the problem in one line, and Keel exits before booting.
