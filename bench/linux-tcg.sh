@@ -11,7 +11,7 @@ swift build -c release --product keel 2>&1 | grep -E "error" && exit 1
 KEEL=$(swift build -c release --product keel --show-bin-path)/keel
 command -v qemu-system-x86_64 >/dev/null || { echo "qemu-system-x86_64 missing (scripts/install-dependencies.sh)"; exit 2; }
 exec python3 - "$RUNS" "$KEEL" <<'PY'
-import os, re, statistics, subprocess, sys, time
+import os, re, statistics, subprocess, sys, threading, time
 runs, keel = int(sys.argv[1]), sys.argv[2]
 args = ["-accel", "tcg", "-M", "microvm", "-m", "512", "-kernel", "guest/vmlinuz", "-initrd", "guest/initrd.img",
         "-append", "console=ttyS0 keel.init=poweroff", "-nographic", "-no-reboot"]
@@ -25,6 +25,9 @@ def one(cmd):
     out = b""
     os.set_blocking(p.stdout.fileno(), True)
     deadline = start + 180
+    # A guest that stops printing would block readline forever: a timer kills it.
+    watchdog = threading.Timer(180, p.kill)
+    watchdog.start()
     for line in iter(p.stdout.readline, b""):
         out += line
         if marker is None and b"KEEL-GUEST-READY" in line:
@@ -35,6 +38,7 @@ def one(cmd):
         if time.monotonic() > deadline:
             p.kill(); break
     rc = p.wait(timeout=60)
+    watchdog.cancel()
     if marker is None or init is None or rc != 0:
         sys.exit("run failed (exit %s): %s\n%s" % (rc, " ".join(cmd), out[-2000:].decode(errors="replace")))
     return marker, init

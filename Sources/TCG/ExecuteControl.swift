@@ -177,8 +177,13 @@ extension X86CPU {
         let n = 1 << Int(size)
         if kind >= 5 { try checkIOPermission(UInt16(truncatingIfNeeded: gpr[2]), n) }
         var budget = 4096
+        let chunked = rep && (kind == 0 || kind == 2) && (a == 2 || a == 3) && step == UInt64(n)
         while true {
             if rep && gpr[1] & amask == 0 { return }
+            if chunked, try repStringChunk(kind: kind, size: size, addrSize: a, amask: amask, srcSeg: srcSeg, budget: &budget) {
+                if budget <= 0 && gpr[1] & amask != 0 { s.pointee.rip = s.pointee.currentRIP; return }
+                continue
+            }
             let si = gpr[Int(Reg.rsi)] & amask, di = gpr[Int(Reg.rdi)] & amask
             var stopOnFlags = false
             switch kind {

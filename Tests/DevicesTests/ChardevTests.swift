@@ -289,6 +289,35 @@ final class ChardevTests: XCTestCase {
         XCTAssertEqual(received(frontend), "abcdef\u{1}", "held input arrives in order, C-a C-a as one C-a")
     }
 
+    func testMuxedInputLargerThanTheGuestTakesIsNotDropped() throws {
+        // A script pasted into `-nographic`'s console while the guest reads 16 bytes at a time
+        // (a UART FIFO): every byte arrives, in order.
+        let path = temporaryPath("paste.sock")
+        let chardev = try openChardev(.unixSocket(path: path, server: true, wait: false), loop: loop.loop,
+                                      muxEscape: true, onQuit: {})
+        cleanup.append { chardev.close() }
+        let frontend = RecordingFrontend(capacity: 16)
+        chardev.frontend = frontend
+        loop.start()
+        let c = Peer.connect(path)
+        defer { close(c) }
+        let text = (0..<400).map { "line \($0): echo $((6*7))\n" }.joined()
+        Peer.send(c, text)
+        let total = text.utf8.count
+        while loop.lock.withLock({ frontend.received.count }) < total {
+            let before = loop.lock.withLock { () -> Int in
+                frontend.drain()
+                chardev.frontendCanReceive()
+                return frontend.received.count
+            }
+            guard waitUntil(loop.lock, { frontend.received.count > before }) else {
+                XCTFail("input stalled after \(before) of \(total) bytes")
+                break
+            }
+        }
+        XCTAssertEqual(received(frontend), text)
+    }
+
     func testPipedStdinIsDeliveredAfterItEnds() throws {
         // `printf 'hello' | keel -nographic ...`: more than the guest can take at once, then end
         // of file. Everything piped is still delivered as the guest reads.

@@ -37,7 +37,7 @@ final class VirtioLinuxTests: XCTestCase {
     func runShell(_ commands: [String], extra: [String], whileRunning: (() throws -> Void)? = nil) throws -> RunResult {
         let input = (commands + ["poweroff -f"]).joined(separator: "\n") + "\n"
         let r = try runner.run(options(extra), timeout: 240, input: Data(input.utf8), inputAfter: "keel# ",
-                               inputLineDelay: 1.5, whileRunning: whileRunning)
+                               whileRunning: whileRunning)
         XCTAssertFalse(r.timedOut, "the guest did not power off:\n\(r.stdout.suffix(3000))")
         XCTAssertTrue(r.stdout.contains("KEEL-GUEST-READY"), r.stdout.suffix(3000).description)
         XCTAssertEqual(r.status, 0, "poweroff must end keel with status 0:\n\(r.stdout.suffix(2000))\n\(r.stderr)")

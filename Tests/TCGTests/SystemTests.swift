@@ -146,6 +146,33 @@ final class SystemTests: XCTestCase {
         XCTAssertEqual(cpu.gpr[7], 0x23020)
     }
 
+    func testRepStringsAcrossPagesOverlapsAndCode() throws {
+        // rep movsb upwards over itself (dst = src + 3, 40 bytes): the forward element order
+        // replicates the first 3 bytes, as the real CPU does.
+        try emu.memory.write(Array("abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGH".utf8), at: 0x21000)
+        XCTAssertEqual(try run([0xF3, 0xA4], regs: [6: 0x21000, 7: 0x21003, 1: 40]), .haltedForever)
+        let copied = try emu.memory.readBytes(at: 0x21000, count: 43)
+        XCTAssertEqual(copied, (0..<43).map { Array("abc".utf8)[$0 % 3] })
+        // rep stosd across two page boundaries, then rep movsq of 12 000 bytes from there (more
+        // than one budget's worth of elements for the stos: the instruction restarts itself).
+        XCTAssertEqual(try run([0xF3, 0xAB], regs: [7: 0x30FF8, 1: 3000, 0: 0xA1B2_C3D4]), .haltedForever)
+        XCTAssertEqual(cpu.gpr[7], 0x30FF8 + 12_000)
+        XCTAssertEqual(try emu.memory.load(UInt32.self, at: 0x30FF8), 0xA1B2_C3D4)
+        XCTAssertEqual(try emu.memory.load(UInt32.self, at: 0x30FF8 + 11_996), 0xA1B2_C3D4)
+        XCTAssertEqual(try emu.memory.load(UInt32.self, at: 0x30FF8 + 12_000), 0)
+        XCTAssertEqual(try run([0xF3, 0x48, 0xA5], regs: [6: 0x30FF8, 7: 0x38004, 1: 1500]), .haltedForever)
+        XCTAssertEqual(try emu.memory.readBytes(at: 0x38004, count: 12_000), try emu.memory.readBytes(at: 0x30FF8, count: 12_000))
+        XCTAssertEqual(cpu.gpr[1], 0)
+        // 16 000 bytes with a budget of 4096 elements per pass: rep stosb restarts itself.
+        XCTAssertEqual(try run([0xF3, 0xAA], regs: [7: 0x40000, 1: 16_000, 0: 0x5A]), .haltedForever)
+        XCTAssertEqual(try emu.memory.readBytes(at: 0x40000, count: 16_000), [UInt8](repeating: 0x5A, count: 16_000))
+        // rep stosb over the code that follows it: the ud2 after it becomes nops before it runs.
+        // lea rdi, [rip+0] ; add rdi, 12 ; mov ecx, 2 ; mov al, 0x90 ; rep stosb ; ud2
+        let smc: [UInt8] = [0x48, 0x8D, 0x3D, 0, 0, 0, 0, 0x48, 0x83, 0xC7, 0x0D, 0xB9, 0x02, 0, 0, 0, 0xB0, 0x90, 0xF3, 0xAA, 0x0F, 0x0B]
+        XCTAssertEqual(try run(smc), .haltedForever)
+        XCTAssertEqual(cpu.st.pointee.rip, EmulatedRunner.codeAddress + UInt64(smc.count) + 1, "reached the final hlt, not #UD")
+    }
+
     func testLockedCmpxchgAndXaddOnMemory() throws {
         try emu.memory.store(UInt64(5), at: 0x24000)
         // lock cmpxchg [rbx], rcx (rax=5 -> stores 9); lock xadd [rbx], rdx (rdx=1 -> mem 10, rdx 9)

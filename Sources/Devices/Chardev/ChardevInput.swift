@@ -3,12 +3,13 @@ import Loop
 
 /// Reads a chardev's input fd on its event loop and hands bytes to the frontend, only as many as
 /// the frontend can take: when it is full the fd leaves the loop (no busy polling) until
-/// `resume()`. With the Ctrl-A escapes on, the fd is never paused, so C-a x works even when the
-/// guest stopped reading; up to `heldLimit` bytes typed meanwhile are held and more are dropped.
+/// `resume()`. With the Ctrl-A escapes on, the fd keeps being read while the guest is not reading,
+/// so C-a x still works: up to `heldLimit` bytes typed or pasted meanwhile are held (a pasted
+/// script must not lose bytes), and only once that much is held does the fd pause too.
 ///
 /// Everything except `resume()` runs on the loop's thread (or before the loop runs).
 final class ChardevInput {
-    static let heldLimit = 64
+    static let heldLimit = 64 * 1024
 
     private let loop: EventLoop
     private let frontend: () -> ChardevFrontend?
@@ -109,7 +110,11 @@ final class ChardevInput {
             unregister()
             return
         }
-        let want = capacity > 0 ? min(capacity, readBuffer.count) : Self.heldLimit
+        let want = min(capacity > 0 ? capacity : Self.heldLimit - held.count, readBuffer.count)
+        if want <= 0 {
+            unregister()
+            return
+        }
         let n = readBuffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, want) }
         if n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR) {
             // Bytes typed (or piped) before the end are still delivered as the guest reads.

@@ -68,7 +68,7 @@ final class VirtioNetQueuePair: NetReceiver {
     /// Puts one frame from `source`'s backend into this pair's receive queue. False: no buffers
     /// (the backend keeps it until `setReceiveEnabled(true)`); true: taken or dropped for good.
     func deliver(_ frame: UnsafeRawBufferPointer, from source: VirtioNetQueuePair) -> Bool {
-        guard let d = device, let t = d.transport, t.isProcessing, rxQueue < t.queues.count, t.queues[rxQueue].isReady else {
+        guard let d = device, let t = d.transport, t.acceptsRequests, rxQueue < t.queues.count, t.queues[rxQueue].isReady else {
             return refuse(source)
         }
         let hasHeader = source.backend.vnetHeaderLength == VirtioNetHeader.length
@@ -183,7 +183,7 @@ final class VirtioNetQueuePair: NetReceiver {
     /// Sends the driver's frames until the queue is empty, the backend would block (the chain is
     /// kept and sent first after `backendWritable`), or a burst is done (the rest runs next turn).
     func transmit() {
-        guard let d = device, let t = d.transport, t.isProcessing, txQueue < t.queues.count else { return }
+        guard let d = device, let t = d.transport, t.acceptsRequests, txQueue < t.queues.count else { return }
         let q = t.queues[txQueue]
         guard q.isReady else { return }
         if let held = txHeld {
@@ -194,9 +194,9 @@ final class VirtioNetQueuePair: NetReceiver {
         var budget = Self.transmitBurst
         do throws(VirtqueueError) {
             var again = true
-            while again && t.isProcessing {
+            while again && t.acceptsRequests {
                 try q.setNotification(t.memory, enabled: false)
-                while t.isProcessing, let chain = try q.pop(t.memory) {
+                while t.acceptsRequests, let chain = try q.pop(t.memory) {
                     // While blocked the driver's kicks stay off: the backend's wake-up resumes us.
                     guard send(chain, t) else { txHeld = chain; return }
                     t.complete(queue: txQueue, head: chain.head, length: 0)
