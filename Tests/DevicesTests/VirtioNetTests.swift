@@ -222,6 +222,27 @@ final class VirtioNetTests: XCTestCase {
         XCTAssertTrue(b.receiveEnabled)
     }
 
+    /// QMP stop: no chains taken either way; cont picks up what waited.
+    func testPausedQueuesTakeNothingUntilResumed() throws {
+        let b = FakeNetBackend()
+        let h = try VirtioNetHarness(backends: [b])
+        try h.start()
+        let (_, a) = try h.postReceive(1526)
+        h.driver.kick(0)
+        h.transport.setQueuesPaused(true)
+        let out = ethernetFrame(to: mac, length: 70), incoming = ethernetFrame(to: mac, length: 90)
+        try h.transmit(out)
+        h.driver.kick(1)
+        XCTAssertEqual(b.sent.count, 0, "paused: the transmit queue is not read")
+        XCTAssertFalse(b.inject(incoming), "paused: the frame stays with the backend")
+        XCTAssertFalse(b.receiveEnabled)
+        h.transport.setQueuesPaused(false)
+        XCTAssertEqual(b.sent, [out])
+        XCTAssertTrue(b.receiveEnabled, "resuming lets the backend offer its frame again")
+        XCTAssertTrue(b.inject(incoming))
+        XCTAssertEqual(try h.memory.readBytes(at: a + 12, count: 90), incoming)
+    }
+
     // MARK: control queue
 
     func testReceiveFilterFromTheControlQueue() throws {
