@@ -58,8 +58,8 @@ extension VirtioNet {
         let data = bytes[2...]
         switch (bytes[0], bytes[1]) {
         case (C.classRx, let command):
-            guard negotiated(VirtioNetFeature.controlRx), data.count == 1, data.first! <= 1 else { return C.error }
-            let on = data.first! == 1
+            guard negotiated(VirtioNetFeature.controlRx), data.count == 1, let value = data.first, value <= 1 else { return C.error }
+            let on = value == 1
             if command > C.rxAllMulti && !negotiated(VirtioNetFeature.controlRxExtra) { return C.error }
             switch command {
             case C.rxPromisc: filter.promiscuous = on

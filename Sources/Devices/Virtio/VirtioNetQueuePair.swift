@@ -170,7 +170,8 @@ final class VirtioNetQueuePair: NetReceiver {
                 let source = at < UInt64(header.count) ? header : payload
                 let offset = at < UInt64(header.count) ? Int(at) : Int(at) - header.count
                 let piece = min(Int(n - done), source.count - offset)
-                (dst + Int(done)).copyMemory(from: source.baseAddress! + offset, byteCount: piece)
+                guard piece > 0, let base = source.baseAddress else { return at - position }
+                (dst + Int(done)).copyMemory(from: base + offset, byteCount: piece)
                 done += UInt64(piece)
                 at += UInt64(piece)
             }
