@@ -25,7 +25,7 @@ let package = Package(
         .target(name: "Net", dependencies: ["Loop", "CKeel"], swiftSettings: lean),
         .target(name: "KeelImg", dependencies: ["Block", "CKeel"], swiftSettings: lean),
         .target(name: "Devices", dependencies: ["Block", "Net", "Loop", "Memory", "CKeel"], swiftSettings: lean),
-        .target(name: "Machine", dependencies: ["Devices", "Block", "Memory", "Loop"], swiftSettings: lean),
+        .target(name: "Machine", dependencies: ["Devices", "Block", "Net", "Memory", "Loop"], swiftSettings: lean),
         .target(name: "TCG", dependencies: ["Devices", "Memory", "Loop"], swiftSettings: lean),
         .target(name: "Accel", dependencies: ["Machine", "TCG", "Devices", "Memory", "Loop", "KVM", "CKeel"], swiftSettings: lean),
         .target(name: "Monitor", dependencies: ["Machine", "Devices", "Loop", "CKeel"], swiftSettings: lean),

@@ -22,3 +22,22 @@ int ckeel_o_direct(void) { return O_DIRECT; }
 long ckeel_seek_data(int fd, long offset) { return lseek(fd, offset, SEEK_DATA); }
 long ckeel_seek_hole(int fd, long offset) { return lseek(fd, offset, SEEK_HOLE); }
 int ckeel_blkgetsize64(int fd, unsigned long long *size) { return ioctl(fd, BLKGETSIZE64, size); }
+
+#include <string.h>
+#include <net/if.h>
+int ckeel_tun_set_iff(int fd, char *name, int flags) {
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    memcpy(ifr.ifr_name, name, IFNAMSIZ - 1);
+    ifr.ifr_flags = (short)flags;
+    int r = ioctl(fd, TUNSETIFF, &ifr);
+    if (r == 0) memcpy(name, ifr.ifr_name, IFNAMSIZ);
+    return r;
+}
+int ckeel_tun_get_iff(int fd, char *name, int *flags) {
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    int r = ioctl(fd, TUNGETIFF, &ifr);
+    if (r == 0) { memcpy(name, ifr.ifr_name, IFNAMSIZ); *flags = (unsigned short)ifr.ifr_flags; }
+    return r;
+}

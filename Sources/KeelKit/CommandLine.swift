@@ -18,7 +18,7 @@ public enum KeelCommandLine {
     /// Options that take a value, and those that don't.
     static let valued: Set<String> = ["accel", "m", "smp", "kernel", "initrd", "append", "serial", "display",
                                       "device", "name", "machine", "M", "cpu",
-                                      "qmp", "qmp-pretty", "monitor", "chardev", "mon", "drive", "object"]
+                                      "qmp", "qmp-pretty", "monitor", "chardev", "mon", "drive", "object", "netdev", "nic"]
     static let flags: Set<String> = ["S", "enable-kvm", "nographic", "no-reboot", "nodefaults", "h", "help", "version"]
 
     /// Machine type names QEMU users write; all of them mean Keel's one x86-64 PC board.
@@ -123,11 +123,15 @@ public enum KeelCommandLine {
                     c.testDevice = true
                 case let driver where try VirtioCommandLine.parseDevice(driver, &o, value, into: &c):
                     break
+                case let driver where try NetCommandLine.parseDevice(driver, &o, value, into: &c):
+                    break
                 default:
                     throw ConfigurationErrorText("-device \(value): unknown device type '\(o.implied ?? "")' (see -device help)")
                 }
             case "drive": try VirtioCommandLine.parseDrive(value, into: &c)
             case "object": try VirtioCommandLine.parseObject(value, iothreads: &iothreads)
+            case "netdev": try NetCommandLine.parseNetdev(value, into: &c)
+            case "nic": try NetCommandLine.parseNic(value, into: &c)
             case "name":
                 var o = try OptionList(option: opt, value, impliedKey: "guest")
                 c.name = o.implied
@@ -172,6 +176,7 @@ public enum KeelCommandLine {
         c.serialPorts = serials
         c.monitors = try monitors.resolve(serialOnStdio: serials.contains(.stdio))
         try VirtioCommandLine.checkIOThreads(c, iothreads)
+        NetCommandLine.assignDefaultMACs(&c)
         try VirtioCommandLine.resolveConsoles(&c, monitors, serialOnStdio: serials.contains(.stdio))
         return .run(c)
     }
@@ -228,6 +233,13 @@ public enum KeelCommandLine {
       -device virtio-rng-pci
       -device virtio-serial-pci -device virtconsole,chardev=ID
       -object iothread,id=ID
+      -netdev tap,id=ID[,ifname=NAME][,script=no,downscript=no][,fd=N|fds=N:M][,queues=N][,vnet_hdr=on|off]
+      -netdev user,id=ID[,net=ADDR/MASK][,host=][,dns=][,hostfwd=tcp::HOSTPORT-:GUESTPORT][,restrict=on|off]
+      -netdev socket,id=ID,listen=[HOST]:PORT|connect=HOST:PORT
+      -netdev stream,id=ID,server=on|off,addr.type=inet,addr.host=H,addr.port=P (or addr.type=unix,addr.path=)
+      -netdev dgram,id=ID,local.type=inet,local.host=,local.port=,remote.type=inet,remote.host=,remote.port=
+      -device virtio-net-pci,netdev=ID[,mac=52:54:00:12:34:56][,mq=on][,vectors=N]
+      -nic TYPE[,model=virtio-net-pci][,mac=][,TYPE's -netdev options]
       -device help                        list devices
 
     Monitors:
@@ -257,6 +269,7 @@ public enum KeelCommandLine {
     name "pc-testdev", bus ISA, desc "QEMU's PC test device (port 0xe0 and MMIO readback)"
     name "virtio-blk-pci", bus PCI, desc "virtio block device (modern)"
     name "virtio-rng-pci", bus PCI, desc "virtio entropy source (modern)"
+    name "virtio-net-pci", bus PCI, desc "virtio network device (modern), netdev=ID"
     name "virtio-serial-pci", bus PCI, desc "virtio serial controller (modern), ports from virtconsole"
     name "virtconsole", bus virtio-serial-bus, desc "console port (hvc) on the last virtio-serial-pci, chardev=ID"
     """

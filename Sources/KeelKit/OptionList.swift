@@ -42,6 +42,12 @@ struct OptionList {
         return pairs.last { $0.key == key }?.value
     }
 
+    /// Every value of a key that may repeat (`hostfwd=`), in order.
+    mutating func takeAll(_ key: String) -> [String] {
+        used.insert(key)
+        return pairs.filter { $0.key == key }.map(\.value)
+    }
+
     mutating func takeBool(_ key: String) throws -> Bool? {
         guard let v = take(key) else { return nil }
         switch v {

@@ -24,6 +24,7 @@ final class PCIBusDevices {
     private let loop: EventLoop
     private var backends: [BlockDevice] = []
     private var workers: WorkerPool?
+    private var nics: [VirtioNet] = []
     /// Per block device: waits until none of its requests touches guest memory.
     private var drains: [() -> Void] = []
     /// aio=io_uring executors by index in `virtio` (KEEL_DEBUG_VIRTIO counts their operations).
@@ -74,6 +75,17 @@ final class PCIBusDevices {
                         chardevs.append(c)
                     }
                     model = VirtioConsole(chardevs: chardevs)
+                case .virtioNet(let n):
+                    guard let netdev = c.netdevs.first(where: { $0.id == n.netdev }) else {
+                        throw ConfigurationError("virtio-net-pci: no -netdev with id=\(n.netdev)")
+                    }
+                    let backends = try openNetBackends(netdev, queuePairs: netdev.queues)
+                    var v = VirtioNet.Configuration(mac: n.mac)
+                    v.multiqueue = n.multiqueue
+                    v.queueSize = n.queueSize
+                    let nic = try VirtioNet(backends: backends, configuration: v, loop: board.loop)
+                    nics.append(nic)
+                    model = nic
                 }
                 let dev = VirtioPCIDevice(device: model, memory: board.memory, msiController: msi)
                 if let iothread { dev.assign(to: VirtioIOThreadContext(iothread: iothread, bigLock: board.lock, mainLoop: board.loop)) }
@@ -184,6 +196,8 @@ final class PCIBusDevices {
         workers = nil
         for b in backends { b.close() }
         backends.removeAll()
+        for n in nics { n.close() }
+        nics.removeAll()
     }
 }
 

@@ -24,6 +24,8 @@ public enum PCIDeviceConfiguration: Sendable, Equatable {
     case virtioRNG
     /// `-device virtio-serial-pci` with its `-device virtconsole,chardev=` ports.
     case virtioSerial(VirtioSerialConfiguration)
+    /// `-device virtio-net-pci,netdev=` (or `-nic`), backed by the `-netdev` it names.
+    case virtioNet(VirtioNetConfiguration)
 }
 
 /// A virtio-serial controller and its console ports (port 0 becomes the guest's hvc0).

@@ -89,4 +89,17 @@ static inline __u64 ckeel_run_fail_entry_reason(struct kvm_run *run) { return ru
 static inline __u32 ckeel_run_internal_suberror(struct kvm_run *run) { return run->internal.suberror; }
 static inline __u8 ckeel_run_eoi_vector(struct kvm_run *run) { return run->eoi.vector; }
 
+// tun/tap (the tap netdev): ioctl numbers and flags, and ifreq-based calls compiled in shim.c
+// (struct ifreq's union is awkward from Swift). `name` is IFNAMSIZ (16) bytes, in and out.
+#include <linux/if_tun.h>
+static const unsigned long CKEEL_TUNSETOFFLOAD = TUNSETOFFLOAD;
+static const unsigned long CKEEL_TUNSETVNETHDRSZ = TUNSETVNETHDRSZ;
+static const unsigned long CKEEL_TUNGETFEATURES = TUNGETFEATURES;
+static const int CKEEL_IFF_TAP = IFF_TAP;
+static const int CKEEL_IFF_NO_PI = IFF_NO_PI;
+static const int CKEEL_IFF_VNET_HDR = IFF_VNET_HDR;
+static const int CKEEL_IFF_MULTI_QUEUE = IFF_MULTI_QUEUE;
+int ckeel_tun_set_iff(int fd, char *name, int flags);
+int ckeel_tun_get_iff(int fd, char *name, int *flags);
+
 #endif

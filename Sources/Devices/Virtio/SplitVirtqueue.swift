@@ -147,6 +147,23 @@ public final class SplitVirtqueue {
         try store16(memory, nextUsed, deviceArea + 2)
     }
 
+    /// Returns several chains at once, published by a single used-index store, so the driver
+    /// never sees part of a group (a mergeable receive frame spread over several chains, §5.1.6.4).
+    public func pushUsed(_ memory: GuestMemory, elements: [(head: UInt16, length: UInt32)]) throws(VirtqueueError) {
+        guard !elements.isEmpty else { return }
+        var index = nextUsed
+        for e in elements {
+            let slot = deviceArea + 4 + 8 * UInt64(index % size)
+            guard let p = memory.hostPointer(slot, length: 8) else { throw .ringNotInRAM(slot) }
+            p.storeBytes(of: UInt32(e.head).littleEndian, as: UInt32.self)
+            p.storeBytes(of: e.length.littleEndian, toByteOffset: 4, as: UInt32.self)
+            index &+= 1
+        }
+        nextUsed = index
+        atomicMemoryFence(ordering: .releasing)
+        try store16(memory, nextUsed, deviceArea + 2)
+    }
+
     /// Whether the driver wants an interrupt for the used entries added since the last one
     /// (used_event with VIRTIO_F_RING_EVENT_IDX, else the NO_INTERRUPT flag; §2.7.7).
     public func needsInterrupt(_ memory: GuestMemory) throws(VirtqueueError) -> Bool {

@@ -47,6 +47,8 @@ public protocol VirtioTransport: AnyObject {
     var driverFeatures: UInt64 { get }
     /// Puts a chain on the used ring and interrupts the driver if it asked for it.
     func complete(queue: Int, head: UInt16, length: UInt32)
+    /// Puts several chains on the used ring behind one index update, then interrupts once if asked.
+    func complete(queue: Int, used: [(head: UInt16, length: UInt32)])
     /// The driver broke the rules: NEEDS_RESET, and no more queue processing until a reset.
     func deviceNeedsReset(_ why: VirtqueueError)
     /// The device's configuration changed (config generation, config interrupt).
@@ -65,6 +67,11 @@ extension VirtioTransport {
 }
 
 extension VirtioTransport {
+    /// For transports without a batch path: one chain at a time.
+    public func complete(queue: Int, used: [(head: UInt16, length: UInt32)]) {
+        for u in used { complete(queue: queue, head: u.head, length: u.length) }
+    }
+
     /// Drains queue `index` with `handle`, re-enabling notifications before sleeping and looking
     /// again if the driver added chains meanwhile (the race virtio_ring's callers close this way).
     public func processQueue(_ index: Int, _ handle: (DescriptorChain) -> Void) {

@@ -129,6 +129,17 @@ public final class VirtioPCIDevice: PCIDevice, VirtioTransport {
         }
     }
 
+    public func complete(queue index: Int, used: [(head: UInt16, length: UInt32)]) {
+        guard !resetPending, status & Virtio.statusDriverOK != 0, index >= 0, index < queues.count, !used.isEmpty else { return }
+        let q = queues[index]
+        do {
+            try q.pushUsed(memory, elements: used)
+            if try q.needsInterrupt(memory) { interrupt(vector: q.msixVector, isrBit: 1) }
+        } catch {
+            deviceNeedsReset(error)
+        }
+    }
+
     public func deviceNeedsReset(_ why: VirtqueueError) {
         lastError = why
         guard status & Virtio.statusNeedsReset == 0 else { return }

@@ -1,0 +1,156 @@
+import Foundation
+import XCTest
+
+/// Debian's kernel under -accel tcg drives virtio-net-pci over a tap device. Everything happens
+/// in a network namespace the test creates (and deletes): the tap's host end is 10.0.3.1, the
+/// guest 10.0.3.2; no packet leaves the namespace. Needs root (namespaces, /dev/net/tun) and the
+/// release keel.
+final class VirtioNetLinuxTests: XCTestCase {
+    var runner: KeelRunner!
+    var keelPath = ""
+    let guest = PackagePaths.root.appendingPathComponent("guest")
+    var namespace: String?
+    static let ip = "/usr/sbin/ip"
+    static let peer = PackagePaths.root.appendingPathComponent("Tests/KeelTests/Scripts/tap_peer.py").path
+
+    override func setUpWithError() throws {
+        guard getuid() == 0 else { throw XCTSkip("network namespaces and tap devices need root") }
+        guard access("/dev/net/tun", R_OK | W_OK) == 0 else { throw XCTSkip("this host has no /dev/net/tun") }
+        guard FileManager.default.isExecutableFile(atPath: Self.ip) else { throw XCTSkip("iproute2's ip is not installed") }
+        let keel = try TCGLinuxBootTests.keel()
+        guard keel.release else { throw TCGLinuxShellTests.NoReleaseKeel() }
+        keelPath = keel.path
+        let fetch = try KeelRunner.runCommand(executable: PackagePaths.root.appendingPathComponent("scripts/fetch-default-guest.sh").path,
+                                              arguments: [], timeout: 600)
+        XCTAssertEqual(fetch.status, 0, "fetch-default-guest.sh failed: \(fetch.stderr)")
+        runner = KeelRunner(emulator: .keel(binary: keel.path), keelAccel: "tcg")
+    }
+
+    override func tearDownWithError() throws {
+        if let ns = namespace { _ = try? Self.ipCommand(["netns", "del", ns]) }
+    }
+
+    @discardableResult
+    static func ipCommand(_ args: [String]) throws -> RunResult {
+        let r = try KeelRunner.runCommand(executable: ip, arguments: args, timeout: 30)
+        XCTAssertEqual(r.status, 0, "ip \(args.joined(separator: " ")): \(r.stderr)")
+        return r
+    }
+
+    /// A fresh namespace with loopback up and tap0 at 10.0.3.1/24 (created before Keel opens it).
+    func makeNamespace(multiqueue: Bool = false) throws -> String {
+        let ns = "keel-test-\(UInt32.random(in: 0...UInt32.max))"
+        try Self.ipCommand(["netns", "add", ns])
+        namespace = ns
+        for args in [["link", "set", "lo", "up"], ["tuntap", "add", "dev", "tap0", "mode", "tap"] + (multiqueue ? ["multi_queue"] : []),
+                     ["addr", "add", "10.0.3.1/24", "dev", "tap0"], ["link", "set", "tap0", "up"]] {
+            try Self.ipCommand(["netns", "exec", ns, Self.ip] + args)
+        }
+        return ns
+    }
+
+    /// ping both ways, then 32 MiB each way with busybox nc; md5s compared on both ends.
+    func testTapPingAndThirtyTwoMiBEachWay() throws {
+        let ns = try makeNamespace()
+        let size = 32 << 20
+        let peer = Process()
+        peer.executableURL = URL(fileURLWithPath: Self.ip)
+        peer.arguments = ["netns", "exec", ns, "/usr/bin/python3", Self.peer, "10.0.3.1", "10.0.3.2", "5001", "5002", "\(size)", "400"]
+        let peerOut = Pipe()
+        peer.standardOutput = peerOut
+        peer.standardError = peerOut
+        try peer.run()
+        defer { if peer.isRunning { peer.terminate() } }
+
+        var o = MachineOptions(kernel: guest.appendingPathComponent("vmlinuz"))
+        o.initrd = guest.appendingPathComponent("initrd.img")
+        o.memoryMiB = 512
+        o.append = "console=ttyS0 keel.init=shell"
+        o.extraArguments = ["-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no", "-device", "virtio-net-pci,netdev=n0"]
+        // Lines stay short: serial input under tcg is typed a line at a time.
+        let commands = [
+            "ip addr add 10.0.3.2/24 dev eth0; ip link set eth0 up",
+            "ping -c 3 10.0.3.1; cat /sys/class/net/eth0/address",
+            "dd if=/dev/urandom of=/tmp/f bs=1M count=32 2>/dev/null",
+            "echo f=$(md5sum < /tmp/f)",
+            "nc 10.0.3.1 5001 < /tmp/f; echo nc1=$?",
+            "nc -l -p 5002 < /dev/null > /tmp/g; echo nc2=$?",
+            "echo g=$(md5sum < /tmp/g)",
+            "poweroff -f",
+        ]
+        let input = commands.joined(separator: "\n") + "\n"
+        let r = try KeelRunner.runCommand(executable: Self.ip, arguments: ["netns", "exec", ns, keelPath] + runner.arguments(for: o),
+                                          timeout: 420, input: Data(input.utf8), inputAfter: "keel# ", inputLineDelay: 1.5)
+        peer.waitUntilExit()
+        let peerText = String(decoding: peerOut.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        let context = "\nguest:\n\(r.stdout.suffix(3000))\nkeel stderr: \(r.stderr)\nhost peer:\n\(peerText)"
+        XCTAssertFalse(r.timedOut, "the guest did not power off:\(context)")
+        XCTAssertEqual(r.status, 0, context)
+        let lines = r.lines
+        XCTAssertTrue(lines.contains("3 packets transmitted, 3 packets received, 0% packet loss"), "guest -> host ping:\(context)")
+        XCTAssertTrue(lines.contains("52:54:00:12:34:56"), "QEMU's default MAC:\(context)")
+        XCTAssertTrue(peerText.contains("PING-OK 3"), "host -> guest ping:\(context)")
+        func md5(_ prefix: String, in text: [String]) -> String? {
+            text.first { $0.hasPrefix(prefix) }.map { String($0.dropFirst(prefix.count).prefix(32)) }
+        }
+        let peerLines = peerText.split(separator: "\n").map(String.init)
+        let guestFile = md5("f=", in: lines), hostReceived = md5("RECV-MD5 ", in: peerLines)
+        XCTAssertNotNil(guestFile, context)
+        XCTAssertEqual(guestFile, hostReceived, "guest -> host: 32 MiB must arrive intact:\(context)")
+        XCTAssertTrue(lines.contains("nc1=0"), context)
+        let hostSent = md5("SENT-MD5 ", in: peerLines), guestReceived = md5("g=", in: lines)
+        XCTAssertNotNil(hostSent, context)
+        XCTAssertEqual(hostSent, guestReceived, "host -> guest: 32 MiB must arrive intact:\(context)")
+        XCTAssertTrue(lines.contains("nc2=0"), context)
+    }
+
+    /// mq=on with a two-queue tap and two vCPUs: Linux sets two queue pairs over the control
+    /// queue and transmits on the second from the second CPU.
+    func testMultiqueueTwoPairs() throws {
+        let ns = try makeNamespace(multiqueue: true)
+        var o = MachineOptions(kernel: guest.appendingPathComponent("vmlinuz"))
+        o.initrd = guest.appendingPathComponent("initrd.img")
+        o.memoryMiB = 512
+        o.smp = 2
+        o.append = "console=ttyS0 keel.init=shell"
+        o.extraArguments = ["-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no,queues=2",
+                            "-device", "virtio-net-pci,netdev=n0,mq=on"]
+        let commands = [
+            "ip addr add 10.0.3.2/24 dev eth0; ip link set eth0 up",
+            "echo q=$(ls /sys/class/net/eth0/queues)",
+            "taskset 2 ping -c 3 10.0.3.1",
+            "grep virtio0-output.1 /proc/interrupts",
+            "poweroff -f",
+        ]
+        let input = commands.joined(separator: "\n") + "\n"
+        let r = try KeelRunner.runCommand(executable: Self.ip, arguments: ["netns", "exec", ns, keelPath] + runner.arguments(for: o),
+                                          timeout: 300, input: Data(input.utf8), inputAfter: "keel# ", inputLineDelay: 1.5)
+        let context = "\n\(r.stdout.suffix(3000))\n\(r.stderr)"
+        XCTAssertFalse(r.timedOut, context)
+        XCTAssertEqual(r.status, 0, context)
+        XCTAssertTrue(r.lines.contains("q=rx-0 rx-1 tx-0 tx-1"), context)
+        XCTAssertTrue(r.lines.contains("3 packets transmitted, 3 packets received, 0% packet loss"), context)
+        // "NN:  c0  c1  PCI-MSI ...  virtio0-output.1": the second pair's transmit interrupts.
+        let line = try XCTUnwrap(r.lines.first { $0.hasSuffix("virtio0-output.1") && !$0.contains("grep") }, context)
+        let counts = line.split(separator: " ").dropFirst().prefix(2).compactMap { Int($0) }
+        XCTAssertEqual(counts.count, 2, line)
+        XCTAssertGreaterThan(counts.reduce(0, +), 0, "the second transmit queue was never used: \(line)")
+    }
+
+    /// Options the tap netdev refuses name the problem in one line, and Keel exits before booting.
+    func testTapOptionErrors() throws {
+        let ns = try makeNamespace()
+        var o = MachineOptions(kernel: guest.appendingPathComponent("vmlinuz"))
+        o.initrd = guest.appendingPathComponent("initrd.img")
+        for (netdev, message) in [("tap,id=n0,ifname=tap0,script=/etc/qemu-ifup", "does not run network scripts"),
+                                  ("tap,id=n0,ifname=tap0,vhost=on", "/dev/vhost-net is not available"),
+                                  ("tap,id=n0,ifname=this-name-is-too-long", "1 to 15 bytes"),
+                                  ("tap,id=n0,fd=999", "fd=999")] {
+            o.extraArguments = ["-netdev", netdev, "-device", "virtio-net-pci,netdev=n0"]
+            let r = try KeelRunner.runCommand(executable: Self.ip, arguments: ["netns", "exec", ns, keelPath] + runner.arguments(for: o), timeout: 30)
+            XCTAssertNotEqual(r.status, 0, netdev)
+            XCTAssertTrue(r.stderr.contains(message), "\(netdev): \(r.stderr)")
+            XCTAssertEqual(r.stderr.split(separator: "\n").count, 1, "one line: \(r.stderr)")
+        }
+    }
+}
