@@ -48,6 +48,7 @@ extension X86CPU {
                     try execute(ip)
                 } catch {
                     s.pointee.rip = s.pointee.currentRIP
+                    let error = stackSegmentFault(error, ip)
                     if !deliverEvent(vector: error.vector, errorCode: error.hasErrorCode ? error.errorCode : nil, kind: .fault) {
                         s.pointee.instructionCount &+= UInt64(k)
                         return .tripleFault

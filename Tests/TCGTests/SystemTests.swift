@@ -45,6 +45,27 @@ final class SystemTests: XCTestCase {
     func stack(_ n: Int) throws -> UInt64 { try emu.memory.load(UInt64.self, at: cpu.gpr[4] + UInt64(8 * n)) }
     func handler(_ v: UInt64) -> UInt64 { Self.handlers + 16 * v + 1 }
 
+    /// A non-canonical address through SS (RBP or RSP base) raises #SS(0), through DS #GP(0)
+    /// (SDM Vol. 3 §6.15; found by DifferentialKVMTests against the host CPU).
+    func testNonCanonicalStackReferenceRaisesStackFault() throws {
+        let bad: UInt64 = 0x8000_0000_0000_1000
+        XCTAssertEqual(try run([0x48, 0x8B, 0x45, 0x10], regs: [5: bad]), .haltedForever)  // mov rax, [rbp+0x10]
+        XCTAssertEqual(cpu.st.pointee.rip, handler(12))
+        XCTAssertEqual(try stack(0), 0, "#SS error code")
+        XCTAssertEqual(try run([0x48, 0x8B, 0x03], regs: [3: bad]), .haltedForever)  // mov rax, [rbx]
+        XCTAssertEqual(cpu.st.pointee.rip, handler(13))
+        // Measured on the host CPU: 64-bit mode ignores a DS override but honours SS; FS is a
+        // data segment.
+        XCTAssertEqual(try run([0x3E, 0x48, 0x8B, 0x45, 0x10], regs: [5: bad]), .haltedForever)  // ds: mov rax, [rbp+0x10]
+        XCTAssertEqual(cpu.st.pointee.rip, handler(12))
+        XCTAssertEqual(try run([0x36, 0x48, 0x8B, 0x03], regs: [3: bad]), .haltedForever)  // ss: mov rax, [rbx]
+        XCTAssertEqual(cpu.st.pointee.rip, handler(12))
+        XCTAssertEqual(try run([0x64, 0x48, 0x8B, 0x45, 0x10], regs: [5: bad]), .haltedForever)  // fs: mov rax, [rbp+0x10]
+        XCTAssertEqual(cpu.st.pointee.rip, handler(13))
+        // (push through a non-canonical RSP: DifferentialKVMTests, from ring 3; in ring 0 the
+        // fault could not be delivered on that stack.)
+    }
+
     func testNotPresentPageFaultPushesErrorCodeAndSetsCR2() throws {
         // mov rax, [0x40000010] (PDPT[1] is empty)
         XCTAssertEqual(try run([0x48, 0x8B, 0x04, 0x25, 0x10, 0x00, 0x00, 0x40]), .haltedForever)
@@ -53,6 +74,21 @@ final class SystemTests: XCTestCase {
         XCTAssertEqual(try stack(0), 0, "error code: not present, read, supervisor")
         XCTAssertEqual(try stack(1), EmulatedRunner.codeAddress, "faulting RIP")
         XCTAssertEqual(try stack(2), 0x08)
+    }
+
+    /// SDM Vol. 3 §18.3.1.1: a fault-class exception pushes RF = 1 (found by DifferentialKVMTests
+    /// against the host CPU); a software interrupt pushes RFLAGS as it is.
+    func testFaultsPushResumeFlagButSoftwareInterruptsDoNot() throws {
+        XCTAssertEqual(try run([0x0F, 0x0B]), .haltedForever)  // ud2
+        XCTAssertEqual(cpu.st.pointee.rip, handler(6))
+        let image = try stack(2)
+        XCTAssertEqual(image & RFlags.rf, RFlags.rf, "#UD frame RFLAGS \(String(image, radix: 16))")
+        XCTAssertEqual(cpu.st.pointee.rflags & RFlags.rf, 0, "RF is clear in the handler")
+        XCTAssertEqual(try run([0x48, 0x8B, 0x04, 0x25, 0x10, 0x00, 0x00, 0x40]), .haltedForever)  // #PF
+        XCTAssertEqual(try stack(3) & RFlags.rf, RFlags.rf, "#PF frame RFLAGS (after the error code)")
+        XCTAssertEqual(try run([0xCD, 0x80]), .haltedForever)  // int 0x80
+        XCTAssertEqual(cpu.st.pointee.rip, handler(0x80))
+        XCTAssertEqual(try stack(2) & RFlags.rf, 0, "int n frame RFLAGS")
     }
 
     func testWriteToReadOnlyPageWithWPFaults() throws {
