@@ -146,12 +146,17 @@ extension X86CPU {
               st.pointee.codeMode == .long64 else { return error }
         if i.pointee.isMem && i.pointee.seg == 2 && !Self.isCanonical(linearAddress(i)) { return X86Exception.ss(0) }
         switch i.pointee.op {
-        case .pushRM, .pushImm, .popRM, .pushSreg, .popSreg, .pushf, .popf, .enter, .callRel, .callRM, .ret, .retf,
+        case .pushRM, .pushImm, .popRM, .pushSreg, .popSreg, .pushf, .popf, .callRel, .callRM, .ret, .retf,
              .callFarM, .iret:
             let sp = gpr[Int(Reg.rsp)]
             if !Self.isCanonical(sp) || !Self.isCanonical(sp &- 8) { return X86Exception.ss(0) }
         case .leave:
             if !Self.isCanonical(gpr[Int(Reg.rbp)]) { return X86Exception.ss(0) }
+        case .enter:  // pushes through RSP, copies frame pointers through RBP
+            let sp = gpr[Int(Reg.rsp)], bp = gpr[Int(Reg.rbp)]
+            if !Self.isCanonical(sp) || !Self.isCanonical(sp &- 8) || !Self.isCanonical(bp) || !Self.isCanonical(bp &- 8) {
+                return X86Exception.ss(0)
+            }
         default: break
         }
         return error

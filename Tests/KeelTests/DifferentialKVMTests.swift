@@ -11,7 +11,8 @@ extension GuestRecipe {
 /// every case must leave the same registers, RFLAGS, xmm registers, MXCSR and data-region bytes,
 /// or raise the same exception with the same error code, CR2 and RIP.
 ///
-/// KEEL_TCG_DIFF_CASES=N runs N cases (default 3000), KEEL_TCG_DIFF_SEED=S another batch.
+/// KEEL_TCG_DIFF_CASES=N runs N cases (default 3000), KEEL_TCG_DIFF_SEED=S another batch,
+/// KEEL_TCG_DIFF_KEEP=/path/prefix keeps the batch (prefix.bin) and a listing (prefix.txt).
 final class DifferentialKVMTests: XCTestCase {
     static var caseCount: Int { Int(ProcessInfo.processInfo.environment["KEEL_TCG_DIFF_CASES"] ?? "") ?? 3000 }
     static var seed: UInt64 { UInt64(ProcessInfo.processInfo.environment["KEEL_TCG_DIFF_SEED"] ?? "") ?? 0x6B65_656C_6466_6631 }
@@ -64,6 +65,11 @@ final class DifferentialKVMTests: XCTestCase {
         defer { try? FileManager.default.removeItem(at: directory) }
         let batchFile = directory.appendingPathComponent("cases.bin")
         try DiffCase.batch(cases, pristine: DiffCaseGenerator.pristine(seed: Self.seed)).write(to: batchFile)
+        if let keep = ProcessInfo.processInfo.environment["KEEL_TCG_DIFF_KEEP"] {  // the batch and a listing, to rerun by hand
+            try? FileManager.default.copyItem(at: batchFile, to: URL(fileURLWithPath: keep + ".bin"))
+            try? cases.enumerated().map { "\(String($0.offset, radix: 16)) [\($0.element.label)] \($0.element.hex)" }
+                .joined(separator: "\n").write(toFile: keep + ".txt", atomically: true, encoding: .utf8)
+        }
 
         // Both runs at once: they are independent processes.
         var runs: [String: Result<Run, Error>] = [:]

@@ -189,6 +189,12 @@ final class SystemTests: XCTestCase {
         XCTAssertEqual(try run([0xF3, 0xA4], regs: [6: 0x21000, 7: 0x21003, 1: 40]), .haltedForever)
         let copied = try emu.memory.readBytes(at: 0x21000, count: 43)
         XCTAssertEqual(copied, (0..<43).map { Array("abc".utf8)[$0 % 3] })
+        // rep movsd with dst = src + 2: each dword is read whole before it is stored, so the
+        // pattern is not a 2-byte replication (the host CPU's result, from DifferentialKVMTests).
+        try emu.memory.write([0x17, 0x14, 0x90, 0x00, 0, 0, 0, 0, 0x39, 0x67, 0x57, 0x72, 0x59, 0x8D, 0xE4, 0x18, 0xAA, 0xBB], at: 0x21100)
+        XCTAssertEqual(try run([0xF3, 0xA5], regs: [6: 0x21100, 7: 0x21102, 1: 4]), .haltedForever)
+        XCTAssertEqual(try emu.memory.readBytes(at: 0x21100, count: 18),
+                       [0x17, 0x14, 0x17, 0x14, 0x90, 0x00, 0x90, 0x00, 0x00, 0x00, 0x00, 0x00, 0x57, 0x72, 0x57, 0x72, 0xE4, 0x18])
         // rep stosd across two page boundaries, then rep movsq of 12 000 bytes from there (more
         // than one budget's worth of elements for the stos: the instruction restarts itself).
         XCTAssertEqual(try run([0xF3, 0xAB], regs: [7: 0x30FF8, 1: 3000, 0: 0xA1B2_C3D4]), .haltedForever)

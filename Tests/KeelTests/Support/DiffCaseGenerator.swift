@@ -225,7 +225,8 @@ struct DiffCaseGenerator {
             return X86Encoder.encode(size: s, opcode: [0x0F, rng.pick([0xBC, 0xBD, 0xB8])], reg: dst(x), rm: rm, legacyAfter: [0xF3])
         case 5:
             let r = dst(x)
-            return (s == .q64 ? [0x48 | (r >= 8 ? 1 : 0)] : (r >= 8 ? [0x41] : [])) + [0x0F, 0xC8 + UInt8(r & 7)]
+            let bswap16: [UInt8] = s == .w16 ? [0x66] : []  // undefined in the SDM: whatever the host does
+            return bswap16 + (s == .q64 ? [0x48 | (r >= 8 ? 1 : 0)] : (r >= 8 ? [0x41] : [])) + [0x0F, 0xC8 + UInt8(r & 7)]
         default:
             return X86Encoder.encode(size: s, opcode: [0x0F, 0x38, rng.chance(2) ? 0xF0 : 0xF1], reg: dst(x), rm: mem(x))
         }
@@ -269,7 +270,8 @@ struct DiffCaseGenerator {
         x.c.rflags = (x.c.rflags & ~0x400) | (df ? 0x400 : 0)
         x.c.regs[6] = DiffCase.dataBase + 0x800 + UInt64(rng.below(0x400))
         x.c.regs[7] = DiffCase.dataBase + 0x2000 + UInt64(rng.below(0x400))
-        x.c.regs[1] = UInt64(rng.below(9)) | (rng.chance(4) ? 0 : 0)
+        x.c.regs[1] = UInt64(rng.chance(4) ? rng.below(64) : rng.below(9))
+        if rng.chance(4) { x.c.regs[7] = x.c.regs[6] &+ UInt64(rng.below(24)) &- 12 }  // overlapping movs
         if rng.chance(4) {  // make scas/cmps stop early sometimes: equal data
             x.c.patches.append((Int(x.c.regs[6] - DiffCase.dataBase), le(x.c.regs[0], 8)))
         }
@@ -291,11 +293,12 @@ struct DiffCaseGenerator {
         case 3: return X86Encoder.encode(opcode: [0xFF], reg: 6, rm: mem(x))  // push m64
         case 4: return X86Encoder.encode(opcode: [0x8F], reg: 0, rm: mem(x))  // pop m64
         case 5:
-            // pushf; pop r; and r, mask; push imm32; popf. Only the arithmetic flags, DF, AC and ID:
-            // PVM runs guest ring 3 with IF = 1 and IOPL = 0 whatever the guest asked for, and TF
-            // would end the case with #DB.
+            // pushf; pop r; and r, mask; push imm32; popf. Only the arithmetic flags, DF and ID:
+            // PVM runs guest ring 3 with IF = 1 and IOPL = 0 whatever the guest asked for (and
+            // with the host's CR0.AM = 1, so AC would raise #AC, which the tcg CPU does not
+            // implement), and TF would end the case with #DB (not implemented either).
             let r = dst(x)
-            let mask: UInt64 = 0x24_0CD5
+            let mask: UInt64 = 0x20_0CD5
             let f = UInt32(truncatingIfNeeded: rng.next() & (rng.chance(3) ? mask : 0xCD5))
             let and = X86Encoder.encode(size: .q64, opcode: [0x81], reg: 4, rm: .reg(r), imm: le(mask, 4))
             return [0x9C] + (r >= 8 ? [0x41] : []) + [0x58 + UInt8(r & 7)] + and + [0x68] + le(UInt64(f), 4) + [0x9D]
@@ -305,11 +308,16 @@ struct DiffCaseGenerator {
             let ret: [UInt8] = rng.chance(4) ? [0xC2, 8, 0] : [0xC3]
             let fn = body + ret
             return [0xE8, 2, 0, 0, 0, 0xEB, UInt8(fn.count)] + fn
-        default:  // leave with rbp on the stack region
+        default:  // leave or enter (nesting 0-3) with rbp on the stack region
             guard !x.reserved.contains(5) else { return [0x50] }
             x.reserved.insert(5)
             x.c.regs[5] = x.c.regs[Self.rsp] + UInt64(rng.below(16) * 8)
-            return [0xC9]
+            // mov rbp, imm32 first: an earlier instruction of a sequence may have changed rbp, and
+            // an address between the end of RAM and 4 GiB would be MMIO (on PVM an emulation
+            // failure for ENTER).
+            let load: [UInt8] = [0x48, 0xC7, 0xC5] + le(x.c.regs[5], 4)
+            if rng.chance(2) { return load + [0xC8, UInt8(rng.below(64)), 0, UInt8(rng.below(4))] + (rng.chance(2) ? [0xC9] : []) }
+            return load + [0xC9]
         }
     }
 
@@ -323,6 +331,10 @@ struct DiffCaseGenerator {
         case 1: return X86Encoder.encode(opcode: [0x0F, 0x90 + cc], reg: 0, rm: rmOperand(x).0, forceREX: rng.chance(2))
         case 2:
             let skipped = alu(x)
+            if !x.reserved.contains(1) && rng.chance(3) {  // loop / loope / loopne / jrcxz over it
+                x.c.regs[1] = rng.chance(2) ? UInt64(rng.below(3)) : value()
+                return [0xE0 + UInt8(rng.below(4)), UInt8(skipped.count)] + skipped
+            }
             return [0x70 + cc, UInt8(skipped.count)] + skipped
         case 3:
             let s: OpSize = rng.pick([.w16, .d32, .q64])
@@ -397,11 +409,24 @@ struct DiffCaseGenerator {
 
     /// Faults on purpose: #DE, #PF above 4 GiB (not mapped), #GP for a non-canonical address.
     mutating func faulting(_ x: inout Context) -> [UInt8] {
-        switch rng.below(3) {
+        let nonCanonical = 0x8000_0000_0000_0000 | (rng.next() >> 8) & ~(UInt64(1) << 62)
+        switch rng.below(7) {
         case 0: return mulDiv(&x, fault: true)
+        case 1:  // a stack access through a non-canonical RSP: #SS(0)
+            x.c.regs[Self.rsp] = nonCanonical
+            return rng.pick([[0x50], [0x5B], [0xE8, 0, 0, 0, 0], [0xC3], [0x6A, 1], [0x9C]])
+        case 2:  // an SS, DS or FS prefix on a non-canonical reference
+            x.c.regs[x.base] = nonCanonical
+            return [rng.pick([0x36, 0x3E, 0x26, 0x64] as [UInt8])] + alu(x)
+        case 3:  // LOCK on a register destination or on an instruction that cannot take it: #UD
+            return [0xF0] + rng.pick([[0x48, 0x01, 0xC3], [0x89, 0x03], [0x0F, 0xA3, 0x03], [0x90]])
+        case 4:  // cmpxchg16b and movdqa on a misaligned operand: #GP(0)
+            x.c.regs[x.base] |= 8
+            x.c.regs[x.base] &= ~UInt64(7) | 8
+            return rng.chance(2) ? X86Encoder.encode(rexW: true, opcode: [0x0F, 0xC7], reg: 1, rm: .mem(base: x.base, index: nil, scale: 1, disp: 0, ripRelative: false))
+                : X86Encoder.encode(opcode: [0x0F, 0x6F], reg: rng.below(16), rm: .mem(base: x.base, index: nil, scale: 1, disp: 1, ripRelative: false), legacyAfter: [0x66])
         default:
-            x.c.regs[x.base] = rng.chance(2) ? 0x1_0000_0400 + UInt64(rng.below(0x10000)) : 0x8000_0000_0000_0000 | rng.next() >> 8
-            if x.c.regs[x.base] >> 63 == 0 {} else { x.c.regs[x.base] &= ~(UInt64(1) << 62) }
+            x.c.regs[x.base] = rng.chance(2) ? 0x1_0000_0400 + UInt64(rng.below(0x10000)) : nonCanonical
             return alu(x)
         }
     }
