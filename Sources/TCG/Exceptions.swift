@@ -162,6 +162,15 @@ extension X86CPU {
         return error
     }
 
+    /// Instructions after which no single-step trap follows: they deliver an event (clearing TF
+    /// on the way into the handler) or enter the kernel through SYSCALL's flag mask.
+    static func deliversItsOwnEvent(_ op: Op) -> Bool {
+        switch op {
+        case .int3, .intN, .int1, .into, .syscall: return true
+        default: return false
+        }
+    }
+
     static func isCanonical(_ a: UInt64) -> Bool {
         let top = Int64(bitPattern: a) >> 47
         return top == 0 || top == -1

@@ -66,6 +66,18 @@ final class SystemTests: XCTestCase {
         // fault could not be delivered on that stack.)
     }
 
+    /// POPF setting TF: the instruction after it runs, then #DB (a trap: the frame's RIP is the
+    /// next instruction, DR6.BS set), as the host CPU does under DifferentialKVMTests.
+    func testTrapFlagSingleStepsTheNextInstruction() throws {
+        // push 0x102 ; popf ; nop ; nop
+        XCTAssertEqual(try run([0x68, 0x02, 0x01, 0x00, 0x00, 0x9D, 0x90, 0x90]), .haltedForever)
+        XCTAssertEqual(cpu.st.pointee.rip, handler(1))
+        XCTAssertEqual(try stack(0), EmulatedRunner.codeAddress + 7, "trap after the first nop")
+        XCTAssertEqual(try stack(2) & (RFlags.tf | RFlags.rf), RFlags.tf, "TF in the image, RF not (a trap)")
+        XCTAssertEqual(cpu.st.pointee.dr6 & 0x4000, 0x4000, "DR6.BS")
+        XCTAssertEqual(cpu.st.pointee.rflags & RFlags.tf, 0, "TF clear in the handler")
+    }
+
     func testNotPresentPageFaultPushesErrorCodeAndSetsCR2() throws {
         // mov rax, [0x40000010] (PDPT[1] is empty)
         XCTAssertEqual(try run([0x48, 0x8B, 0x04, 0x25, 0x10, 0x00, 0x00, 0x40]), .haltedForever)
@@ -84,6 +96,14 @@ final class SystemTests: XCTestCase {
         let image = try stack(2)
         XCTAssertEqual(image & RFlags.rf, RFlags.rf, "#UD frame RFLAGS \(String(image, radix: 16))")
         XCTAssertEqual(cpu.st.pointee.rflags & RFlags.rf, 0, "RF is clear in the handler")
+        // iretq back with RF = 1 (to a nop, then hlt): RF is gone once the nop completed.
+        let frame: [UInt64] = [0x10100, 0x08, 0x10002, Self.kernelStack - 0x80, 0x10]
+        try emu.memory.write([0x90, 0xF4], at: 0x10100)
+        let sp = Self.kernelStack - 0x200
+        for (k, v) in frame.enumerated() { try emu.memory.store(v, at: sp + UInt64(8 * k)) }
+        XCTAssertEqual(try run([0x48, 0xCF], regs: [4: sp]), .haltedForever)
+        XCTAssertEqual(cpu.st.pointee.rip, 0x10102)
+        XCTAssertEqual(cpu.st.pointee.rflags & RFlags.rf, 0, "RF cleared after one instruction")
         XCTAssertEqual(try run([0x48, 0x8B, 0x04, 0x25, 0x10, 0x00, 0x00, 0x40]), .haltedForever)  // #PF
         XCTAssertEqual(try stack(3) & RFlags.rf, RFlags.rf, "#PF frame RFLAGS (after the error code)")
         XCTAssertEqual(try run([0xCD, 0x80]), .haltedForever)  // int 0x80

@@ -302,6 +302,9 @@ struct DiffCaseGenerator {
             let f = UInt32(truncatingIfNeeded: rng.next() & (rng.chance(3) ? mask : 0xCD5))
             let and = X86Encoder.encode(size: .q64, opcode: [0x81], reg: 4, rm: .reg(r), imm: le(mask, 4))
             return [0x9C] + (r >= 8 ? [0x41] : []) + [0x58 + UInt8(r & 7)] + and + [0x68] + le(UInt64(f), 4) + [0x9D]
+        case 6 where rng.chance(4):  // TF through popf: the next instruction, then a single-step #DB
+            let f = UInt32(truncatingIfNeeded: rng.next() & 0xCD5) | 0x100
+            return [0x68] + le(UInt64(f), 4) + [0x9D] + alu(x) + alu(x)
         case 6:  // call a local function (a few ALU instructions), ret (sometimes ret imm16)
             var body: [UInt8] = []
             for _ in 0..<(1 + rng.below(3)) { body += alu(x) }
@@ -407,6 +410,55 @@ struct DiffCaseGenerator {
         }
     }
 
+    /// SSE moves, shuffles and logic on packed singles/doubles (glibc's string and memory
+    /// functions use them), non-temporal stores, fences, clflush, prefetch, multi-byte nops.
+    mutating func sseMoves(_ x: inout Context) -> [UInt8] {
+        if x.c.xmm == nil {
+            x.c.xmm = (0..<16).flatMap { _ in le(value(), 8) + le(value(), 8) }
+        }
+        let d = rng.below(16), src = rng.below(16)
+        let rm: X86Operand = rng.chance(3) ? mem(x, aligned: 16) : .reg(src)
+        switch rng.below(9) {
+        case 0:  // movaps/movups/movapd/movupd/movss/movsd loads and stores
+            let (prefix, op) = rng.pick([([], 0x28), ([], 0x10), ([0x66], 0x28), ([0x66], 0x10), ([0xF3], 0x10), ([0xF2], 0x10)] as [([UInt8], UInt8)])
+            let store = rng.chance(2)
+            return X86Encoder.encode(opcode: [0x0F, op | (store ? 1 : 0)], reg: d, rm: rm, legacyAfter: prefix)
+        case 1:  // movlps/movhps/movlpd/movhpd (memory forms), movhlps/movlhps (register forms)
+            let op = rng.pick([0x12, 0x13, 0x16, 0x17] as [UInt8])
+            let prefix: [UInt8] = rng.chance(2) ? [0x66] : []
+            let useReg = prefix.isEmpty && (op == 0x12 || op == 0x16) && rng.chance(3)
+            return X86Encoder.encode(opcode: [0x0F, op], reg: d, rm: useReg ? .reg(src) : mem(x), legacyAfter: prefix)
+        case 2:  // unpcklps/unpckhps/andps/andnps/orps/xorps and the pd forms
+            let op = rng.pick([0x14, 0x15, 0x54, 0x55, 0x56, 0x57] as [UInt8])
+            return X86Encoder.encode(opcode: [0x0F, op], reg: d, rm: rm, legacyAfter: rng.chance(2) ? [0x66] : [])
+        case 3:  // shufps / shufpd
+            return X86Encoder.encode(opcode: [0x0F, 0xC6], reg: d, rm: rm, imm: rng.bytes(1), legacyAfter: rng.chance(2) ? [0x66] : [])
+        case 4:  // movmskps / movmskpd
+            return X86Encoder.encode(opcode: [0x0F, 0x50], reg: dst(x), rm: .reg(src), legacyAfter: rng.chance(2) ? [0x66] : [])
+        case 5:  // movntdq / movntps / movnti
+            switch rng.below(3) {
+            case 0: return X86Encoder.encode(opcode: [0x0F, 0xE7], reg: d, rm: mem(x, aligned: 16), legacyAfter: [0x66])
+            case 1: return X86Encoder.encode(opcode: [0x0F, 0x2B], reg: d, rm: mem(x, aligned: 16))
+            default: return X86Encoder.encode(rexW: rng.chance(2), opcode: [0x0F, 0xC3], reg: anyReg(), rm: mem(x))
+            }
+        case 6:  // lfence / mfence / sfence, clflush, prefetch
+            switch rng.below(3) {
+            case 0: return [0x0F, 0xAE, rng.pick([0xE8, 0xF0, 0xF8] as [UInt8])]
+            case 1: return X86Encoder.encode(opcode: [0x0F, 0xAE], reg: 7, rm: mem(x))
+            default: return X86Encoder.encode(opcode: [0x0F, 0x18], reg: rng.below(4), rm: mem(x))
+            }
+        case 7:  // nop r/m, xchg with rax, pause
+            if rng.chance(3) { return [0xF3, 0x90] }
+            if rng.chance(2), !x.reserved.contains(0) {
+                let r = dst(x)
+                return (rng.chance(2) ? [0x48 | (r >= 8 ? 1 : 0)] : (r >= 8 ? [0x41] : [])) + [0x90 + UInt8(r & 7)]
+            }
+            return X86Encoder.encode(size: rng.pick([.w16, .d32]), opcode: [0x0F, 0x1F], reg: 0, rm: rmOperand(x).0)
+        default:  // movq xmm, xmm/m64 and movd round trips through general registers
+            return X86Encoder.encode(opcode: [0x0F, 0x7E], reg: d, rm: rng.chance(2) ? .reg(src) : mem(x), legacyAfter: [0xF3])
+        }
+    }
+
     /// Faults on purpose: #DE, #PF above 4 GiB (not mapped), #GP for a non-canonical address.
     mutating func faulting(_ x: inout Context) -> [UInt8] {
         let nonCanonical = 0x8000_0000_0000_0000 | (rng.next() >> 8) & ~(UInt64(1) << 62)
@@ -431,7 +483,7 @@ struct DiffCaseGenerator {
         }
     }
 
-    enum Family: CaseIterable { case alu, unary, shift, mulDiv, bits, atomics, string, stack, moves, sse, fault, sequence }
+    enum Family: CaseIterable { case alu, unary, shift, mulDiv, bits, atomics, string, stack, moves, sse, sseMoves, fault, sequence }
 
     mutating func instruction(_ f: Family, _ x: inout Context) -> [UInt8] {
         switch f {
@@ -445,6 +497,7 @@ struct DiffCaseGenerator {
         case .stack: return stackOps(&x)
         case .moves: return moves(&x)
         case .sse: return sse(&x)
+        case .sseMoves: return sseMoves(&x)
         case .fault: return faulting(&x)
         case .sequence: return []
         }
@@ -454,7 +507,7 @@ struct DiffCaseGenerator {
     mutating func makeCase(_ f: Family, number: Int) -> DiffCase {
         var x = newContext(label: "\(f) #\(number)")
         if f == .sequence {
-            let families: [Family] = [.alu, .unary, .shift, .mulDiv, .bits, .atomics, .stack, .moves, .sse]
+            let families: [Family] = [.alu, .unary, .shift, .mulDiv, .bits, .atomics, .stack, .moves, .sse, .sseMoves]
             inSequence = true
             defer { inSequence = false }
             for _ in 0..<(3 + rng.below(6)) { x.c.code += instruction(rng.pick(families), &x) }
@@ -467,7 +520,7 @@ struct DiffCaseGenerator {
     /// The suite's batch: families in turn, `count` cases.
     mutating func batch(count: Int) -> [DiffCase] {
         let weights: [(Family, Int)] = [(.alu, 6), (.unary, 3), (.shift, 6), (.mulDiv, 4), (.bits, 4), (.atomics, 3),
-                                        (.string, 3), (.stack, 3), (.moves, 5), (.sse, 5), (.fault, 1), (.sequence, 8)]
+                                        (.string, 3), (.stack, 3), (.moves, 5), (.sse, 5), (.sseMoves, 3), (.fault, 1), (.sequence, 8)]
         let wheel = weights.flatMap { Array(repeating: $0.0, count: $0.1) }
         return (0..<count).map { makeCase(wheel[$0 % wheel.count], number: $0) }
     }
