@@ -459,6 +459,43 @@ struct DiffCaseGenerator {
         }
     }
 
+    /// x87 as glibc uses it: loads (constants, m32/m64 floats, m16/m32/m64 integers), arithmetic
+    /// with memory and stack operands, stores and integer conversions, compares into EFLAGS,
+    /// fnstsw/fnstcw, fchs/fabs/fxch/fsqrt/frndint. The data region supplies arbitrary bit
+    /// patterns (NaNs, denormals, infinities included).
+    mutating func x87(_ x: inout Context) -> [UInt8] {
+        var code: [UInt8] = []
+        // A few pushes first so that stack operands exist.
+        for _ in 0..<(1 + rng.below(3)) {
+            switch rng.below(4) {
+            case 0: code += [0xD9, rng.pick([0xE8, 0xEE, 0xEB, 0xEA, 0xE9, 0xEC, 0xED] as [UInt8])]  // fld1, fldz, fldpi, …
+            case 1: code += X86Encoder.encode(opcode: [rng.chance(2) ? 0xD9 : 0xDD], reg: 0, rm: mem(x))  // fld m32/m64
+            case 2: code += X86Encoder.encode(opcode: [rng.pick([0xDF, 0xDB, 0xDF] as [UInt8])], reg: rng.pick([0, 0, 5]), rm: mem(x))  // fild
+            default:
+                let m = mem(x)
+                if case .mem(let b, let i, let sc, let d, _) = m {  // a "nice" double there
+                    let address = x.c.regs[b ?? 0] &+ (i.map { x.c.regs[$0] &* UInt64(sc) } ?? 0) &+ UInt64(bitPattern: Int64(d))
+                    let v = Double(Int64(bitPattern: value()) >> Int64(rng.below(60))) / Double(1 + rng.below(1000))
+                    x.c.patches.append((Int(address &- DiffCase.dataBase), le(v.bitPattern, 8)))
+                }
+                code += X86Encoder.encode(opcode: [0xDD], reg: 0, rm: m)
+            }
+        }
+        for _ in 0..<(1 + rng.below(3)) {
+            switch rng.below(9) {
+            case 0, 1: code += X86Encoder.encode(opcode: [rng.chance(2) ? 0xD8 : 0xDC], reg: rng.below(8), rm: mem(x))  // fadd…fdivr m32/m64
+            case 2: code += [rng.pick([0xD8, 0xDC, 0xDE] as [UInt8]), 0xC0 | UInt8(rng.pick([0, 1, 4, 5, 6, 7]) << 3) | 1]  // st, st(1)
+            case 3: code += [0xD9, rng.pick([0xE0, 0xE1, 0xC9, 0xFA, 0xFC, 0xE5, 0xE4] as [UInt8])]  // fchs fabs fxch fsqrt frndint fxam ftst
+            case 4: code += [rng.chance(2) ? 0xDB : 0xDF, rng.pick([0xE9, 0xF1] as [UInt8])]  // fucomi / fcomi (+p)
+            case 5: if !x.reserved.contains(0) { code += [0xDF, 0xE0] }  // fnstsw ax
+            case 6: code += X86Encoder.encode(opcode: [0xD9], reg: 7, rm: mem(x))  // fnstcw m16
+            case 7: code += X86Encoder.encode(opcode: [rng.pick([0xD9, 0xDD, 0xDB, 0xDF] as [UInt8])], reg: 3, rm: mem(x))  // fstp m32/m64, fistp m32/m16
+            default: code += X86Encoder.encode(opcode: [0xDD], reg: rng.chance(2) ? 2 : 3, rm: mem(x))  // fst/fstp m64
+            }
+        }
+        return code
+    }
+
     /// Faults on purpose: #DE, #PF above 4 GiB (not mapped), #GP for a non-canonical address.
     mutating func faulting(_ x: inout Context) -> [UInt8] {
         let nonCanonical = 0x8000_0000_0000_0000 | (rng.next() >> 8) & ~(UInt64(1) << 62)
@@ -483,7 +520,7 @@ struct DiffCaseGenerator {
         }
     }
 
-    enum Family: CaseIterable { case alu, unary, shift, mulDiv, bits, atomics, string, stack, moves, sse, sseMoves, fault, sequence }
+    enum Family: CaseIterable { case alu, unary, shift, mulDiv, bits, atomics, string, stack, moves, sse, sseMoves, x87, fault, sequence }
 
     mutating func instruction(_ f: Family, _ x: inout Context) -> [UInt8] {
         switch f {
@@ -498,6 +535,7 @@ struct DiffCaseGenerator {
         case .moves: return moves(&x)
         case .sse: return sse(&x)
         case .sseMoves: return sseMoves(&x)
+        case .x87: return x87(&x)
         case .fault: return faulting(&x)
         case .sequence: return []
         }
@@ -520,7 +558,7 @@ struct DiffCaseGenerator {
     /// The suite's batch: families in turn, `count` cases.
     mutating func batch(count: Int) -> [DiffCase] {
         let weights: [(Family, Int)] = [(.alu, 6), (.unary, 3), (.shift, 6), (.mulDiv, 4), (.bits, 4), (.atomics, 3),
-                                        (.string, 3), (.stack, 3), (.moves, 5), (.sse, 5), (.sseMoves, 3), (.fault, 1), (.sequence, 8)]
+                                        (.string, 3), (.stack, 3), (.moves, 5), (.sse, 5), (.sseMoves, 3), (.x87, 3), (.fault, 1), (.sequence, 8)]
         let wheel = weights.flatMap { Array(repeating: $0.0, count: $0.1) }
         return (0..<count).map { makeCase(wheel[$0 % wheel.count], number: $0) }
     }
