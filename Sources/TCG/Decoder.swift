@@ -71,7 +71,11 @@ public struct Decoder {
             case 0xF0: i.prefixes |= Prefix.lock; continue
             case 0xF2: i.prefixes = (i.prefixes & ~Prefix.rep) | Prefix.repne; continue
             case 0xF3: i.prefixes = (i.prefixes & ~Prefix.repne) | Prefix.rep; continue
-            case 0x26, 0x2E, 0x36, 0x3E: if !is64 { segOverride = (b >> 3) & 3 }; rexB = 0; continue
+            case 0x26, 0x2E, 0x36, 0x3E:
+                // 64-bit mode ignores these overrides for the address (the bases are 0), but an SS
+                // prefix still makes a non-canonical address #SS rather than #GP (measured).
+                if !is64 { segOverride = (b >> 3) & 3 } else if b == 0x36 { segOverride = 2 } else if segOverride == 2 { segOverride = 0xFF }
+                rexB = 0; continue
             case 0x64: segOverride = 4; continue
             case 0x65: segOverride = 5; continue
             case 0x66: i.prefixes |= Prefix.opsize; opsize = mode.defaultOperand32 ? 1 : 2; continue

@@ -97,7 +97,11 @@ extension X86CPU {
         }
         guard Self.isCanonical(rsp) && Self.isCanonical(target) else { throw X86Exception.gp(0) }
         rsp &= ~0xF
-        let rflags = s.pointee.currentRFlags()
+        var rflags = s.pointee.currentRFlags()
+        // SDM Vol. 3 §18.3.1.1: the RFLAGS image of a fault-class exception has RF set (so that
+        // the faulting instruction restarts past its instruction breakpoint); #DB keeps the
+        // current RF, traps and interrupts push it as it is, aborts do not return.
+        if Self.pushesResumeFlag(vector, kind) { rflags |= RFlags.rf }
         var frame: [UInt64] = [UInt64(s.pointee.ss.selector), gpr[Int(Reg.rsp)], rflags, UInt64(s.pointee.cs.selector), s.pointee.rip]
         if let errorCode { frame.append(UInt64(errorCode)) }
         // Write the frame with the new privilege's rights before changing any register.
@@ -125,6 +129,46 @@ extension X86CPU {
         if type == 0xE { f &= ~RFlags.if }
         s.pointee.rflags = f
         updateMode()
+    }
+
+    /// Whether delivering `vector` as `kind` pushes RF = 1: fault-class exceptions other than
+    /// #DB (NMI, #DF and #MC are not faults).
+    static func pushesResumeFlag(_ vector: UInt8, _ kind: EventKind) -> Bool {
+        kind == .fault && vector != 1 && vector != 2 && vector != X86Exception.doubleFault && vector != 18
+    }
+
+    /// SDM Vol. 3 §6.15 (#SS): in 64-bit mode a non-canonical address in a memory reference
+    /// through SS (an RSP or RBP base, an SS prefix, or the stack of push/pop/call/ret) raises
+    /// #SS(0), not #GP(0). The page walk only sees a linear address, so the #GP(0) it raised is
+    /// corrected here from the instruction.
+    func stackSegmentFault(_ error: X86Exception, _ i: UnsafeMutablePointer<Instruction>) -> X86Exception {
+        guard error.vector == X86Exception.generalProtection, error.errorCode == 0,
+              st.pointee.codeMode == .long64 else { return error }
+        if i.pointee.isMem && i.pointee.seg == 2 && !Self.isCanonical(linearAddress(i)) { return X86Exception.ss(0) }
+        switch i.pointee.op {
+        case .pushRM, .pushImm, .popRM, .pushSreg, .popSreg, .pushf, .popf, .callRel, .callRM, .ret, .retf,
+             .callFarM, .iret:
+            let sp = gpr[Int(Reg.rsp)]
+            if !Self.isCanonical(sp) || !Self.isCanonical(sp &- 8) { return X86Exception.ss(0) }
+        case .leave:
+            if !Self.isCanonical(gpr[Int(Reg.rbp)]) { return X86Exception.ss(0) }
+        case .enter:  // pushes through RSP, copies frame pointers through RBP
+            let sp = gpr[Int(Reg.rsp)], bp = gpr[Int(Reg.rbp)]
+            if !Self.isCanonical(sp) || !Self.isCanonical(sp &- 8) || !Self.isCanonical(bp) || !Self.isCanonical(bp &- 8) {
+                return X86Exception.ss(0)
+            }
+        default: break
+        }
+        return error
+    }
+
+    /// Instructions after which no single-step trap follows: they deliver an event (clearing TF
+    /// on the way into the handler) or enter the kernel through SYSCALL's flag mask.
+    static func deliversItsOwnEvent(_ op: Op) -> Bool {
+        switch op {
+        case .int3, .intN, .int1, .into, .syscall: return true
+        default: return false
+        }
     }
 
     static func isCanonical(_ a: UInt64) -> Bool {

@@ -125,8 +125,10 @@ extension X86CPU {
         }
     }
 
-    /// SHLD/SHRD (SDM Vol. 2): count masked to 5 or 6 bits; counts above the operand size on
-    /// 16-bit operands shift through the other operand as on AMD.
+    /// SHLD/SHRD (SDM Vol. 2): count masked to 5 or 6 bits. A 16-bit count above 16 leaves the
+    /// result and flags undefined; this host (AMD Zen) shifts through a third copy of the source
+    /// (dst:src:src left, src:src:dst right) and then clears CF, and clears OF on SHLD — measured
+    /// against the host CPU by DifferentialKVMTests.
     func doubleShift(left: Bool, _ dst: UInt64, _ src: UInt64, _ rawCount: UInt64, _ size: UInt8) -> UInt64 {
         let bits = UInt64(8) << UInt64(size)
         let count = rawCount & (size == 3 ? 63 : 31)
@@ -134,17 +136,14 @@ extension X86CPU {
         let m = sizeMask(size), sign = signBit(size)
         var r: UInt64, cf: UInt64
         if size == 1 {
-            // 16-bit: shift the 48-bit value dst:src:dst (AMD behaviour for counts > 16).
             if left {
-                let wide = (dst << 32) | (src << 16) | dst
+                let wide = (dst << 32) | (src << 16) | src
                 r = (wide << count) >> 32 & 0xFFFF
-                cf = (wide >> (48 - count)) & 1
+                cf = count <= 16 ? (wide >> (48 - count)) & 1 : 0
             } else {
-                let wide = (dst << 32) | (src << 16) | dst
-                let w2 = (dst) | (src << 16) | (dst << 32)
-                _ = wide
-                r = (w2 >> count) & 0xFFFF
-                cf = (w2 >> (count - 1)) & 1
+                let wide = dst | (src << 16) | (src << 32)
+                r = (wide >> count) & 0xFFFF
+                cf = count <= 16 ? (wide >> (count - 1)) & 1 : 0
             }
         } else if left {
             r = ((dst << count) | (src >> (bits - count))) & m
@@ -158,6 +157,7 @@ extension X86CPU {
         let other: UInt64 = left ? cf : (r & (sign >> 1) != 0 ? 1 : 0)
         var of: UInt64 = msb ^ other != 0 ? RFlags.of : 0
         if size == 1 && left && count == 16 { of = cf != 0 ? RFlags.of : 0 }  // measured on Zen
+        if size == 1 && left && count > 16 { of = 0 }
         st.pointee.setStatusFlags(szp(r, size) | cf | of | RFlags.af)
         return r
     }

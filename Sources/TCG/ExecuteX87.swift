@@ -92,6 +92,16 @@ extension X86CPU {
         return a == b ? FSW.c3 : 0
     }
 
+    /// The exceptions of a comparison: IE for any NaN (FCOM, FCOMI, FTST) or only for a
+    /// signaling one (FUCOM, FUCOMI); otherwise DE for a denormal operand.
+    func noteCompareExceptions(_ a: Float80, _ b: Float80, quiet: Bool) {
+        if a.isNaN || b.isNaN {
+            if !quiet || a.isSignalingNaN || b.isSignalingNaN { fpu.pointee.fsw |= FSW.ie }
+        } else if a.isSubnormal || b.isSubnormal {
+            fpu.pointee.fsw |= FSW.de
+        }
+    }
+
     func setConditionCodes(_ c: UInt16) {
         fpu.pointee.fsw = (fpu.pointee.fsw & ~FSW.conditions) | c
     }
@@ -101,7 +111,76 @@ extension X86CPU {
         let f: UInt64
         if a.isNaN || b.isNaN { f = RFlags.zf | RFlags.pf | RFlags.cf } else if a < b { f = RFlags.cf } else { f = a == b ? RFlags.zf : 0 }
         st.pointee.setStatusFlags(f)
-        fpu.pointee.fsw &= ~FSW.c1
+        // C1 is left as it was: measured on this host (AMD Zen) by DifferentialKVMTests.
+    }
+
+    /// Runs one host x87 operation and ORs the exception flags it raised into FSW: the host
+    /// computes the same IEEE result, so its flags (IE DE ZE OE UE PE, the same bits in glibc's
+    /// fenv and in FSW) are the guest's. DifferentialKVMTests found PE missing without this.
+    @inline(never) func withHostFPFlags<T>(_ body: () -> T) -> T {
+        feclearexcept(0x3F)
+        let r = body()
+        fpu.pointee.fsw |= UInt16(truncatingIfNeeded: fetestexcept(0x3F)) & 0x3F
+        return r
+    }
+
+    /// C1 after a rounded result: set when the rounding increased the magnitude ("rounded up",
+    /// SDM Vol. 1 §8.1.3.2), cleared otherwise. `exactMinusResult` is the sign of exact − result.
+    func setRoundedUp(_ result: Float80, exactMinusResult: Float80) {
+        let up = result.isFinite ? result != 0 && exactMinusResult != 0 && (exactMinusResult < 0) == (result > 0)
+            : fpu.pointee.fsw & FSW.oe != 0 && exactMinusResult.isNaN == false && exactMinusResult != 0
+        fpu.pointee.fsw = up ? fpu.pointee.fsw | FSW.c1 : fpu.pointee.fsw & ~FSW.c1
+    }
+
+    /// m32/m64 operands: IE for a signaling NaN (host flags), DE for a denormal (glibc's fenv
+    /// does not report the x87 denormal flag).
+    func loadSingle(_ bits: UInt32) -> Float80 {
+        let f = Float(bitPattern: bits)
+        if f.isSubnormal { fpu.pointee.fsw |= FSW.de }
+        return withHostFPFlags { Float80(f) }
+    }
+
+    func loadDouble(_ bits: UInt64) -> Float80 {
+        let d = Double(bitPattern: bits)
+        if d.isSubnormal { fpu.pointee.fsw |= FSW.de }
+        return withHostFPFlags { Float80(d) }
+    }
+
+    /// The rounding error of a + b (TwoSum): a + b = s + e exactly.
+    static func sumError(_ a: Float80, _ b: Float80, _ s: Float80) -> Float80 {
+        let bp = s - a, ap = s - bp
+        return (a - ap) + (b - bp)
+    }
+
+    /// The rounding error of a * b (Dekker's TwoProduct with a 2^32 + 1 split of the 64-bit
+    /// significand): a * b = p + e exactly, barring overflow.
+    static func productError(_ a: Float80, _ b: Float80, _ p: Float80) -> Float80 {
+        let splitter: Float80 = 4_294_967_297
+        let ca = splitter * a, ah = ca - (ca - a), al = a - ah
+        let cb = splitter * b, bh = cb - (cb - b), bl = b - bh
+        return ((ah * bh - p) + ah * bl + al * bh) + al * bl
+    }
+
+    /// An arithmetic result with the host's exception flags and C1.
+    func x87ArithFlags(_ op: UInt8, _ dst: Float80, _ src: Float80) -> Float80 {
+        if (dst.isSubnormal || src.isSubnormal) && !dst.isNaN && !src.isNaN { fpu.pointee.fsw |= FSW.de }
+        let r = withHostFPFlags { x87Arith(op, dst, src) }
+        guard r.isFinite, dst.isFinite, src.isFinite else { fpu.pointee.fsw &= ~FSW.c1; return r }
+        let err: Float80
+        switch op {
+        case 0: err = Self.sumError(dst, src, r)
+        case 4: err = Self.sumError(dst, -src, r)
+        case 5: err = Self.sumError(src, -dst, r)
+        case 1: err = Self.productError(dst, src, r)
+        default:
+            // a / b = q + rem / b with rem = a - q * b (exact from TwoProduct).
+            let (a, b) = op == 6 ? (dst, src) : (src, dst)
+            let p = r * b, pe = Self.productError(r, b, p)
+            let rem = (a - p) - pe
+            err = b < 0 ? -rem : rem
+        }
+        setRoundedUp(r, exactMinusResult: err)
+        return r
     }
 
     /// Arithmetic of D8/DC/DA/DE: 0 add, 1 mul, 4 dst-src, 5 src-dst, 6 dst/src, 7 src/dst.
@@ -126,10 +205,11 @@ extension X86CPU {
         let r = v.rounded(truncate ? .towardZero : x87Rounding)
         let limit = Float80(sign: .plus, exponent: bytes * 8 - 1, significand: 1)
         if r.isNaN || r >= limit || r < -limit {
-            fpu.pointee.fsw |= FSW.ie
+            fpu.pointee.fsw = (fpu.pointee.fsw & ~FSW.c1) | FSW.ie
             return UInt64(1) << UInt64(bytes * 8 - 1)
         }
         if r != v { fpu.pointee.fsw |= FSW.pe }
+        setRoundedUp(r, exactMinusResult: v - r)
         return UInt64(bitPattern: Int64(r))
     }
 
@@ -163,24 +243,34 @@ extension X86CPU {
     func x87Memory(_ i: UnsafeMutablePointer<Instruction>, _ group: UInt8, _ reg: UInt8, _ la: UInt64) throws(X86Exception) {
         switch (group, reg) {
         case (0, _), (2, _), (4, _), (6, _):
+            let deBefore = fpu.pointee.fsw & FSW.de
             let v: Float80
             switch group {
-            case 0: v = Float80(Float(bitPattern: UInt32(truncatingIfNeeded: try readLinear(la, 2))))
-            case 4: v = Float80(Double(bitPattern: try readLinear(la, 3)))
+            case 0: let b = UInt32(truncatingIfNeeded: try readLinear(la, 2)); v = loadSingle(b)
+            case 4: let b = try readLinear(la, 3); v = loadDouble(b)
             case 2: v = Float80(Int32(truncatingIfNeeded: try readLinear(la, 2)))
             default: v = Float80(Int16(truncatingIfNeeded: try readLinear(la, 1)))
             }
             let a = stReg(0)
+            // A NaN operand (an empty ST(0) included) is an invalid operation: no DE for the
+            // denormal memory operand then (measured).
+            if a.isNaN || v.isNaN { fpu.pointee.fsw = (fpu.pointee.fsw & ~FSW.de) | deBefore }
             switch reg {
             case 2, 3:
+                noteCompareExceptions(a, v, quiet: false)
                 setConditionCodes(Self.compareCodes(a, v))
                 if reg == 3 { fpuPop() }
             default:
-                setSTReg(0, x87Arith(reg, a, v))
+                setSTReg(0, x87ArithFlags(reg, a, v))
             }
-        case (1, 0): fpuPush(Float80(Float(bitPattern: UInt32(truncatingIfNeeded: try readLinear(la, 2)))))
+        case (1, 0):
+            let b = UInt32(truncatingIfNeeded: try readLinear(la, 2))
+            fpuPush(loadSingle(b))
         case (1, 2), (1, 3):
-            try writeLinear(la, 2, UInt64(Float(stReg(0)).bitPattern))
+            let v = stReg(0)
+            let f = withHostFPFlags { Float(v) }
+            setRoundedUp(Float80(f), exactMinusResult: v.isFinite ? (f.isFinite ? v - Float80(f) : 1) : 0)
+            try writeLinear(la, 2, UInt64(f.bitPattern))
             if reg == 3 { fpuPop() }
         case (1, 4): try loadEnvironment(la, size: i.pointee.size)
         case (1, 5): fpu.pointee.fcw = UInt16(truncatingIfNeeded: try readLinear(la, 1))
@@ -200,12 +290,17 @@ extension X86CPU {
             _ = try translate(la &+ 9, .write)
             try writeLinear(la, 3, lo); try writeLinear(la &+ 8, 1, UInt64(hi))
             fpuPop()
-        case (5, 0): fpuPush(Float80(Double(bitPattern: try readLinear(la, 3))))
+        case (5, 0):
+            let b = try readLinear(la, 3)
+            fpuPush(loadDouble(b))
         case (5, 1):
             try writeLinear(la, 3, x87ToInteger(stReg(0), bytes: 8, truncate: true))
             fpuPop()
         case (5, 2), (5, 3):
-            try writeLinear(la, 3, Double(stReg(0)).bitPattern)
+            let v = stReg(0)
+            let d = withHostFPFlags { Double(v) }
+            setRoundedUp(Float80(d), exactMinusResult: v.isFinite ? (d.isFinite ? v - Float80(d) : 1) : 0)
+            try writeLinear(la, 3, d.bitPattern)
             if reg == 3 { fpuPop() }
         case (5, 4): try restoreState(la, size: i.pointee.size)
         case (5, 6): try saveState(la, size: i.pointee.size)
@@ -230,22 +325,25 @@ extension X86CPU {
         case 0:
             let a = stReg(0), b = stReg(k)
             if reg == 2 || reg == 3 {
+                noteCompareExceptions(a, b, quiet: false)
                 setConditionCodes(Self.compareCodes(a, b))
                 if reg == 3 { fpuPop() }
             } else {
-                setSTReg(0, x87Arith(reg, a, b))
+                setSTReg(0, x87ArithFlags(reg, a, b))
             }
         case 4, 6:
             if reg == 2 || reg == 3 {
                 // DC D0-DF: FCOM/FCOMP aliases; DE D9: FCOMPP.
                 if group == 6 && m != 0xD9 { throw X86Exception.ud }
+                noteCompareExceptions(stReg(0), stReg(k), quiet: false)
                 setConditionCodes(Self.compareCodes(stReg(0), stReg(k)))
                 fpuPop()
                 if group == 6 { fpuPop() }
                 return
             }
             let op = reg >= 4 ? reg ^ 1 : reg
-            setSTReg(k, x87Arith(op, stReg(k), stReg(0)))
+            let (d, t) = (stReg(k), stReg(0))
+            setSTReg(k, x87ArithFlags(op, d, t))
             if group == 6 { fpuPop() }
         case 1: try x87D9(m)
         case 2, 3:
@@ -263,12 +361,15 @@ extension X86CPU {
             }
             switch (group, m) {
             case (2, 0xE9):
+                noteCompareExceptions(stReg(0), stReg(1), quiet: true)
                 setConditionCodes(Self.compareCodes(stReg(0), stReg(1)))
                 fpuPop(); fpuPop()
             case (3, 0xE2): fpu.pointee.fsw &= ~(FSW.ie | FSW.de | FSW.ze | FSW.oe | FSW.ue | FSW.pe | FSW.sf | FSW.es | 0x8000)
             case (3, 0xE3): fpuInit()
             case (3, 0xE0), (3, 0xE1), (3, 0xE4): break  // FENI, FDISI, FSETPM: no-ops since the 287
-            case (3, _) where reg == 5 || reg == 6: setCompareFlags(stReg(0), stReg(k))
+            case (3, _) where reg == 5 || reg == 6:
+                noteCompareExceptions(stReg(0), stReg(k), quiet: reg == 5)
+                setCompareFlags(stReg(0), stReg(k))
             default: throw X86Exception.ud
             }
         case 5:
@@ -278,6 +379,7 @@ extension X86CPU {
                 setSTReg(k, stReg(0))
                 if reg == 3 { fpuPop() }
             case 4, 5:
+                noteCompareExceptions(stReg(0), stReg(k), quiet: true)
                 setConditionCodes(Self.compareCodes(stReg(0), stReg(k)))
                 if reg == 5 { fpuPop() }
             default: throw X86Exception.ud
@@ -289,6 +391,7 @@ extension X86CPU {
                 fpu.pointee.ftw &= ~(1 << UInt8((fpuTop + k) & 7)); fpuPop()
             case 4 where m == 0xE0: setReg(Reg.rax, 1, UInt64(fpu.pointee.fsw))
             case 5, 6:
+                noteCompareExceptions(stReg(0), stReg(k), quiet: reg == 5)
                 setCompareFlags(stReg(0), stReg(k))
                 fpuPop()
             default: throw X86Exception.ud
@@ -307,9 +410,14 @@ extension X86CPU {
             setSTReg(0, b); setSTReg(k, a)
             fpu.pointee.fsw &= ~FSW.c1
         case 0xD0: break
-        case 0xE0: setSTReg(0, -stReg(0))
-        case 0xE1: setSTReg(0, abs(stReg(0)))
-        case 0xE4: setConditionCodes(Self.compareCodes(stReg(0), 0))
+        case 0xE0, 0xE1:  // FCHS, FABS: clear C1; on an empty ST(0) the result is the indefinite
+            let empty = fpu.pointee.ftw & (1 << UInt8(fpuTop & 7)) == 0
+            let v = stReg(0)
+            setSTReg(0, empty ? v : (m == 0xE0 ? -v : abs(v)))
+            fpu.pointee.fsw &= ~FSW.c1
+        case 0xE4:
+            noteCompareExceptions(stReg(0), 0, quiet: false)
+            setConditionCodes(Self.compareCodes(stReg(0), 0))
         case 0xE5: fxam()
         case 0xE8: fpuPush(1)
         case 0xE9: fpuPush(3.32192809488736234787031942948939017586)
@@ -355,12 +463,21 @@ extension X86CPU {
         case 0xF9:
             let r = stReg(1) * (log1pl(stReg(0)) / 0.693147180559945309417232121458176568076)
             fpuPop(); setSTReg(0, r)
-        case 0xFA: setSTReg(0, stReg(0).squareRoot())
+        case 0xFA:
+            let v = stReg(0), r = withHostFPFlags { v.squareRoot() }
+            if r.isFinite && r > 0 {
+                let p = r * r
+                setRoundedUp(r, exactMinusResult: (v - p) - Self.productError(r, r, p))
+            } else { fpu.pointee.fsw &= ~FSW.c1 }
+            setSTReg(0, r)
         case 0xFB:
             let v = stReg(0)
             setSTReg(0, sinl(v)); fpuPush(cosl(v))
             fpu.pointee.fsw &= ~FSW.c2
-        case 0xFC: setSTReg(0, stReg(0).rounded(x87Rounding))
+        case 0xFC:
+            let v = stReg(0), rule = x87Rounding, r = withHostFPFlags { v.rounded(rule) }
+            setRoundedUp(r, exactMinusResult: v.isFinite ? v - r : 0)
+            setSTReg(0, r)
         case 0xFD:
             let e = stReg(1).rounded(.towardZero)
             let n = e.isNaN ? 0 : Int32(max(-100_000, min(100_000, e)))

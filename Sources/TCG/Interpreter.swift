@@ -39,7 +39,14 @@ extension X86CPU {
             }
             var k = 0
             let mask = ipMask
-            while k < count {
+            // RFLAGS.TF: one instruction, then a single-step #DB trap (SDM Vol. 3 §18.3.1.4).
+            // An instruction that sets TF ends its block (setRFlags), so TF is seen here.
+            let stepping = s.pointee.rflags & RFlags.tf != 0
+            // RF (set by IRETQ from a fault frame) lasts for one instruction: cleared below once
+            // the block's first instruction completed.
+            let resuming = s.pointee.rflags & RFlags.rf != 0
+            let limit = stepping ? min(count, 1) : count
+            while k < limit {
                 let ip = insns + k
                 let cur = s.pointee.rip
                 s.pointee.currentRIP = cur
@@ -48,6 +55,7 @@ extension X86CPU {
                     try execute(ip)
                 } catch {
                     s.pointee.rip = s.pointee.currentRIP
+                    let error = stackSegmentFault(error, ip)
                     if !deliverEvent(vector: error.vector, errorCode: error.hasErrorCode ? error.errorCode : nil, kind: .fault) {
                         s.pointee.instructionCount &+= UInt64(k)
                         return .tripleFault
@@ -59,6 +67,15 @@ extension X86CPU {
                     s.pointee.breakBlock = false
                     break
                 }
+            }
+            if resuming && k > 0 { s.pointee.rflags &= ~RFlags.rf }
+            if stepping && k == 1 && !Self.deliversItsOwnEvent(insns.pointee.op) {
+                s.pointee.dr6 |= 0x4000  // BS
+                if !deliverEvent(vector: X86Exception.debug, errorCode: nil, kind: .fault) {
+                    s.pointee.instructionCount &+= UInt64(k)
+                    return .tripleFault
+                }
+                s.pointee.breakBlock = false
             }
             s.pointee.instructionCount &+= UInt64(k)
             remaining &-= max(k, 1)

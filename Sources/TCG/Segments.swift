@@ -230,5 +230,7 @@ extension X86CPU {
         if size == 1 { changeable &= 0xFFFF }
         s.pointee.flagOp = .none
         s.pointee.rflags = (s.pointee.rflags & ~changeable) | (value & changeable) | 2
+        // Setting TF ends the block so that the interpreter single-steps from the next instruction.
+        if value & changeable & RFlags.tf != 0 { s.pointee.breakBlock = true }
     }
 }

@@ -143,4 +143,29 @@ final class FPUSystemTests: XCTestCase {
         let (_, _, _, edx) = CPUIDModel.keel().query(1, 0)
         XCTAssertEqual(edx & (1 | 1 << 24 | 1 << 25 | 1 << 26), 1 | 1 << 24 | 1 << 25 | 1 << 26, "fpu, fxsr, sse, sse2")
     }
+
+    /// x87 status flags as the host CPU sets them (DifferentialKVMTests): PE and C1 ("rounded
+    /// up") for 1/3, IE for FCOMI with a quiet NaN but not for FUCOMI, DE for a denormal load.
+    func testX87ExceptionFlagsAndRoundedUp() throws {
+        let data = Self.data
+        try emu.memory.store(Double(3).bitPattern, at: data)
+        try emu.memory.store(UInt64(0x7FF8_0000_0000_0000), at: data + 8)  // quiet NaN
+        try emu.memory.store(UInt64(1), at: data + 16)                       // smallest denormal
+        // fninit; fld1; fld qword [rbx]; fdivp; fnstsw ax
+        XCTAssertNil(try run([0xDB, 0xE3, 0xD9, 0xE8, 0xDD, 0x03, 0xDE, 0xF9, 0xDF, 0xE0], regs: [3: data]))
+        XCTAssertEqual(cpu.gpr[0] & 0x3F, 0x20, "PE only")
+        XCTAssertEqual(cpu.gpr[0] & 0x200, 0x200, "C1: 1/3 rounded up in the 64-bit significand")
+        // fninit; fldz; fld qword [rbx+8]; fcomi st, st(1); fnstsw ax
+        XCTAssertNil(try run([0xDB, 0xE3, 0xD9, 0xEE, 0xDD, 0x43, 0x08, 0xDB, 0xF1, 0xDF, 0xE0], regs: [3: data]))
+        XCTAssertEqual(cpu.gpr[0] & 0x3F, 0x01, "FCOMI with a QNaN: IE")
+        // fninit; fldz; fld qword [rbx+8]; fucomi st, st(1); fnstsw ax
+        XCTAssertNil(try run([0xDB, 0xE3, 0xD9, 0xEE, 0xDD, 0x43, 0x08, 0xDB, 0xE9, 0xDF, 0xE0], regs: [3: data]))
+        XCTAssertEqual(cpu.gpr[0] & 0x3F, 0, "FUCOMI with a QNaN: no exception")
+        // fninit; fld qword [rbx+16]; fnstsw ax
+        XCTAssertNil(try run([0xDB, 0xE3, 0xDD, 0x43, 0x10, 0xDF, 0xE0], regs: [3: data]))
+        XCTAssertEqual(cpu.gpr[0] & 0x3F, 0x02, "a denormal double load: DE")
+        // fninit; fld1; fabs; fnstsw ax
+        XCTAssertNil(try run([0xDB, 0xE3, 0xD9, 0xE8, 0xD9, 0xE1, 0xDF, 0xE0], regs: [3: data]))
+        XCTAssertEqual(cpu.gpr[0] & 0x200, 0, "FABS clears C1")
+    }
 }

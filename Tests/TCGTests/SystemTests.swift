@@ -45,6 +45,39 @@ final class SystemTests: XCTestCase {
     func stack(_ n: Int) throws -> UInt64 { try emu.memory.load(UInt64.self, at: cpu.gpr[4] + UInt64(8 * n)) }
     func handler(_ v: UInt64) -> UInt64 { Self.handlers + 16 * v + 1 }
 
+    /// A non-canonical address through SS (RBP or RSP base) raises #SS(0), through DS #GP(0)
+    /// (SDM Vol. 3 §6.15; found by DifferentialKVMTests against the host CPU).
+    func testNonCanonicalStackReferenceRaisesStackFault() throws {
+        let bad: UInt64 = 0x8000_0000_0000_1000
+        XCTAssertEqual(try run([0x48, 0x8B, 0x45, 0x10], regs: [5: bad]), .haltedForever)  // mov rax, [rbp+0x10]
+        XCTAssertEqual(cpu.st.pointee.rip, handler(12))
+        XCTAssertEqual(try stack(0), 0, "#SS error code")
+        XCTAssertEqual(try run([0x48, 0x8B, 0x03], regs: [3: bad]), .haltedForever)  // mov rax, [rbx]
+        XCTAssertEqual(cpu.st.pointee.rip, handler(13))
+        // Measured on the host CPU: 64-bit mode ignores a DS override but honours SS; FS is a
+        // data segment.
+        XCTAssertEqual(try run([0x3E, 0x48, 0x8B, 0x45, 0x10], regs: [5: bad]), .haltedForever)  // ds: mov rax, [rbp+0x10]
+        XCTAssertEqual(cpu.st.pointee.rip, handler(12))
+        XCTAssertEqual(try run([0x36, 0x48, 0x8B, 0x03], regs: [3: bad]), .haltedForever)  // ss: mov rax, [rbx]
+        XCTAssertEqual(cpu.st.pointee.rip, handler(12))
+        XCTAssertEqual(try run([0x64, 0x48, 0x8B, 0x45, 0x10], regs: [5: bad]), .haltedForever)  // fs: mov rax, [rbp+0x10]
+        XCTAssertEqual(cpu.st.pointee.rip, handler(13))
+        // (push through a non-canonical RSP: DifferentialKVMTests, from ring 3; in ring 0 the
+        // fault could not be delivered on that stack.)
+    }
+
+    /// POPF setting TF: the instruction after it runs, then #DB (a trap: the frame's RIP is the
+    /// next instruction, DR6.BS set), as the host CPU does under DifferentialKVMTests.
+    func testTrapFlagSingleStepsTheNextInstruction() throws {
+        // push 0x102 ; popf ; nop ; nop
+        XCTAssertEqual(try run([0x68, 0x02, 0x01, 0x00, 0x00, 0x9D, 0x90, 0x90]), .haltedForever)
+        XCTAssertEqual(cpu.st.pointee.rip, handler(1))
+        XCTAssertEqual(try stack(0), EmulatedRunner.codeAddress + 7, "trap after the first nop")
+        XCTAssertEqual(try stack(2) & (RFlags.tf | RFlags.rf), RFlags.tf, "TF in the image, RF not (a trap)")
+        XCTAssertEqual(cpu.st.pointee.dr6 & 0x4000, 0x4000, "DR6.BS")
+        XCTAssertEqual(cpu.st.pointee.rflags & RFlags.tf, 0, "TF clear in the handler")
+    }
+
     func testNotPresentPageFaultPushesErrorCodeAndSetsCR2() throws {
         // mov rax, [0x40000010] (PDPT[1] is empty)
         XCTAssertEqual(try run([0x48, 0x8B, 0x04, 0x25, 0x10, 0x00, 0x00, 0x40]), .haltedForever)
@@ -53,6 +86,29 @@ final class SystemTests: XCTestCase {
         XCTAssertEqual(try stack(0), 0, "error code: not present, read, supervisor")
         XCTAssertEqual(try stack(1), EmulatedRunner.codeAddress, "faulting RIP")
         XCTAssertEqual(try stack(2), 0x08)
+    }
+
+    /// SDM Vol. 3 §18.3.1.1: a fault-class exception pushes RF = 1 (found by DifferentialKVMTests
+    /// against the host CPU); a software interrupt pushes RFLAGS as it is.
+    func testFaultsPushResumeFlagButSoftwareInterruptsDoNot() throws {
+        XCTAssertEqual(try run([0x0F, 0x0B]), .haltedForever)  // ud2
+        XCTAssertEqual(cpu.st.pointee.rip, handler(6))
+        let image = try stack(2)
+        XCTAssertEqual(image & RFlags.rf, RFlags.rf, "#UD frame RFLAGS \(String(image, radix: 16))")
+        XCTAssertEqual(cpu.st.pointee.rflags & RFlags.rf, 0, "RF is clear in the handler")
+        // iretq back with RF = 1 (to a nop, then hlt): RF is gone once the nop completed.
+        let frame: [UInt64] = [0x10100, 0x08, 0x10002, Self.kernelStack - 0x80, 0x10]
+        try emu.memory.write([0x90, 0xF4], at: 0x10100)
+        let sp = Self.kernelStack - 0x200
+        for (k, v) in frame.enumerated() { try emu.memory.store(v, at: sp + UInt64(8 * k)) }
+        XCTAssertEqual(try run([0x48, 0xCF], regs: [4: sp]), .haltedForever)
+        XCTAssertEqual(cpu.st.pointee.rip, 0x10102)
+        XCTAssertEqual(cpu.st.pointee.rflags & RFlags.rf, 0, "RF cleared after one instruction")
+        XCTAssertEqual(try run([0x48, 0x8B, 0x04, 0x25, 0x10, 0x00, 0x00, 0x40]), .haltedForever)  // #PF
+        XCTAssertEqual(try stack(3) & RFlags.rf, RFlags.rf, "#PF frame RFLAGS (after the error code)")
+        XCTAssertEqual(try run([0xCD, 0x80]), .haltedForever)  // int 0x80
+        XCTAssertEqual(cpu.st.pointee.rip, handler(0x80))
+        XCTAssertEqual(try stack(2) & RFlags.rf, 0, "int n frame RFLAGS")
     }
 
     func testWriteToReadOnlyPageWithWPFaults() throws {
@@ -153,6 +209,12 @@ final class SystemTests: XCTestCase {
         XCTAssertEqual(try run([0xF3, 0xA4], regs: [6: 0x21000, 7: 0x21003, 1: 40]), .haltedForever)
         let copied = try emu.memory.readBytes(at: 0x21000, count: 43)
         XCTAssertEqual(copied, (0..<43).map { Array("abc".utf8)[$0 % 3] })
+        // rep movsd with dst = src + 2: each dword is read whole before it is stored, so the
+        // pattern is not a 2-byte replication (the host CPU's result, from DifferentialKVMTests).
+        try emu.memory.write([0x17, 0x14, 0x90, 0x00, 0, 0, 0, 0, 0x39, 0x67, 0x57, 0x72, 0x59, 0x8D, 0xE4, 0x18, 0xAA, 0xBB], at: 0x21100)
+        XCTAssertEqual(try run([0xF3, 0xA5], regs: [6: 0x21100, 7: 0x21102, 1: 4]), .haltedForever)
+        XCTAssertEqual(try emu.memory.readBytes(at: 0x21100, count: 18),
+                       [0x17, 0x14, 0x17, 0x14, 0x90, 0x00, 0x90, 0x00, 0x00, 0x00, 0x00, 0x00, 0x57, 0x72, 0x57, 0x72, 0xE4, 0x18])
         // rep stosd across two page boundaries, then rep movsq of 12 000 bytes from there (more
         // than one budget's worth of elements for the stos: the instruction restarts itself).
         XCTAssertEqual(try run([0xF3, 0xAB], regs: [7: 0x30FF8, 1: 3000, 0: 0xA1B2_C3D4]), .haltedForever)
