@@ -8,6 +8,7 @@ packages=(
   cpio gzip xz-utils zstd    # the default guest's initramfs and kernel payload
   qemu-system-x86            # the reference for benchmarks and guest cross-checks
   qemu-utils                 # qemu-img, qemu-io: the Block tests' image cross-checks, bench/img.sh
+  libslirp-dev               # -netdev user: the Net target links Debian's libslirp
   zlib1g-dev bc              # qcow2 compressed clusters (CZlib links libz); bench/img.sh arithmetic
   liburing-dev               # -drive aio=io_uring (CURing links liburing)
   iproute2 procps
