@@ -219,6 +219,20 @@ public final class StreamBackend: NetBackend {
             close(fd)
             return "\(what): \(e)"
         }
+        // At startup (QEMU's socket,connect= fails then too), give a local peer a moment to
+        // answer so a refused connection is reported rather than a link that never comes up.
+        if rc != 0, loop == nil, configuration.reconnectSeconds == 0 {
+            var p = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+            if poll(&p, 1, 3000) == 1 {
+                var err: Int32 = 0
+                var len = socklen_t(MemoryLayout<Int32>.size)
+                _ = getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len)
+                if err != 0 { close(fd); return "\(what): \(errnoText(err))" }
+                peerFD = fd
+                connected()
+                return nil
+            }
+        }
         peerFD = fd
         connecting = rc != 0
         if !connecting { connected() }

@@ -88,8 +88,10 @@ func freeLoopbackPort(udp: Bool = false) -> UInt16 {
 }
 
 /// A plain TCP socket to 127.0.0.1:`port` (blocking connect; the caller sets non-blocking if it wants).
-func connectLoopback(port: UInt16, nonBlocking: Bool = false) -> Int32 {
+func connectLoopback(port: UInt16, nonBlocking: Bool = false, receiveBuffer: Int32? = nil) -> Int32 {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    // Before connect, so the window TCP advertises matches the buffer.
+    if var size = receiveBuffer { setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, 4) }
     if nonBlocking { _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) }
     var a = sockaddr_in()
     a.sin_family = sa_family_t(AF_INET)
