@@ -20,7 +20,7 @@ public struct IPv4Address: Hashable, Sendable, CustomStringConvertible {
 }
 
 /// Where a socket backend listens, connects or sends: QEMU's SocketAddress (`inet`, `unix`).
-public enum NetSocketAddress: Equatable, Sendable, CustomStringConvertible {
+public enum NetSocketEndpoint: Equatable, Sendable, CustomStringConvertible {
     /// `host` may be empty (any address when listening), a literal or a name.
     case inet(host: String, port: UInt16)
     case unix(path: String)
@@ -53,7 +53,7 @@ struct ResolvedSocketAddress {
 
     /// Resolves `address` (one getaddrinfo call for inet: the host configuration may name a host).
     /// `passive`: an empty inet host means every local address rather than loopback.
-    init(_ address: NetSocketAddress, socketType: Int32, passive: Bool) throws {
+    init(_ address: NetSocketEndpoint, socketType: Int32, passive: Bool) throws {
         switch address {
         case .unix(let path):
             var sun = sockaddr_un()

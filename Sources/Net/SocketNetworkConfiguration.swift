@@ -3,12 +3,12 @@
 public struct StreamNetworkConfiguration: Equatable, Sendable {
     /// `server=on` listens (one peer at a time); `server=off` connects.
     public var server: Bool
-    public var address: NetSocketAddress
+    public var address: NetSocketEndpoint
     /// `reconnect=`: seconds between connection attempts after the peer goes away (client only);
     /// 0 leaves the link down.
     public var reconnectSeconds: UInt32
 
-    public init(server: Bool, address: NetSocketAddress, reconnectSeconds: UInt32 = 0) {
+    public init(server: Bool, address: NetSocketEndpoint, reconnectSeconds: UInt32 = 0) {
         self.server = server; self.address = address; self.reconnectSeconds = reconnectSeconds
     }
 }
@@ -16,11 +16,11 @@ public struct StreamNetworkConfiguration: Equatable, Sendable {
 /// `-netdev dgram` (and `-netdev socket,udp=,localaddr=`): one frame per datagram, UDP or unix.
 public struct DatagramNetworkConfiguration: Equatable, Sendable {
     /// Where frames from the peer arrive; nil binds an ephemeral port (inet only).
-    public var local: NetSocketAddress?
+    public var local: NetSocketEndpoint?
     /// Where frames from the guest go.
-    public var remote: NetSocketAddress
+    public var remote: NetSocketEndpoint
 
-    public init(local: NetSocketAddress?, remote: NetSocketAddress) {
+    public init(local: NetSocketEndpoint?, remote: NetSocketEndpoint) {
         self.local = local; self.remote = remote
     }
 }
