@@ -24,7 +24,7 @@ final class StreamBackendTests: XCTestCase {
         let serverNIC = FrameCollector()
         try server.attach(to: loop, receiver: serverNIC)
         XCTAssertFalse(server.isLinkUp)
-        let client = quiet(try StreamBackend(.init(server: false, address: try NetSocketAddress(hostPort: "127.0.0.1:\(port)"))))
+        let client = quiet(try StreamBackend(.init(server: false, address: try NetSocketEndpoint(hostPort: "127.0.0.1:\(port)"))))
         let clientNIC = FrameCollector()
         try client.attach(to: loop, receiver: clientNIC)
         XCTAssertTrue(spin(loop) { server.isLinkUp && client.isLinkUp })
@@ -207,10 +207,10 @@ final class StreamBackendTests: XCTestCase {
         XCTAssertThrowsError(try StreamBackend(.init(server: false, address: .inet(host: "127.0.0.1", port: port)))) { e in
             XCTAssertTrue("\(e)".contains("127.0.0.1:\(port)"), "\(e)")
         }
-        XCTAssertThrowsError(try NetSocketAddress(hostPort: "127.0.0.1"))
-        XCTAssertThrowsError(try NetSocketAddress(hostPort: "127.0.0.1:70000"))
-        XCTAssertEqual(try NetSocketAddress(hostPort: ":1234"), .inet(host: "", port: 1234))
-        XCTAssertEqual(try NetSocketAddress(hostPort: "[::1]:5"), .inet(host: "::1", port: 5))
+        XCTAssertThrowsError(try NetSocketEndpoint(hostPort: "127.0.0.1"))
+        XCTAssertThrowsError(try NetSocketEndpoint(hostPort: "127.0.0.1:70000"))
+        XCTAssertEqual(try NetSocketEndpoint(hostPort: ":1234"), .inet(host: "", port: 1234))
+        XCTAssertEqual(try NetSocketEndpoint(hostPort: "[::1]:5"), .inet(host: "::1", port: 5))
     }
 
     func testClientReconnectsAfterTheServerComesBack() throws {
