@@ -80,8 +80,12 @@ final class NetBackendLinuxTests: XCTestCase {
     func testTwoGuestsOverASocketNetdevPingEachOther() throws {
         let port = Self.freePort()
         func commands(me: String, peer: String) -> [String] {
+            // Wait for the peer to answer (the guests boot at their own pace), ping it, and stay
+            // up a while so the peer's pings are answered too.
             ["ifconfig eth0 192.168.77.\(me) netmask 255.255.255.0 up",
-             "ping -c 3 -w 150 192.168.77.\(peer) | grep 'packets received'"]
+             "for i in $(seq 90); do ping -c1 -W2 192.168.77.\(peer) && break; done",
+             "ping -c 3 192.168.77.\(peer) | grep 'packets received'",
+             "sleep 20"]
         }
         var b: RunResult?
         let a = try runShell(commands(me: "1", peer: "2"),
