@@ -39,7 +39,7 @@ let package = Package(
         .testTarget(name: "MemoryTests", dependencies: ["Memory"], swiftSettings: opt),
         .testTarget(name: "LoopTests", dependencies: ["Loop"], swiftSettings: opt),
         .testTarget(name: "DevicesTests", dependencies: ["Devices"], swiftSettings: opt),
-        .testTarget(name: "MachineTests", dependencies: ["Machine"], swiftSettings: opt),
+        .testTarget(name: "MachineTests", dependencies: ["Machine", "Net"], swiftSettings: opt),
         .testTarget(name: "TCGTests", dependencies: ["TCG", "Memory", "Devices", "Loop"], swiftSettings: opt),
         .testTarget(name: "KVMTests", dependencies: ["KVM", "Memory"], swiftSettings: opt),
         .testTarget(name: "MonitorTests", dependencies: ["Monitor"], swiftSettings: opt),
