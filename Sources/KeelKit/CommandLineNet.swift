@@ -139,7 +139,8 @@ enum NetCommandLine {
         for key in ["smb", "tftp", "bootfile", "guestfwd"] {
             if let v = o.take(key) { throw ConfigurationErrorText("\(option) \(value): \(key)=\(v) is not supported") }
         }
-        _ = o.take("ipv4"); _ = o.take("ipv6")
+        if let v = try o.takeBool("ipv4") { u.ipv4 = v }
+        if let v = try o.takeBool("ipv6") { u.ipv6 = v }
         return u
     }
 

@@ -68,6 +68,8 @@ func userNetworkConfiguration(_ u: UserNetdevConfiguration) throws -> UserNetwor
     c.hostname = u.hostname
     c.domainName = u.domainName
     c.restricted = u.restrict
+    c.ipv4 = u.ipv4
+    c.ipv6 = u.ipv6
     c.hostForwards = try u.hostForwards.map { f in
         let rule = "hostfwd=\(f.transport.rawValue):\(f.hostAddress):\(f.hostPort)-\(f.guestAddress):\(f.guestPort)"
         let host = f.hostAddress.isEmpty ? IPv4Address(0) : try address(f.hostAddress, rule + ": host address")

@@ -59,6 +59,9 @@ public struct UserNetdevConfiguration: Sendable, Equatable {
     public var domainName: String?
     /// `restrict=on`: the guest reaches only the host-forwarded connections.
     public var restrict = false
+    /// `ipv4=`/`ipv6=` (both on by default, as in QEMU).
+    public var ipv4 = true
+    public var ipv6 = true
     public var hostForwards: [HostForward] = []
     public init() {}
 }

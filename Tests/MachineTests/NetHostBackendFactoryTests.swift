@@ -10,11 +10,14 @@ final class NetHostBackendFactoryTests: XCTestCase {
         u.network = "10.9.8.0/24"
         u.dns = "10.9.8.53"
         u.restrict = true
+        u.ipv6 = false
         u.hostForwards = [HostForward(transport: .udp, hostAddress: "127.0.0.1", hostPort: 0, guestAddress: "", guestPort: 53)]
         let c = try userNetworkConfiguration(u)
         XCTAssertEqual(c.network, IPv4Address("10.9.8.0"))
         XCTAssertEqual(c.dns, IPv4Address("10.9.8.53"))
         XCTAssertTrue(c.restricted)
+        XCTAssertFalse(c.ipv6)
+        XCTAssertTrue(c.ipv4)
         XCTAssertEqual(c.hostForwards, [.init(udp: true, hostAddress: IPv4Address("127.0.0.1")!, hostPort: 0, guestAddress: nil, guestPort: 53)])
         let backends = try openHostNetBackends(NetdevConfiguration(id: "u0", backend: .user(u)))
         XCTAssertEqual(backends.count, 1)
@@ -22,6 +25,12 @@ final class NetHostBackendFactoryTests: XCTestCase {
     }
 
     func testBadUserValuesNameTheNetdevAndTheValue() {
+        var off = UserNetdevConfiguration()
+        off.ipv4 = false
+        off.ipv6 = false
+        XCTAssertThrowsError(try openHostNetBackends(NetdevConfiguration(id: "u3", backend: .user(off)))) {
+            XCTAssertTrue("\($0)".contains("ipv4=off and ipv6=off"), "\($0)")
+        }
         var u = UserNetdevConfiguration()
         u.host = "10.0.3.2"
         XCTAssertThrowsError(try openHostNetBackends(NetdevConfiguration(id: "u1", backend: .user(u)))) {
