@@ -167,38 +167,25 @@ final class BlockGuestTests: XCTestCase {
 
     // MARK: c. SIGKILL during flushed qcow2 writes
 
-    /// The guest loops writing numbered 32 KiB blocks, each flushed (`conv=fsync`) to two qcow2
-    /// disks — 4 KiB clusters with a new L2 table every other block, and 64 KiB clusters over a
-    /// raw backing file so every block copies backing data around itself — and prints
-    /// "FLUSHED N" after both. keel is SIGKILLed at a random point of the loop. qemu-img check
-    /// must find both images consistent (leaks allowed), every block whose FLUSHED line was
-    /// printed must read back, and every other 4 KiB piece must read either as before or as the
-    /// block the guest was writing there.
-    func testSIGKILLDuringFlushedQcow2WritesKeepsImagesConsistent() throws {
-        let blockLength = 32 << 10
-        // Offsets in 4 KiB units: vda's blocks are 1 MiB + 4 KiB apart, vdb's 4 KiB apart.
-        let strideA = 257, sizeA = 128 << 20
-        let strideB = 9, sizeB = 16 << 20
-        let a = try createQcow2("crash-a.qcow2", size: "128M", options: ["cluster_size=4096"])
-        let (backing, backingData) = try guest.makeDisk("crash-base.raw", bytes: sizeB, seed: 21)
-        let b = try createQcow2("crash-b.qcow2", size: "16M", options: ["backing_file=\(backing.path)", "backing_fmt=raw"])
-        let lastBlock = 120
-        let loop = script("loop.sh", [
-            "i=1",
-            "while [ $i -le \(lastBlock) ]; do",
-            "  yes FLUSHED-BLOCK-$i | head -c \(blockLength) > /tmp/b",
-            "  if dd if=/tmp/b of=/dev/vda bs=4096 seek=$((i*\(strideA))) conv=notrunc,fsync 2>/dev/null &&",
-            "     dd if=/tmp/b of=/dev/vdb bs=4096 seek=$((i*\(strideB)+1)) conv=notrunc,fsync 2>/dev/null; then",
-            "    echo \"FLUSHED $i\"",
-            "  else echo \"WRITE-FAILED $i\"; fi",
-            "  i=$((i+1))",
-            "done",
-            "echo LOOP-END",
-        ])
-        let initrd = try guest.initramfs(adding: [loop])
-        let killAfter = Int.random(in: 8...30)
-        let extra = drive(a, id: "d0", format: "qcow2") + drive(b, id: "d1", format: "qcow2")
-        let r = try guest.runShellWatching(["sh /loop.sh"], extra: extra, initrd: initrd, timeout: 300) { keel in
+    /// The crash loop's two disks: `firstUnit(n)` is where block n starts, in 4 KiB units.
+    struct CrashDisk {
+        var image: URL
+        var firstUnit: (Int) -> Int
+        /// What qemu-img read before this round.
+        var before: Data
+    }
+
+    static let crashBlockLength = 32 << 10
+    static let crashLastBlock = 120
+
+    /// One round: the guest writes blocks `first`... (each flushed on both disks, then
+    /// "FLUSHED N"), keel is SIGKILLed after a random block, and both images are checked against
+    /// what the guest saw flushed. Returns the disks with their new contents.
+    func crashRound(_ disks: [CrashDisk], from first: Int, initrd: URL) throws -> [CrashDisk] {
+        let blockLength = Self.crashBlockLength, lastBlock = Self.crashLastBlock
+        let killAfter = first + Int.random(in: 7...25)
+        let extra = drive(disks[0].image, id: "d0", format: "qcow2") + drive(disks[1].image, id: "d1", format: "qcow2")
+        let r = try guest.runShellWatching(["sh /loop.sh \(first)"], extra: extra, initrd: initrd, timeout: 300) { keel in
             // The tty ends lines with \r\n; compare whole lines.
             let seen = keel.waitForOutput(timeout: 240) { RunResult.consoleLines($0).contains("FLUSHED \(killAfter)") }
             // Land somewhere inside the next block's writes.
@@ -216,23 +203,23 @@ final class BlockGuestTests: XCTestCase {
         }.max() ?? 0
         XCTAssertGreaterThanOrEqual(flushed, killAfter, context)
 
-        for (image, stride, start) in [(a, strideA, Data(count: sizeA)), (b, strideB, backingData)] {
-            let name = image.lastPathComponent
-            let c = try check(image)
+        var after: [CrashDisk] = []
+        for disk in disks {
+            let name = disk.image.lastPathComponent
+            let c = try check(disk.image)
             XCTAssertTrue(c.status == 0 || c.status == 3, "qemu-img check \(name) after SIGKILL (exit \(c.status)):\n\(c.report)")
-            print("SIGKILL after FLUSHED \(flushed): qemu-img check \(name) exit \(c.status)")
-            let contents = try contentsThroughQemuImg(image)
-            XCTAssertEqual(contents.count, start.count, name)
-            guard contents.count == start.count else { continue }
-            let firstUnit = { (n: Int) in image == a ? n * stride : n * stride + 1 }
+            print("round from block \(first): SIGKILL after FLUSHED \(flushed): qemu-img check \(name) exit \(c.status)")
+            let contents = try contentsThroughQemuImg(disk.image)
+            XCTAssertEqual(contents.count, disk.before.count, name)
+            guard contents.count == disk.before.count else { continue }
             let units = blockLength / 4096
-            // What must read back: the starting content with blocks 1...flushed written.
-            var mustRead = start
-            var writer = [Int](repeating: 0, count: start.count / 4096)
-            for n in 1...lastBlock {
-                let offset = firstUnit(n) * 4096
+            // What must read back: the earlier content with blocks first...flushed written.
+            var mustRead = disk.before
+            var writer = [Int](repeating: 0, count: disk.before.count / 4096)
+            for n in first...lastBlock {
+                let offset = disk.firstUnit(n) * 4096
                 if n <= flushed { mustRead.replaceSubrange(offset..<(offset + blockLength), with: Self.numberedBlock(n, length: blockLength)) }
-                for u in firstUnit(n)..<(firstUnit(n) + units) { writer[u] = n }
+                for u in disk.firstUnit(n)..<(disk.firstUnit(n) + units) { writer[u] = n }
             }
             var bad: [String] = []
             for u in writer.indices {
@@ -242,14 +229,61 @@ final class BlockGuestTests: XCTestCase {
                 let n = writer[u]
                 if n > flushed {
                     // A block written after the last FLUSHED line: old or new, per piece.
-                    let k = u - firstUnit(n)
+                    let k = u - disk.firstUnit(n)
                     if got == Self.numberedBlock(n, length: blockLength)[(k * 4096)..<((k + 1) * 4096)] { continue }
                 }
-                bad.append(n == 0 ? "4 KiB unit \(u) (never written) changed"
+                bad.append(n == 0 ? "4 KiB unit \(u) (not written this round) changed"
                            : n <= flushed ? "unit \(u) of flushed block \(n) lost" : "unit \(u) of block \(n) reads neither old nor new data")
                 if bad.count > 5 { break }
             }
             XCTAssertTrue(bad.isEmpty, "\(name) after SIGKILL at FLUSHED \(flushed): \(bad.joined(separator: "; "))")
+            after.append(CrashDisk(image: disk.image, firstUnit: disk.firstUnit, before: contents))
         }
+        return after
+    }
+
+    /// The guest loops writing numbered 32 KiB blocks, each flushed (`conv=fsync`) to two qcow2
+    /// disks — 4 KiB clusters with a new L2 table every other block, and 64 KiB clusters over a
+    /// raw backing file so every block copies backing data around itself — and prints
+    /// "FLUSHED N" after both. keel is SIGKILLed at a random point of the loop. qemu-img check
+    /// must find both images consistent (leaks allowed), every block whose FLUSHED line was
+    /// printed must read back, and every other 4 KiB piece must read either as before or as the
+    /// block the guest was writing there. A second round reopens the killed images, rewrites
+    /// from the first block not known flushed, and is killed again.
+    func testSIGKILLDuringFlushedQcow2WritesKeepsImagesConsistent() throws {
+        let blockLength = Self.crashBlockLength
+        // Offsets in 4 KiB units: vda's blocks are 1 MiB + 4 KiB apart, vdb's 36 KiB apart.
+        let a = try createQcow2("crash-a.qcow2", size: "128M", options: ["cluster_size=4096"])
+        let (backing, backingData) = try guest.makeDisk("crash-base.raw", bytes: 16 << 20, seed: 21)
+        let b = try createQcow2("crash-b.qcow2", size: "16M", options: ["backing_file=\(backing.path)", "backing_fmt=raw"])
+        let loop = script("loop.sh", [
+            "i=$1",
+            "while [ $i -le \(Self.crashLastBlock) ]; do",
+            "  yes FLUSHED-BLOCK-$i | head -c \(blockLength) > /tmp/b",
+            "  if dd if=/tmp/b of=/dev/vda bs=4096 seek=$((i*257)) conv=notrunc,fsync 2>/dev/null &&",
+            "     dd if=/tmp/b of=/dev/vdb bs=4096 seek=$((i*9+1)) conv=notrunc,fsync 2>/dev/null; then",
+            "    echo \"FLUSHED $i\"",
+            "  else echo \"WRITE-FAILED $i\"; fi",
+            "  i=$((i+1))",
+            "done",
+            "echo LOOP-END",
+        ])
+        let initrd = try guest.initramfs(adding: [loop])
+        var disks = [CrashDisk(image: a, firstUnit: { $0 * 257 }, before: Data(count: 128 << 20)),
+                     CrashDisk(image: b, firstUnit: { $0 * 9 + 1 }, before: backingData)]
+        disks = try crashRound(disks, from: 1, initrd: initrd)
+        guard disks.count == 2 else { return }
+        // The last FLUSHED block is intact; start again after it, over whatever the kill left.
+        let current = disks
+        func intact(_ n: Int) -> Bool {
+            let block = Self.numberedBlock(n, length: blockLength)
+            return current.allSatisfy { disk in
+                let offset = disk.firstUnit(n) * 4096
+                return disk.before[offset..<(offset + blockLength)] == block
+            }
+        }
+        let resume = (1...Self.crashLastBlock).last(where: intact) ?? 0
+        XCTAssertGreaterThan(resume, 0)
+        _ = try crashRound(disks, from: resume + 1, initrd: initrd)
     }
 }
