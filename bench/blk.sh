@@ -6,10 +6,10 @@
 # dd oflag/iflag=direct), random 4 KiB O_DIRECT writes and reads (bench/blk/blkrand.c). Times
 # come from the guest's own clock. Prints MiB/s or IOPS per VMM and keel/qemu (> 1 = Keel faster).
 #
-# Variants: each word of BLK_VARIANTS (default "default cache=none") is one set of rows, the
-# comma-separated options added to both VMMs' -drive (aio=, cache=) and -device (iothread=,
-# num-queues=); iothread=ID also adds -object iothread,id=ID. A variant a VMM refuses prints
-# n/a with its error. E.g. BLK_VARIANTS="default iothread=io0 aio=io_uring aio=io_uring,iothread=io0"
+# Variants: each word of BLK_VARIANTS (default "default iothread=io0 aio=io_uring cache=none
+# aio=io_uring,cache=none,iothread=io0") is one set of rows, the comma-separated options added to
+# both VMMs' -drive (aio=, cache=) and -device (iothread=, num-queues=); iothread=ID also adds
+# -object iothread,id=ID. A variant a VMM refuses prints n/a with its error.
 #
 # With /dev/kvm (and BLK_KVM != 0) it also times the project's own virtio-blk test guest under
 # -accel kvm in both VMMs: BLK_KVM_LOOPS one-sector reads (20000), TSC cycles per read.
@@ -36,7 +36,7 @@ runs, keel, work = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 seq_mib = int(os.environ.get("BLK_SEQ_MIB", "64"))
 rand_ops = int(os.environ.get("BLK_RAND_OPS", "1000"))
 span_mib = 256
-variants = os.environ.get("BLK_VARIANTS", "default cache=none").split()
+variants = os.environ.get("BLK_VARIANTS", "default iothread=io0 aio=io_uring cache=none aio=io_uring,cache=none,iothread=io0").split()
 qemu_machine = os.environ.get("BLK_QEMU_MACHINE", "pc")
 
 def newc(files):

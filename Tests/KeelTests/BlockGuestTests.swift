@@ -6,7 +6,7 @@ import XCTest
 /// guest pass `qemu-img check` and read back through qemu-img as the guest wrote them (with and
 /// without backing files); keel killed in the middle of flushed qcow2 writes leaves consistent
 /// images holding every write the guest saw flushed. The guest's scripts ride in a second
-/// initramfs archive so that only one short line is typed on the slow serial input.
+/// initramfs archive, so the shell is typed one short line.
 final class BlockGuestTests: XCTestCase {
     var guest: DefaultGuest!
     var scratch: URL { guest.scratch }
