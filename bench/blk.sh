@@ -137,7 +137,7 @@ print("virtio-blk under tcg: Debian %s, keel -M pc vs qemu -M %s, -m 512; guest 
       % (version, qemu_machine, runs))
 print("seq: dd bs=1M count=%d O_DIRECT; rand: %d x 4 KiB O_DIRECT over %d MiB; cache=writeback unless the variant says"
       % (seq_mib, rand_ops, span_mib))
-print("   %-24s %-6s %-11s %12s %12s %10s" % ("variant", "disk", "row", "keel", "qemu", "keel/qemu"))
+print("   %-38s %-6s %-11s %12s %12s %10s" % ("variant", "disk", "row", "keel", "qemu", "keel/qemu"))
 for variant in variants:
     for disk in ("raw", "qcow2"):
         for row, unit, amount in rows:
@@ -150,14 +150,14 @@ for variant in variants:
                     vals[vmm] = amount / statistics.median(x[(disk, row)] for x in r)
             cell = lambda v: "n/a" if v is None else "%.1f %s" % (v, unit) if unit == "MiB/s" else "%.0f %s" % (v, unit)
             ratio = "%.2fx" % (vals["keel"] / vals["qemu"]) if vals["keel"] and vals["qemu"] else "n/a"
-            print("   %-24s %-6s %-11s %12s %12s %10s" % (variant, disk, row, cell(vals["keel"]), cell(vals["qemu"]), ratio))
+            print("   %-38s %-6s %-11s %12s %12s %10s" % (variant, disk, row, cell(vals["keel"]), cell(vals["qemu"]), ratio))
 for variant in variants:
     t = {}
     for vmm in ("keel", "qemu"):
         r = results.get((variant, vmm))
         t[vmm] = None if isinstance(r, str) or not r else statistics.median(x[("none", "cpu-ref")] for x in r)
     if t["keel"] and t["qemu"]:
-        print("   %-24s guest CPU alone (dd 20000 x 4 KiB /dev/zero -> /dev/null): keel %.2f s, qemu %.2f s, keel/qemu speed %.2fx"
+        print("   %-38s guest CPU alone (dd 20000 x 4 KiB /dev/zero -> /dev/null): keel %.2f s, qemu %.2f s, keel/qemu speed %.2fx"
               % (variant, t["keel"], t["qemu"], t["qemu"] / t["keel"]))
 
 # Under kvm: the project's own virtio-blk driver (Tests/KeelTests/Guests/virtio-blk.gc) timing
