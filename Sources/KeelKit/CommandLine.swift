@@ -259,5 +259,7 @@ public enum KeelCommandLine {
     name "virtio-rng-pci", bus PCI, desc "virtio entropy source (modern)"
     name "virtio-serial-pci", bus PCI, desc "virtio serial controller (modern), ports from virtconsole"
     name "virtconsole", bus virtio-serial-bus, desc "console port (hvc) on the last virtio-serial-pci, chardev=ID"
+    name "virtio-scsi-pci", bus PCI, desc "virtio SCSI host adapter (modern), id=ID gives bus ID.0"
+    name "scsi-hd", bus SCSI, desc "SCSI disk on a virtio-scsi bus, drive=ID[,scsi-id=][,lun=][,serial=]"
     """
 }

@@ -2,6 +2,7 @@ import Block
 import Devices
 import Glibc
 import Loop
+import SCSI
 
 /// PCI bus 0 on Keel's PC: the host bridge (0xCF8/0xCFC and ECAM), the configured virtio-pci
 /// devices with their backends, BARs placed as firmware would, INTx wired per the DSDT's _PRT
@@ -55,6 +56,9 @@ final class PCIBusDevices {
                     let executor = WorkerPoolExecutor(pool: pool, loop: board.loop)
                     executors.append(executor)
                     model = VirtioBlock(backend: backend, configuration: v, executor: executor)
+                case .virtioSCSI(let s):
+                    model = try makeVirtioSCSI(s, c, loop: board.loop)
+                    ioeventfd = s.ioeventfd
                 case .virtioRNG:
                     model = VirtioRNG()
                 case .virtioSerial(let v):
@@ -77,6 +81,33 @@ final class PCIBusDevices {
             close()
             throw error
         }
+    }
+
+    /// One SCSITarget per scsi-id, a logical unit per scsi-hd on its drive's backend.
+    private func makeVirtioSCSI(_ s: VirtioSCSIConfiguration, _ c: MachineConfiguration, loop: EventLoop) throws -> VirtioDevice {
+        var targets: [Int: SCSITarget] = [:]
+        for disk in s.disks {
+            guard let drive = c.drives.first(where: { $0.id == disk.drive }) else {
+                throw ConfigurationError("scsi-hd: no -drive with id=\(disk.drive)")
+            }
+            let backend = try openDriveBackend(drive)
+            backends.append(backend)
+            var u = SCSILogicalUnit.Configuration()
+            u.serial = disk.serial
+            u.readOnly = drive.readOnly
+            let target = targets[disk.target] ?? SCSITarget()
+            targets[disk.target] = target
+            guard target.attach(SCSILogicalUnit(backend: backend, configuration: u), lun: disk.lun) else {
+                throw ConfigurationError("scsi-hd,drive=\(disk.drive): lun=\(disk.lun) is taken")
+            }
+        }
+        let pool = workers ?? WorkerPool(threads: 4)
+        workers = pool
+        let executor = WorkerPoolExecutor(pool: pool, loop: loop)
+        executors.append(executor)
+        var v = VirtioSCSI.Configuration()
+        v.queueCount = s.queueCount; v.queueSize = s.queueSize
+        return VirtioSCSI(targets: targets, configuration: v, executor: executor)
     }
 
     func assignResources() throws {

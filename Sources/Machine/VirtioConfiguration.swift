@@ -24,6 +24,8 @@ public enum PCIDeviceConfiguration: Sendable, Equatable {
     case virtioRNG
     /// `-device virtio-serial-pci` with its `-device virtconsole,chardev=` ports.
     case virtioSerial(VirtioSerialConfiguration)
+    /// `-device virtio-scsi-pci` with its `-device scsi-hd` disks.
+    case virtioSCSI(VirtioSCSIConfiguration)
 }
 
 /// A virtio-serial controller and its console ports (port 0 becomes the guest's hvc0).
@@ -76,6 +78,7 @@ extension MachineConfiguration {
                 throw ConfigurationError("-device virtio-blk-pci,num-queues=\(b.queueCount): 1 to 64 queues")
             }
         }
+        try validateSCSI(usedDrives: &used)
         for case .virtioSerial(let s) in pciDevices {
             guard !s.ports.isEmpty else { throw ConfigurationError("-device virtio-serial-pci: no -device virtconsole,chardev=... port on it") }
             guard s.ports.count <= 31 else { throw ConfigurationError("-device virtio-serial-pci: \(s.ports.count) ports, at most 31") }
