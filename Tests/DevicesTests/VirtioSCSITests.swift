@@ -68,6 +68,8 @@ final class VirtioSCSITests: XCTestCase {
         XCTAssertEqual(drv.cfg(0, 4), 0x1048_1AF4, "virtio device 8")
         XCTAssertEqual(drv.cfg(0x09, 3), 0x01_0000, "SCSI storage controller")
         XCTAssertEqual(drv.r(0x12, 2), 4, "control, event and two request queues")
+        drv.w(0x00, 4, 0)
+        XCTAssertEqual(drv.r(0x04, 4) & 0x7, 0x4, "CHANGE only: no INOUT, no HOTPLUG")
         let c = drv.deviceCfg
         XCTAssertEqual(mmio.inp(c, width: 4), 2, "num_queues")
         XCTAssertEqual(mmio.inp(c + 4, width: 4), 62, "seg_max")

@@ -3,7 +3,7 @@ import SCSI
 
 /// virtio-scsi (virtio 1.2 §5.6): a host adapter whose targets are Keel `SCSITarget`s. Queue 0
 /// is the control queue (task management, asynchronous notification), 1 the event queue
-/// (buffers kept; Keel raises no events, and offers neither HOTPLUG nor CHANGE), 2... the
+/// (buffers kept; Keel raises no events), 2... the
 /// request queues. CDBs run on the executor, straight into or out of guest memory.
 public final class VirtioSCSI: VirtioDevice {
     public struct Configuration: Sendable {
@@ -42,7 +42,10 @@ public final class VirtioSCSI: VirtioDevice {
 
     public var deviceType: UInt16 { 8 }
     public var pciClassCode: UInt32 { 0x01_0000 }   // mass storage, SCSI
-    public var deviceFeatures: UInt64 { 0 }
+    /// VIRTIO_SCSI_F_CHANGE (§5.6.3): the device may report parameter changes; Keel never
+    /// does, but QEMU's vhost-user-scsi front-end always asks for it, as its own virtio-scsi offers it.
+    static let featureChange: UInt64 = 1 << 2
+    public var deviceFeatures: UInt64 { Self.featureChange }
     public var queueMaxSizes: [UInt16] { Array(repeating: configuration.queueSize, count: configuration.queueCount + 2) }
 
     private var configBytes: [UInt8] {
