@@ -24,6 +24,8 @@ public enum PCIDeviceConfiguration: Sendable, Equatable {
     case virtioRNG
     /// `-device virtio-serial-pci` with its `-device virtconsole,chardev=` ports.
     case virtioSerial(VirtioSerialConfiguration)
+    /// `-device vhost-user-blk-pci,chardev=`: virtio-blk served by a vhost-user back-end.
+    case vhostUserBlock(VhostUserBlockConfiguration)
 }
 
 /// A virtio-serial controller and its console ports (port 0 becomes the guest's hvc0).
