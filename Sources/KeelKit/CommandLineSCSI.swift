@@ -3,7 +3,7 @@ import Machine
 /// `-device virtio-scsi-pci,id=scsi0[,num_queues=N][,iothread=]` and
 /// `-device scsi-hd,drive=d0[,bus=scsi0.0][,scsi-id=][,lun=][,serial=]`, as QEMU spells them.
 enum SCSICommandLine {
-    static let deviceTypes = ["virtio-scsi-pci", "scsi-hd"]
+    static let deviceTypes = ["virtio-scsi-pci", "scsi-hd", "vhost-user-scsi-pci"]
 
     /// Returns false if `driver` is not one of the SCSI device types.
     static func parseDevice(_ driver: String, _ o: inout OptionList, _ value: String, into c: inout MachineConfiguration) throws -> Bool {
@@ -50,6 +50,20 @@ enum SCSICommandLine {
             }
             s.disks.append(d)
             c.pciDevices[index] = .virtioSCSI(s)
+        case "vhost-user-scsi-pci", "vhost-user-scsi":
+            guard let chardev = o.take("chardev") else { throw ConfigurationErrorText("-device \(value): chardev= is required") }
+            var v = VhostUserBlockConfiguration(chardev: chardev)
+            if let n = o.take("num_queues") ?? o.take("num-queues") {
+                v.queueCount = Int(try KeelCommandLine.checked(n, max: 64, "-device", "num_queues"))
+            }
+            if let q = o.take("virtqueue_size") ?? o.take("queue-size") {
+                let s = try KeelCommandLine.checked(q, max: 1024, "-device", "virtqueue_size")
+                guard s >= 4, s.nonzeroBitCount == 1 else { throw ConfigurationErrorText("-device \(value): virtqueue_size=\(q) is not a power of two from 4 to 1024") }
+                v.queueSize = UInt16(s)
+            }
+            _ = o.take("id"); _ = o.take("bus"); _ = o.take("addr"); _ = o.take("bootindex")
+            try o.rejectUnused(value)
+            c.pciDevices.append(.vhostUserSCSI(v))
         default:
             return false
         }

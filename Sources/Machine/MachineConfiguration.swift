@@ -40,6 +40,8 @@ public struct MachineConfiguration: Sendable {
     /// `-drive` images, and the PCI devices on bus 0 (virtio-blk-pci, virtio-rng-pci...).
     public var drives: [DriveConfiguration] = []
     public var pciDevices: [PCIDeviceConfiguration] = []
+    /// `-machine memory-backend=`: the RAM's memfd backend, shareable with vhost-user back-ends.
+    public var memoryBackend: MemoryBackendConfiguration?
 
     public init() {}
 
@@ -66,6 +68,7 @@ public struct MachineConfiguration: Sendable {
             throw ConfigurationError("too many -serial ports (\(serialPorts.count)); at most \(Self.serialPortResources.count)")
         }
         try validatePCI()
+        try validateVhost()
         if let d = debugExit {
             guard d.ioSize >= 1, d.ioSize <= 8, UInt32(d.ioBase) + UInt32(d.ioSize) <= 0x10000 else {
                 throw ConfigurationError("isa-debug-exit: iobase=0x\(String(d.ioBase, radix: 16)),iosize=\(d.ioSize) is not a valid I/O range")

@@ -69,6 +69,11 @@ final class PCIBusDevices {
                         chardevs.append(c)
                     }
                     model = VirtioConsole(chardevs: chardevs)
+                case .vhostUserBlock(let v):
+                    ioeventfd = true
+                    model = try Self.vhostUserBlock(v, board: board)
+                case .vhostUserSCSI(let v):
+                    model = try Self.vhostUserSCSI(v, board: board)
                 }
                 let dev = VirtioPCIDevice(device: model, memory: board.memory, msiController: msi)
                 let slot = try bridge.plug(dev)
@@ -108,6 +113,34 @@ final class PCIBusDevices {
         var v = VirtioSCSI.Configuration()
         v.queueCount = s.queueCount; v.queueSize = s.queueSize
         return VirtioSCSI(targets: targets, configuration: v, executor: executor)
+    }
+
+    /// virtio-scsi over vhost-user: control, event and `queueCount` request queues; the config
+    /// (max_target, max_lun, sizes) is the back-end's, num_queues Keel's.
+    static func vhostUserSCSI(_ v: VhostUserBlockConfiguration, board: PCBoard) throws -> VirtioDevice {
+        let frontend = VhostUserFrontend(endpoint: v.server ? .listen(v.path) : .connect(v.path))
+        let queues: [UInt8] = (0..<4).map { UInt8(truncatingIfNeeded: v.queueCount >> (8 * $0)) }
+        do {
+            return try VhostUserDevice(deviceType: 8, pciClassCode: 0x01_0000, configSize: 36, configOverrides: [(0, queues)],
+                                       queueCount: v.queueCount + 2, queueSize: v.queueSize, frontend: frontend,
+                                       memory: board.memory, loop: board.loop, reconnectSeconds: v.reconnectSeconds)
+        } catch {
+            throw ConfigurationError("-device vhost-user-scsi-pci,chardev=\(v.chardev): \(error)")
+        }
+    }
+
+    /// Connects to the back-end (or waits for it with server=on) and reads its features and config.
+    static func vhostUserBlock(_ v: VhostUserBlockConfiguration, board: PCBoard) throws -> VirtioDevice {
+        let frontend = VhostUserFrontend(endpoint: v.server ? .listen(v.path) : .connect(v.path))
+        // num_queues (virtio 1.2 §5.2.4, offset 34) is Keel's choice, not the back-end's.
+        let queues: [UInt8] = [UInt8(truncatingIfNeeded: v.queueCount), UInt8(truncatingIfNeeded: v.queueCount >> 8)]
+        do {
+            return try VhostUserDevice(deviceType: 2, pciClassCode: 0x01_8000, configSize: 60, configOverrides: [(34, queues)],
+                                       queueCount: v.queueCount, queueSize: v.queueSize, frontend: frontend,
+                                       memory: board.memory, loop: board.loop, reconnectSeconds: v.reconnectSeconds)
+        } catch {
+            throw ConfigurationError("-device vhost-user-blk-pci,chardev=\(v.chardev): \(error)")
+        }
     }
 
     func assignResources() throws {

@@ -26,6 +26,11 @@ public enum PCIDeviceConfiguration: Sendable, Equatable {
     case virtioSerial(VirtioSerialConfiguration)
     /// `-device virtio-scsi-pci` with its `-device scsi-hd` disks.
     case virtioSCSI(VirtioSCSIConfiguration)
+    /// `-device vhost-user-blk-pci,chardev=`: virtio-blk served by a vhost-user back-end.
+    case vhostUserBlock(VhostUserBlockConfiguration)
+    /// `-device vhost-user-scsi-pci,chardev=`: virtio-scsi served by a vhost-user back-end
+    /// (queueCount counts request queues, as num_queues does).
+    case vhostUserSCSI(VhostUserBlockConfiguration)
 }
 
 /// A virtio-serial controller and its console ports (port 0 becomes the guest's hvc0).
