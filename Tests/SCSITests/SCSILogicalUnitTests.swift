@@ -306,4 +306,29 @@ final class SCSILogicalUnitTests: XCTestCase {
         let onDisk = try Data(contentsOf: URL(fileURLWithPath: path))
         XCTAssertEqual(Array(onDisk[7 * 512..<9 * 512]), payload)
     }
+
+    /// A qcow2 LUN: unallocated blocks read as zeroes, a write then read returns it, and
+    /// WRITE SAME with UNMAP zeroes a range, after a reopen too.
+    func testQcow2Backend() throws {
+        let path = "/tmp/keel-scsi-test-\(getpid()).qcow2"
+        defer { unlink(path) }
+        try Qcow2Image.create(path: path, options: Qcow2CreateOptions(size: 4 << 20))
+        var dev = try openImage(path: path, options: ImageOpenOptions(format: .qcow2))
+        var u = SCSILogicalUnit(backend: dev)
+        let cap = exchange { u.execute(cdb: cdb([0x25]), buffers: $0) }
+        XCTAssertEqual(cap.data, be(8191, 4) + be(512, 4))
+        XCTAssertEqual(exchange { u.execute(cdb: cdb([0x28, 0] + be(100, 4) + [0] + be(2, 2) + [0]), buffers: $0) }.data, [UInt8](repeating: 0, count: 1024))
+        let payload = (0..<2048).map { UInt8(truncatingIfNeeded: $0 * 3 + 1) }
+        XCTAssertEqual(exchange({ u.execute(cdb: cdb([0x2A, 0] + be(100, 4) + [0] + be(4, 2) + [0]), buffers: $0) }, dataOut: payload).result, .good())
+        XCTAssertTrue(exchange { u.execute(cdb: cdb([0x93, 0x08] + be(102, 8) + be(1, 4) + [0, 0]), buffers: $0) }.result.overrun,
+                      "a WRITE SAME without its data-out block is an overrun, not a write")
+        XCTAssertEqual(exchange({ u.execute(cdb: cdb([0x93, 0x08] + be(102, 8) + be(1, 4) + [0, 0]), buffers: $0) }, dataOut: [UInt8](repeating: 0, count: 512)).result, .good())
+        XCTAssertEqual(exchange { u.execute(cdb: cdb([0x35]), buffers: $0) }.result, .good())
+        dev.close()
+        dev = try openImage(path: path, options: ImageOpenOptions(format: .qcow2))
+        defer { dev.close() }
+        u = SCSILogicalUnit(backend: dev)
+        let back = exchange { u.execute(cdb: cdb([0x28, 0] + be(100, 4) + [0] + be(4, 2) + [0]), buffers: $0) }
+        XCTAssertEqual(back.data, Array(payload[0..<1024]) + [UInt8](repeating: 0, count: 512) + Array(payload[1536..<2048]))
+    }
 }
