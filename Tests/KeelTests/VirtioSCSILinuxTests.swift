@@ -8,7 +8,8 @@ import XCTest
 extension VirtioLinuxTests {
     /// Three LUNs on two targets: sizes, INQUIRY strings, cache and provisioning modes in sysfs;
     /// host data read in the guest; guest writes (fsync: SYNCHRONIZE CACHE) in the host files byte
-    /// for byte; the read-only LUN (MODE SENSE's WP) refuses writes and its file is unchanged.
+    /// for byte; the read-only LUN (MODE SENSE's WP) refuses writes and its file is unchanged;
+    /// a discard (UNMAP) leaves zeroes in the file.
     func testSCSIDisksInquiryCapacityDataAndReadOnly() throws {
         let (a, aData) = try makeDisk("a.img", bytes: 1 << 20, seed: 11)
         let (b, bData) = try makeDisk("b.img", bytes: 3 << 20, seed: 12)
@@ -38,6 +39,10 @@ extension VirtioLinuxTests {
             "dd if=/tmp/k of=$B bs=4096 seek=100 conv=notrunc,fsync; echo wb=$?",
             "echo rb=$(dd if=$B bs=4096 skip=100 count=16 2>/dev/null|md5sum)",
             "dd if=/tmp/p of=$C conv=notrunc,fsync; echo wc=$?",
+            // UNMAP: sd's discard goes out as UNMAP, the raw file gets a hole that reads as zeroes.
+            "echo dmax=$(cat /sys/block/${B#/dev/}/queue/discard_max_bytes)",
+            "blkdiscard -o 2097152 -l 65536 $B; echo dc=$?",
+            "echo dz=$(dd if=$B bs=65536 skip=32 count=1 2>/dev/null|md5sum)",
         ]
         let r = try runShell(commands, extra: extra)
         let lines = r.lines
@@ -53,12 +58,16 @@ extension VirtioLinuxTests {
         XCTAssertTrue(lines.contains("wb=0"), context)
         XCTAssertTrue(lines.contains("rb=\(try md5(Data(repeating: UInt8(ascii: "K"), count: 65_536))) -"), context)
         XCTAssertTrue(lines.contains("wc=1"), "a write to the read-only LUN must fail:\(context)")
+        XCTAssertTrue(lines.contains { $0.hasPrefix("dmax=") && $0 != "dmax=0" }, context)
+        XCTAssertTrue(lines.contains("dc=0"), context)
+        XCTAssertTrue(lines.contains("dz=\(try md5(Data(count: 65_536))) -"), context)
 
         var aExpected = aData
         aExpected.replaceSubrange(8192..<(8192 + pattern.utf8.count), with: Data(pattern.utf8))
         XCTAssertEqual(try Data(contentsOf: a), aExpected, "LUN 0's host file must hold exactly the guest's write")
         var bExpected = bData
         bExpected.replaceSubrange(409_600..<(409_600 + 65_536), with: Data(repeating: UInt8(ascii: "K"), count: 65_536))
+        bExpected.replaceSubrange((2 << 20)..<((2 << 20) + 65_536), with: Data(count: 65_536))
         XCTAssertEqual(try Data(contentsOf: b), bExpected, "target 2 LUN 3's host file must hold exactly the guest's write")
         XCTAssertEqual(try Data(contentsOf: c), cData, "the read-only LUN's file must be unchanged")
     }
