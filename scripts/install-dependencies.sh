@@ -9,6 +9,7 @@ packages=(
   qemu-system-x86            # the reference for benchmarks and guest cross-checks
   qemu-utils                 # qemu-img, qemu-io: the Block tests' image cross-checks, bench/img.sh
   zlib1g-dev bc              # qcow2 compressed clusters (CZlib links libz); bench/img.sh arithmetic
+  liburing-dev               # -drive aio=io_uring (CURing links liburing)
   iproute2 procps
   python3 python3-pip        # the QMP tests drive Keel with QEMU's own client, qemu.qmp (PyPI)
 )

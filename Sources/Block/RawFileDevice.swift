@@ -9,8 +9,8 @@ public enum CacheMode: String, Sendable, CaseIterable {
     case directsync     // O_DIRECT and fdatasync after every write
     case unsafe         // page cache; flush does nothing
 
-    var direct: Bool { self == .none || self == .directsync }
-    var syncEachWrite: Bool { self == .writethrough || self == .directsync }
+    public var direct: Bool { self == .none || self == .directsync }
+    public var syncEachWrite: Bool { self == .writethrough || self == .directsync }
 }
 
 /// A raw image: a regular file or a block device whose bytes are the disk's bytes. Also the
@@ -38,7 +38,12 @@ public final class RawFileDevice: BlockDevice, @unchecked Sendable {
         var flags = (readOnly ? O_RDONLY : O_RDWR) | O_CLOEXEC
         if cache.direct { flags |= ckeel_o_direct() }
         let fd = ckeel_open(path, flags, 0)
-        guard fd >= 0 else { throw BlockError.errno("cannot open '\(path)'") }
+        guard fd >= 0 else {
+            if cache.direct && errno == EINVAL {
+                throw BlockError(.unsupported, "cannot open '\(path)' with O_DIRECT for cache=\(cache.rawValue): its file system does not support direct I/O")
+            }
+            throw BlockError.errno("cannot open '\(path)'")
+        }
         var st = stat()
         guard fstat(fd, &st) == 0 else { let e = BlockError.errno("cannot stat '\(path)'"); Glibc.close(fd); throw e }
         let kind = st.st_mode & S_IFMT
@@ -209,6 +214,19 @@ public final class RawFileDevice: BlockDevice, @unchecked Sendable {
             try pwrite(UnsafeRawBufferPointer(start: zeros, count: n), at: offset + done)
             done += UInt64(n)
         }
+    }
+
+    /// Whether guest buffers can go to the file as they are (an asynchronous engine such as
+    /// io_uring): always with the page cache; with O_DIRECT only when every buffer, length and
+    /// the offset are aligned (else the synchronous path bounces them).
+    public func transfersDirectly(_ segments: [UnsafeMutableRawBufferPointer], at offset: UInt64) -> Bool {
+        guard cache.direct else { return true }
+        var at = offset
+        for s in segments {
+            guard let base = s.baseAddress, Self.isAligned(UnsafeRawPointer(base), at, s.count) else { return false }
+            at &+= UInt64(s.count)
+        }
+        return true
     }
 
     // MARK: Plumbing

@@ -11,6 +11,7 @@ int ckeel_punch_hole(int fd, long offset, long length) {
 
 #include <pthread.h>
 int ckeel_set_thread_name(const char *name) { return pthread_setname_np(pthread_self(), name); }
+int ckeel_get_thread_name(char *buffer, size_t size) { return pthread_getname_np(pthread_self(), buffer, size); }
 
 #include <unistd.h>
 int ckeel_gettid(void) { return (int)gettid(); }

@@ -7,6 +7,7 @@ extension VirtualMachineInstance: MachineControl {
     public func stopLocked() {
         guard runState.isRunning, let accel = accelerator else { return }
         accel.pauseLocked()
+        board.setDeviceQueuesPausedLocked(true)
         runState = .paused
         monitor.emit("STOP")
     }
@@ -15,6 +16,7 @@ extension VirtualMachineInstance: MachineControl {
         switch runState {
         case .running: return
         case .paused, .prelaunch:
+            board.setDeviceQueuesPausedLocked(false)
             accelerator?.resumeLocked()
             runState = .running
             monitor.emit("RESUME")
@@ -47,6 +49,10 @@ extension VirtualMachineInstance: MachineControl {
     public var cpus: [CPUInfo] {
         let ids = accelerator?.vcpuThreadIDs ?? []
         return (0..<configuration.cpuCount).map { CPUInfo(index: $0, threadID: $0 < ids.count ? ids[$0] : 0) }
+    }
+
+    public var iothreads: [IOThreadInfo] {
+        board.iothreads.map { IOThreadInfo(id: $0.id, threadID: $0.threadID) }
     }
 
     public var chardevs: [ChardevInfo] {

@@ -100,6 +100,15 @@ public final class PCBoard: @unchecked Sendable {
         pci?.setIOEventsLocked(accelerator)
     }
 
+    /// QMP stop/cont: virtio queue processing pauses and resumes with the vCPUs (QEMU's vm_stop
+    /// stops the dataplanes too). Call with the big lock held.
+    public func setDeviceQueuesPausedLocked(_ paused: Bool) {
+        pci?.setQueuesPausedLocked(paused)
+    }
+
+    /// The `-object iothread` threads running devices: id and host thread ID.
+    public var iothreads: [(id: String, threadID: Int32)] { pci?.iothreadThreads ?? [] }
+
     /// Presses the ACPI power button (QMP system_powerdown). Call with the big lock held.
     public func pressPowerButtonLocked() {
         devices.pm.pressPowerButton()

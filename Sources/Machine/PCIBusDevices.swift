@@ -25,7 +25,14 @@ final class PCIBusDevices {
     private let loop: EventLoop
     private var backends: [BlockDevice] = []
     private var workers: WorkerPool?
-    private var executors: [WorkerPoolExecutor] = []
+    /// Per block device: waits until none of its requests touches guest memory.
+    private var drains: [() -> Void] = []
+    /// aio=io_uring executors by index in `virtio` (KEEL_DEBUG_VIRTIO counts their operations).
+    private var rings: [Int: IoUringExecutor] = [:]
+    /// `-object iothread` threads that own devices, by id.
+    private var iothreads: [String: IOThread] = [:]
+    /// Per device in `virtio`: the loop that owns its queues (the main loop or an iothread's).
+    private var ownerLoops: [EventLoop] = []
 
     init(board: PCBoard) throws {
         let c = board.configuration
@@ -41,6 +48,7 @@ final class PCIBusDevices {
             for d in c.pciDevices {
                 let model: VirtioDevice
                 var ioeventfd = true
+                var iothread: IOThread?
                 switch d {
                 case .virtioBlock(let b):
                     guard let drive = c.drives.first(where: { $0.id == b.drive }) else {
@@ -51,13 +59,15 @@ final class PCIBusDevices {
                     let pool = workers ?? WorkerPool(threads: 4)
                     workers = pool
                     ioeventfd = b.ioeventfd
+                    if let id = b.iothread { iothread = try startIOThread(id) }
                     var v = VirtioBlock.Configuration()
                     v.queueCount = b.queueCount; v.queueSize = b.queueSize; v.serial = b.serial; v.readOnly = drive.readOnly
-                    let executor = WorkerPoolExecutor(pool: pool, loop: board.loop)
-                    executors.append(executor)
+                    let executor = try makeExecutor(drive, backend: backend, pool: pool, loop: iothread?.loop ?? board.loop, iothread: iothread)
+                    if let ring = executor as? IoUringExecutor { rings[virtio.count] = ring }
                     model = VirtioBlock(backend: backend, configuration: v, executor: executor)
                 case .virtioSCSI(let s):
-                    model = try makeVirtioSCSI(s, c, loop: board.loop)
+                    if let id = s.iothread { iothread = try startIOThread(id) }
+                    model = try makeVirtioSCSI(s, c, loop: iothread?.loop ?? board.loop)
                     ioeventfd = s.ioeventfd
                 case .virtioRNG:
                     model = VirtioRNG()
@@ -76,6 +86,8 @@ final class PCIBusDevices {
                     model = try Self.vhostUserSCSI(v, board: board)
                 }
                 let dev = VirtioPCIDevice(device: model, memory: board.memory, msiController: msi)
+                if let iothread { dev.assign(to: VirtioIOThreadContext(iothread: iothread, bigLock: board.lock, mainLoop: board.loop)) }
+                ownerLoops.append(iothread?.loop ?? board.loop)
                 let slot = try bridge.plug(dev)
                 dev.pci.intxLine = board.interrupts.line(root.intxGSI(slot: slot, pin: 0))
                 virtio.append(dev)
@@ -88,7 +100,8 @@ final class PCIBusDevices {
         }
     }
 
-    /// One SCSITarget per scsi-id, a logical unit per scsi-hd on its drive's backend.
+    /// One SCSITarget per scsi-id, a logical unit per scsi-hd on its drive's backend; completions
+    /// come back to `loop` (the main loop, or the controller's iothread).
     private func makeVirtioSCSI(_ s: VirtioSCSIConfiguration, _ c: MachineConfiguration, loop: EventLoop) throws -> VirtioDevice {
         var targets: [Int: SCSITarget] = [:]
         for disk in s.disks {
@@ -108,8 +121,9 @@ final class PCIBusDevices {
         }
         let pool = workers ?? WorkerPool(threads: 4)
         workers = pool
+        // SCSI LUNs stay on the worker pool whatever their drive's aio= says.
         let executor = WorkerPoolExecutor(pool: pool, loop: loop)
-        executors.append(executor)
+        drains.append { executor.waitUntilIdle() }
         var v = VirtioSCSI.Configuration()
         v.queueCount = s.queueCount; v.queueSize = s.queueSize
         return VirtioSCSI(targets: targets, configuration: v, executor: executor)
@@ -149,10 +163,54 @@ final class PCIBusDevices {
                                    memory64: root.memory64Window.map { $0.lowerBound..<$0.upperBound + 1 } ?? 0..<0)
     }
 
+    /// aio=io_uring for raw files; qcow2 (whose metadata I/O is synchronous) and aio=threads or
+    /// native use the worker pool.
+    private func makeExecutor(_ drive: DriveConfiguration, backend: BlockDevice, pool: WorkerPool, loop: EventLoop,
+                              iothread: IOThread?) throws -> VirtioRequestExecutor {
+        if drive.aio == .io_uring, backend is RawFileDevice {
+            do {
+                let e = try IoUringExecutor(pool: pool, loop: loop) { fd, handler in
+                    var failure: Error?
+                    let add = { do { try loop.addReadable(fd: fd, handler) } catch { failure = error } }
+                    if let iothread { iothread.runSync(add) } else { add() }
+                    if let failure { throw failure }
+                }
+                drains.append { e.waitUntilIdle() }
+                return e
+            } catch {
+                throw ConfigurationError("-drive file=\(drive.file): \(error)")
+            }
+        }
+        let e = WorkerPoolExecutor(pool: pool, loop: loop)
+        drains.append { e.waitUntilIdle() }
+        return e
+    }
+
+    /// The iothreads running devices, by id.
+    var iothreadThreads: [(id: String, threadID: Int32)] {
+        iothreads.values.sorted { $0.id < $1.id }.map { ($0.id, $0.threadID) }
+    }
+
+    private func startIOThread(_ id: String) throws -> IOThread {
+        if let t = iothreads[id] { return t }
+        let t = try IOThread(id: id)
+        try t.start()
+        iothreads[id] = t
+        return t
+    }
+
     /// Waits until no block request is reading or writing guest memory (vCPUs stopped, before a
     /// machine reset wipes RAM; QEMU drains all block I/O there too). Call without the big lock.
+    /// Devices on iothreads stop taking requests first (their threads keep running); `reset`
+    /// lets them go again.
     func drainRequests() {
-        for e in executors { e.waitUntilIdle() }
+        for dev in virtio where dev.ioThreadContext != nil { dev.quiesce() }
+        for d in drains { d() }
+    }
+
+    /// QMP stop/cont: device queue processing stops and resumes with the vCPUs. Big lock held.
+    func setQueuesPausedLocked(_ paused: Bool) {
+        for dev in virtio { dev.setQueuesPaused(paused) }
     }
 
     /// Machine reset with the big lock held: headers back to power-on, then BARs placed again.
@@ -164,8 +222,8 @@ final class PCIBusDevices {
     /// Hands the running accelerator's ioeventfd/irqfd hooks to the virtio devices, or takes
     /// them back (nil) before that accelerator's VM goes away. Call with the big lock held.
     func setIOEventsLocked(_ accelerator: IOEventAccelerator?) {
-        for (dev, allowed) in zip(virtio, ioeventfdAllowed) {
-            dev.ioEvents = allowed ? accelerator.map { VirtioNotifyAcceleration(accelerator: $0, loop: loop) } : nil
+        for (i, dev) in virtio.enumerated() {
+            dev.ioEvents = ioeventfdAllowed[i] ? accelerator.map { VirtioNotifyAcceleration(accelerator: $0, loop: ownerLoops[i]) } : nil
         }
     }
 
@@ -177,12 +235,17 @@ final class PCIBusDevices {
         for (i, dev) in virtio.enumerated() {
             let s = dev.statistics
             var line = "keel: virtio-pci \(i) (type \(dev.device.deviceType)): notify trapped \(s.trappedNotifies) eventfd \(s.eventFDNotifies); "
-            line += "msi ioctl \(s.msiByController) irqfd \(s.msiByIRQFD); routes set \(s.msiRouteUpdates)\n"
+            line += "msi ioctl \(s.msiByController) irqfd \(s.msiByIRQFD); routes set \(s.msiRouteUpdates); "
+            line += "notify thread '\(dev.notifyThreadName ?? "")' iothread notifies \(s.iothreadNotifies)"
+            if let ring = rings[i] { line += "; io_uring operations \(ring.ringOperations) submissions \(ring.ringSubmissions)" }
+            line += "\n"
             line.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
         }
     }
 
     func close() {
+        for t in iothreads.values { t.stop() }
+        iothreads.removeAll()
         reportStatistics()
         workers?.shutdown()
         workers = nil

@@ -52,7 +52,7 @@ public struct VirtioBlockConfiguration: Sendable, Equatable {
     public var queueCount = 1
     public var queueSize: UInt16 = 256
     public var serial = ""
-    /// `-object iothread,id=` owning the queues (not yet honoured: the main loop owns them).
+    /// `-object iothread,id=` owning the queues (their processing runs on that thread).
     public var iothread: String?
     /// Queue notifications through kvm's ioeventfd and MSI-X through irqfd (QEMU's
     /// `ioeventfd=on`); off, every notify write exits to Keel and MSIs go by ioctl.

@@ -69,7 +69,13 @@ final class HMPCommands {
             say("VM status: \(s == .running ? "running" : s == .prelaunch ? "paused (prelaunch)" : s == .shutdown ? "paused (shutdown)" : s.rawValue)")
         case "cpus":
             for c in m.cpus { say("\(c.index == 0 ? "*" : " ") CPU #\(c.index): thread_id=\(c.threadID)") }
-        case "block", "iothreads", "pci": break
+        case "iothreads":
+            for t in m.iothreads {
+                say("\(t.id):")
+                say("  thread_id=\(t.threadID)")
+                for k in ["poll-max-ns", "poll-grow", "poll-shrink", "aio-max-batch"] { say("  \(k)=0") }
+            }
+        case "block", "pci": break
         case "version": say("\(monitor.version.major).\(monitor.version.minor).\(monitor.version.micro) (\(monitor.version.package))")
         case "name": if let n = m.machineInfo.name { say(n) }
         case "kvm": say("kvm support: \(m.machineInfo.acceleratorIsKVM ? "enabled" : m.machineInfo.kvmPresent ? "disabled" : "not compiled")")

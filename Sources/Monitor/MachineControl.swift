@@ -20,6 +20,19 @@ public protocol MachineControl: AnyObject {
     var chardevs: [ChardevInfo] { get }
     /// The devices for `info qtree`.
     var devices: [DeviceInfo] { get }
+    /// `-object iothread` threads that run devices (QMP query-iothreads).
+    var iothreads: [IOThreadInfo] { get }
+}
+
+extension MachineControl {
+    public var iothreads: [IOThreadInfo] { [] }
+}
+
+public struct IOThreadInfo: Sendable, Equatable {
+    public var id: String
+    /// Host thread ID of the iothread.
+    public var threadID: Int32
+    public init(id: String, threadID: Int32) { self.id = id; self.threadID = threadID }
 }
 
 /// QEMU's RunState names (qapi/run-state.json), for the states Keel can be in.

@@ -24,6 +24,7 @@ static inline int ckeel_fcntl_int(int fd, int cmd, int arg) { return fcntl(fd, c
 int ckeel_memfd_create(const char *name, unsigned flags);
 int ckeel_punch_hole(int fd, long offset, long length);
 int ckeel_set_thread_name(const char *name);  /* at most 15 characters */
+int ckeel_get_thread_name(char *buffer, size_t size);  /* the calling thread's */
 int ckeel_gettid(void);
 // Block backends: fallocate with explicit FALLOC_FL_* flags, O_DIRECT, SEEK_DATA/SEEK_HOLE, BLKGETSIZE64.
 int ckeel_fallocate(int fd, int mode, long offset, long length);

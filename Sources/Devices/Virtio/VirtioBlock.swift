@@ -85,6 +85,7 @@ public final class VirtioBlock: VirtioDevice {
     public func queueNotified(_ index: Int) {
         guard let t = transport else { return }
         t.processQueue(index) { chain in handle(chain, queue: index, transport: t) }
+        executor.submitQueued()
     }
 
     private func handle(_ chain: DescriptorChain, queue: Int, transport t: VirtioTransport) {
@@ -115,7 +116,8 @@ public final class VirtioBlock: VirtioDevice {
                 finish(Self.statusIOError, written: 0); return
             }
             let backend = self.backend
-            submit(t) {
+            let request: BlockRequest = isRead ? .read(segments: segments, offset: offset) : .write(segments: segments, offset: offset)
+            submit(t, request) {
                 var at = offset
                 do {
                     for s in segments {
@@ -127,7 +129,7 @@ public final class VirtioBlock: VirtioDevice {
             } done: { status in finish(status, written: isRead && status == Self.statusOK ? length : 0) }
         case Self.typeFlush:
             let backend = self.backend
-            submit(t) {
+            submit(t, .flush) {
                 do { try backend.flush(); return Self.statusOK } catch { return Self.statusIOError }
             } done: { finish($0, written: 0) }
         case Self.typeGetID:
@@ -149,7 +151,9 @@ public final class VirtioBlock: VirtioDevice {
                 finish(Self.statusIOError, written: 0); return
             }
             let backend = self.backend, length = UInt64(count) * Self.sectorSize, unmap = flags & 1 != 0
-            submit(t) {
+            let request: BlockRequest = discard ? .discard(offset: offset, length: length)
+                : .writeZeroes(offset: offset, length: length, mayUnmap: unmap)
+            submit(t, request) {
                 do {
                     if discard { try backend.discard(offset: offset, length: length) }
                     else { try backend.writeZeroes(offset: offset, length: length, mayUnmap: unmap) }
@@ -177,10 +181,10 @@ public final class VirtioBlock: VirtioDevice {
         return last.address + UInt64(last.length - 1)
     }
 
-    private func submit(_ t: VirtioTransport, _ work: @escaping () -> UInt8, done: @escaping (UInt8) -> Void) {
+    private func submit(_ t: VirtioTransport, _ request: BlockRequest, _ work: @escaping () -> UInt8, done: @escaping (UInt8) -> Void) {
         inflightRequests += 1
         let submitted = epoch
-        executor.execute(work) { [weak self, weak t] status in
+        executor.execute(request, on: backend, work: work) { [weak self, weak t] status in
             guard let self else { return }
             self.inflightRequests -= 1
             if submitted == self.epoch { done(status) }

@@ -60,8 +60,15 @@ public protocol VirtioTransport: AnyObject {
     func configChanged()
     /// The last in-flight request finished (a pending reset may now complete).
     func requestsDrained()
-    /// False once the device needs a reset or is being reset: stop taking chains.
+    /// False once the device needs a reset or is being reset: its buffers are not the device's.
     var isProcessing: Bool { get }
+    /// False also while the machine is stopped (QMP stop): take no new chains, but requests in
+    /// flight still complete.
+    var acceptsRequests: Bool { get }
+}
+
+extension VirtioTransport {
+    public var acceptsRequests: Bool { isProcessing }
 }
 
 extension VirtioTransport {
@@ -73,9 +80,9 @@ extension VirtioTransport {
         guard q.isReady else { return }
         do throws(VirtqueueError) {
             var again = true
-            while again && isProcessing {
+            while again && acceptsRequests {
                 try q.setNotification(memory, enabled: false)
-                while isProcessing, let chain = try q.pop(memory) { handle(chain) }
+                while acceptsRequests, let chain = try q.pop(memory) { handle(chain) }
                 again = try q.setNotification(memory, enabled: true)
             }
         } catch {

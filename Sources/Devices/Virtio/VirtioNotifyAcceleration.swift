@@ -36,6 +36,8 @@ public struct VirtioPCIStatistics: Sendable, Equatable {
     public var msiByIRQFD: UInt64 = 0
     /// GSI route changes the device asked the accelerator for (each costs a routing commit).
     public var msiRouteUpdates: UInt64 = 0
+    /// Notifies handled on the device's iothread (0 without one).
+    public var iothreadNotifies: UInt64 = 0
     public init() {}
 }
 
@@ -108,7 +110,7 @@ extension VirtioPCIDevice {
                 try acceleration.accelerator.addIOEvent(fd: fd.fd, address: address, length: 2)
                 try acceleration.loop.addReadable(fd: fd.fd) { [unowned self, fd] _ in
                     fd.consume()
-                    self.statistics.eventFDNotifies &+= 1
+                    self.counters.eventFDNotifies.add(1, ordering: .relaxed)
                     self.notify(queue: i)
                 }
                 binding.entries.append(.init(queue: i, fd: fd, address: address))
@@ -121,8 +123,10 @@ extension VirtioPCIDevice {
 
 extension VirtioPCIDevice {
     /// Brings the irqfd routes in line with the MSI-X table, the function's enable/mask bits and
-    /// the vectors the queues and config changes use. Called on every change to any of them.
+    /// the vectors the queues and config changes use. Called on every change to any of them,
+    /// with the big lock held. The owner's lock-free view of the routes is withdrawn meanwhile.
     func msiRoutesChanged() {
+        vectors.irqfds.withLock { $0.removeAll() }
         guard let acceleration = ioEvents else {
             msiBinding?.unbind()
             msiBinding = nil
@@ -134,17 +138,18 @@ extension VirtioPCIDevice {
         }
         let binding = msiBinding ?? VirtioMSIBinding(acceleration.accelerator)
         msiBinding = binding
-        var used = Set<Int>()
-        if configVector != Virtio.noVector { used.insert(Int(configVector)) }
-        for q in queues where q.msixVector != Virtio.noVector { used.insert(Int(q.msixVector)) }
+        let used = vectors.used.withLock { $0 }
         let live = msix.isEnabled && !msix.isFunctionMasked
+        var routed: [Int: EventFD] = [:]
         for v in 0..<msix.vectorCount {
             if live, used.contains(v), let e = msix.entry(v), !e.masked {
-                if binding.route(vector: v, address: e.address, data: e.data) { statistics.msiRouteUpdates &+= 1 }
+                if binding.route(vector: v, address: e.address, data: e.data) { counters.msiRouteUpdates.add(1, ordering: .relaxed) }
+                if let fd = binding.eventFD(vector: v) { routed[v] = fd }
             } else if binding.eventFD(vector: v) != nil {
                 binding.unroute(vector: v)
-                statistics.msiRouteUpdates &+= 1
+                counters.msiRouteUpdates.add(1, ordering: .relaxed)
             }
         }
+        if ioThreadContext != nil { vectors.irqfds.withLock { $0 = routed } }
     }
 }

@@ -32,18 +32,37 @@ public final class VirtioPCIDevice: PCIDevice, VirtioTransport {
     /// The driver wrote 0 while requests were in flight: the reset finishes when they drain.
     var resetPending = false
     public private(set) var lastError: VirtqueueError?
+    private var _ioEvents: VirtioNotifyAcceleration?
     /// Where queue notifications can arrive without an exit (kvm's ioeventfd), if anywhere.
+    /// Set with the big lock held.
     public var ioEvents: VirtioNotifyAcceleration? {
-        didSet {
-            ioEventsChanged()
+        get { _ioEvents }
+        set {
+            onOwner {
+                _ioEvents = newValue
+                ioEventsChanged()
+            }
             msiRoutesChanged()
         }
     }
     var notifyBinding: VirtioNotifyBinding?
     /// The MSI-X vectors currently raised through irqfds rather than by asking the controller.
     var msiBinding: VirtioMSIBinding?
+    let counters = VirtioPCICounters()
     /// How notifications and interrupts travelled (KEEL_DEBUG_VIRTIO, tests).
-    public internal(set) var statistics = VirtioPCIStatistics()
+    public var statistics: VirtioPCIStatistics { counters.snapshot }
+    /// The thread that handled the first notify (KEEL_DEBUG_VIRTIO: "iothread io0" with one).
+    public internal(set) var notifyThreadName: String?
+    /// The iothread owning the queues, with the big lock and main loop; nil: the main loop owns
+    /// them, under the big lock. Set once, before the guest runs.
+    public private(set) var ioThreadContext: VirtioIOThreadContext?
+    /// Depth of `onOwner` calls running on the iothread for a big-lock holder.
+    var ownerSyncDepth = 0
+    let vectors = VirtioVectorState()
+    /// QMP stop: no chains are taken from the rings (owner state).
+    var isPaused = false
+    /// Between a machine reset's drain and the reset itself (owner state).
+    var isQuiesced = false
 
     public init(device: VirtioDevice, memory: GuestMemory, msiController: MSIController?) {
         self.device = device
@@ -70,17 +89,27 @@ public final class VirtioPCIDevice: PCIDevice, VirtioTransport {
         self.msix = msix
         pci.setBar(Self.msixBar, PCIBar(kind: .memory32, size: msix.barSize, region: PCIMSIXRegion(msix), name: "virtio-msix"))
         pci.setBar(Self.virtioBar, PCIBar(kind: .memory32, size: 4 * Self.regionSize, region: VirtioPCIRegisters(self), name: "virtio-pci"))
-        pci.barMoved = { [unowned self] i, _ in if i == Self.virtioBar { self.ioEventsChanged() } }
+        pci.barMoved = { [unowned self] i, _ in if i == Self.virtioBar { self.onOwner { self.ioEventsChanged() } } }
         msix.vectorsChanged = { [unowned self] in self.msiRoutesChanged() }
     }
 
+    /// Gives the queues to `context.iothread` (before the guest runs; the device keeps it).
+    public func assign(to context: VirtioIOThreadContext) {
+        ioThreadContext = context
+    }
+
+    /// With the big lock held (machine reset).
     public func pciReset() {
-        resetDevice()
-        resetPending = false
+        onOwner {
+            resetDevice()
+            resetPending = false
+            isQuiesced = false
+        }
         msix.reset()
     }
 
     public var isProcessing: Bool { status & Virtio.statusDriverOK != 0 && status & Virtio.statusNeedsReset == 0 && !resetPending }
+    public var acceptsRequests: Bool { isProcessing && !isPaused && !isQuiesced }
 
     /// The guest address of queue `index`'s notify register (while BAR 4 decodes).
     public func notifyAddress(queue index: Int) -> UInt64? {
@@ -120,16 +149,17 @@ public final class VirtioPCIDevice: PCIDevice, VirtioTransport {
     }
 
     /// Queue interrupts and config changes: the MSI-X vector, or INTx with the ISR bit (§4.1.4.5).
-    func interrupt(vector: UInt16, isrBit: UInt8) {
+    /// With the big lock held (see `interrupt` for the owner's side).
+    func interruptLocked(vector: UInt16, isrBit: UInt8) {
         if msix.isEnabled {
             guard vector != Virtio.noVector else { return }
             // A routed vector is unmasked by construction: masking it withdraws the route, so
             // the pending-bit rules below stay with PCIMSIX.
             if let fd = msiBinding?.eventFD(vector: Int(vector)) {
-                statistics.msiByIRQFD &+= 1
+                counters.msiByIRQFD.add(1, ordering: .relaxed)
                 fd.signal()
             } else {
-                statistics.msiByController &+= 1
+                counters.msiByController.add(1, ordering: .relaxed)
                 msix.notify(vector: Int(vector))
             }
         } else {
@@ -140,6 +170,7 @@ public final class VirtioPCIDevice: PCIDevice, VirtioTransport {
 
     // MARK: status and reset
 
+    /// On the queues' owner.
     func resetDevice() {
         device.reset()
         for q in queues { q.reset() }
@@ -147,11 +178,15 @@ public final class VirtioPCIDevice: PCIDevice, VirtioTransport {
         driverFeatures = 0
         deviceFeatureSelect = 0; driverFeatureSelect = 0; queueSelect = 0
         configVector = Virtio.noVector
-        isr = 0
-        pci.setINTx(false)
         lastError = nil
         ioEventsChanged()
-        msiRoutesChanged()
+        vectors.used.withLock { $0.removeAll() }
+        withBigLockState { [weak self] in
+            guard let self else { return }
+            self.isr = 0
+            self.pci.setINTx(false)
+            self.msiRoutesChanged()
+        }
     }
 
     func writeStatus(_ value: UInt8) {
@@ -217,11 +252,11 @@ public final class VirtioPCIDevice: PCIDevice, VirtioTransport {
             guard status & Virtio.statusFeaturesOK == 0, driverFeatureSelect < 2 else { return }
             let shift = 32 * UInt64(driverFeatureSelect)
             driverFeatures = (driverFeatures & ~(0xFFFF_FFFF << shift)) | UInt64(v32) << shift
-        case (0x10, 2): configVector = validVector(v16); msix.vectorsChanged?()
+        case (0x10, 2): configVector = validVector(v16); vectorsAssigned()
         case (0x14, 1): writeStatus(UInt8(truncatingIfNeeded: value))
         case (0x16, 2): queueSelect = v16
         case (0x18, 2): if let q, !q.isReady, q.isAcceptableSize(v16) { q.size = v16 }
-        case (0x1A, 2): if let q { q.msixVector = validVector(v16); msix.vectorsChanged?() }
+        case (0x1A, 2): if let q { q.msixVector = validVector(v16); vectorsAssigned() }
         case (0x1C, 2):
             guard let q, v16 == 1, !q.isReady else { return }
             do {
@@ -252,9 +287,16 @@ public final class VirtioPCIDevice: PCIDevice, VirtioTransport {
         return v
     }
 
-    /// A write to queue `index`'s notify register (the value is the queue index; the offset says it).
+    /// A write to queue `index`'s notify register (the value is the queue index; the offset says
+    /// it), on the queues' owner.
     public func notify(queue index: Int) {
-        guard isProcessing, index >= 0, index < queues.count, queues[index].isReady else { return }
+        if let t = ioThreadContext?.iothread, t.isCurrent {
+            counters.iothreadNotifies.add(1, ordering: .relaxed)
+            if notifyThreadName == nil { notifyThreadName = Self.currentThreadName() }
+        } else if notifyThreadName == nil {
+            notifyThreadName = Self.currentThreadName()
+        }
+        guard acceptsRequests, index >= 0, index < queues.count, queues[index].isReady else { return }
         device.queueNotified(index)
     }
 }
@@ -267,9 +309,12 @@ final class VirtioPCIRegisters: BusDevice {
     func read(offset: UInt64, data: UnsafeMutableRawBufferPointer) {
         let page = offset / VirtioPCIDevice.regionSize, within = offset % VirtioPCIDevice.regionSize
         switch page {
-        case 0: data.storeLittleEndian(transport.readCommon(within, data.count))
+        case 0:
+            var v: UInt64 = 0
+            transport.onOwner { v = transport.readCommon(within, data.count) }
+            data.storeLittleEndian(v)
         case 1: data.storeLittleEndian(within == 0 ? UInt64(transport.readISR()) : 0)
-        case 2: transport.device.readConfig(offset: Int(within), data: data)
+        case 2: transport.onOwner { transport.device.readConfig(offset: Int(within), data: data) }
         default: data.storeLittleEndian(0)
         }
     }
@@ -277,12 +322,21 @@ final class VirtioPCIRegisters: BusDevice {
     func write(offset: UInt64, data: UnsafeRawBufferPointer) {
         let page = offset / VirtioPCIDevice.regionSize, within = offset % VirtioPCIDevice.regionSize
         switch page {
-        case 0: transport.writeCommon(within, data.count, data.littleEndianValue)
-        case 2: transport.device.writeConfig(offset: Int(within), data: data)
+        case 0:
+            let v = data.littleEndianValue
+            transport.onOwner { transport.writeCommon(within, data.count, v) }
+        case 2: transport.onOwner { transport.device.writeConfig(offset: Int(within), data: data) }
         case 3:
             guard within % VirtioPCIDevice.notifyMultiplier == 0 else { return }
-            transport.statistics.trappedNotifies &+= 1
-            transport.notify(queue: Int(within / VirtioPCIDevice.notifyMultiplier))
+            transport.counters.trappedNotifies.add(1, ordering: .relaxed)
+            let queue = Int(within / VirtioPCIDevice.notifyMultiplier)
+            // tcg (or ioeventfd=off) with an iothread: the notify is posted to it, as an
+            // ioeventfd signal would wake it.
+            if let t = transport.ioThreadContext?.iothread {
+                t.post { [weak transport = self.transport] in transport?.notify(queue: queue) }
+            } else {
+                transport.notify(queue: queue)
+            }
         default: break
         }
     }

@@ -1,11 +1,40 @@
+import Block
 import Glibc
 import Loop
 import Synchronization
 
+
 /// Where a device's blocking work runs: a worker pool with the completion posted back to the
-/// device's loop, or (in tests, and for work that cannot block) right away.
+/// device's loop, io_uring, or (in tests, and for work that cannot block) right away.
 public protocol VirtioRequestExecutor: AnyObject {
     func execute(_ work: @escaping () -> UInt8, completion: @escaping (UInt8) -> Void)
+    /// A block request described as data, for executors that issue the I/O themselves
+    /// (io_uring); `work` does the same synchronously and is what the others run. `completion`
+    /// gets a virtio-blk status.
+    func execute(_ request: BlockRequest, on backend: BlockDevice, work: @escaping () -> UInt8,
+                 completion: @escaping (UInt8) -> Void)
+    /// The device took every chain it had: hand what was queued to the kernel (one io_uring
+    /// submission for a batch of requests).
+    func submitQueued()
+}
+
+extension VirtioRequestExecutor {
+    public func execute(_ request: BlockRequest, on backend: BlockDevice, work: @escaping () -> UInt8,
+                        completion: @escaping (UInt8) -> Void) {
+        execute(work, completion: completion)
+    }
+
+    public func submitQueued() {}
+}
+
+/// One virtio-blk data request, already checked against the disk: guest buffers in order and
+/// the byte offset on the backend.
+public enum BlockRequest {
+    case read(segments: [UnsafeMutableRawBufferPointer], offset: UInt64)
+    case write(segments: [UnsafeMutableRawBufferPointer], offset: UInt64)
+    case flush
+    case discard(offset: UInt64, length: UInt64)
+    case writeZeroes(offset: UInt64, length: UInt64, mayUnmap: Bool)
 }
 
 /// Runs the work on a `WorkerPool` thread; `completion` runs on `loop` (the device's owner).
