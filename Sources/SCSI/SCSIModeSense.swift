@@ -33,7 +33,8 @@ extension SCSILogicalUnit {
                 descriptor.putBE(Self.blockSize, at: 5, bytes: 3)
             }
         }
-        let deviceSpecific: UInt8 = isReadOnly ? 0x80 : 0x00   // WP (SBC-3 §6.4.1)
+        // WP, and DPOFUA: READ/WRITE honour FUA (SBC-3 §6.4.1).
+        let deviceSpecific: UInt8 = (isReadOnly ? 0x80 : 0x00) | 0x10
         var header: [UInt8]
         if ten {
             header = [0, 0, 0, deviceSpecific, llbaa && !dbd ? 0x01 : 0x00, 0, 0, 0]

@@ -31,6 +31,7 @@ extension VirtioLinuxTests {
             "for d in *; do s=$d/device; echo $d:$(cat $s/block/*/size):$(cat $s/vendor):$(cat $s/model):$(cat $s/rev):$(cat $s/block/*/ro):$(cat $d/cache_type):$(cat $d/provisioning_mode); done",
             "A=/dev/$(ls *:0:0:0/device/block); B=/dev/$(ls *:0:2:3/device/block); C=/dev/$(ls *:0:0:1/device/block)",
             "echo sa=$(tail -c +5 *:0:0:0/device/vpd_pg80)",
+            "echo fua=$(cat *:0:0:0/FUA)",
             "echo a=$(dd if=$A bs=512 count=8 2>/dev/null | md5sum)",
             "echo b=$(dd if=$B bs=4096 skip=256 count=4 2>/dev/null|md5sum)",
             "printf '\(pattern)' > /tmp/p",
@@ -52,6 +53,7 @@ extension VirtioLinuxTests {
         XCTAssertTrue(lines.contains { $0.hasSuffix(":0:2:3:6144:KEEL :KEEL HARDDISK :1.0 :0:write back:unmap") }, context)
         XCTAssertTrue(lines.contains { $0.contains(":0:0:1:2048:KEEL :KEEL HARDDISK :1.0 :1:") }, context)
         XCTAssertTrue(lines.contains("sa=KEEL-SA"), context)
+        XCTAssertTrue(lines.contains("fua=1"), "MODE SENSE's DPOFUA: sd sends FUA writes:\(context)")
         XCTAssertTrue(lines.contains("a=\(try md5(aData.prefix(4096))) -"), context)
         XCTAssertTrue(lines.contains("b=\(try md5(bData[(1 << 20)..<((1 << 20) + 16384)])) -"), context)
         XCTAssertTrue(lines.contains("wa=0"), context)

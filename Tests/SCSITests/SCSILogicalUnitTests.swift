@@ -201,6 +201,7 @@ final class SCSILogicalUnitTests: XCTestCase {
         let d = m.data
         XCTAssertEqual(Int(d[0]) + 1, d.count, "mode data length")
         XCTAssertEqual(d[2] & 0x80, 0, "not write-protected")
+        XCTAssertEqual(d[2] & 0x10, 0x10, "DPOFUA")
         XCTAssertEqual(d[3], 8, "block descriptor length")
         XCTAssertEqual(Array(d[4..<12]), be(UInt64(blocks), 4) + [0] + be(512, 3))
         XCTAssertEqual(d[12], 0x08); XCTAssertEqual(d[13], 0x12); XCTAssertEqual(d[14] & 0x04, 0x04, "WCE")
