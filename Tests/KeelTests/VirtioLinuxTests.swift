@@ -24,6 +24,9 @@ final class VirtioLinuxTests: XCTestCase {
     }
 
     func md5(_ data: Data) throws -> String { try guest.md5(data) }
+    var runner: KeelRunner { guest.runner }
+    var scratch: URL { guest.scratch }
+    func options(_ extra: [String]) -> MachineOptions { guest.options(extra) }
 
     /// Two disks and a read-only third: sizes and serials in sysfs, host data read in the guest,
     /// guest writes flushed into the host file byte for byte, and writes to the read-only disk
