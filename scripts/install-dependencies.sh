@@ -12,6 +12,7 @@ packages=(
   zlib1g-dev bc              # qcow2 compressed clusters (CZlib links libz); bench/img.sh arithmetic
   liburing-dev               # -drive aio=io_uring (CURing links liburing)
   iproute2 procps
+  iperf3                     # bench/net.sh: the host server, and the guest's copy with its libraries
   python3 python3-pip        # the QMP tests drive Keel with QEMU's own client, qemu.qmp (PyPI)
 )
 missing=()
