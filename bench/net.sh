@@ -41,7 +41,7 @@ ip netns exec "$NS" iperf3 -s -B 10.0.3.1 >"$WORK/iperf3-server.log" 2>&1 &
 echo $! >"$WORK/iperf3.pid"
 # The guest's iperf3: the binary, every library ldd resolves, and the loader, at the same paths.
 LIBS=$(ldd /usr/bin/iperf3 | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }')
-exec python3 - "$RUNS" "$KEEL" "$WORK" "$NS" $LIBS <<'PY'
+python3 - "$RUNS" "$KEEL" "$WORK" "$NS" $LIBS <<'PY'
 import os, re, select, statistics, subprocess, sys, time
 runs, keel, work, ns, libs = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:]
 seconds = int(os.environ.get("NET_SECONDS", "5"))
