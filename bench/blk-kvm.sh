@@ -26,7 +26,7 @@ WORK=$(mktemp -d /var/tmp/keel-bench-blk-kvm.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 bench/guests/build-guest.sh "$WORK/blk-bench.elf" bench/guests/blk-bench.gc >/dev/null
 gcc -O2 -o "$WORK/tsc-hz" bench/blk/tsc-hz.c
-exec python3 - "$RUNS" "$KEEL" "$WORK" <<'PY'
+python3 - "$RUNS" "$KEEL" "$WORK" <<'PY'
 import os, re, statistics, subprocess, sys
 runs, keel, work = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 depth = int(os.environ.get("BLK_KVM_DEPTH", "32"))
