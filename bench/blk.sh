@@ -12,7 +12,8 @@
 # -object iothread,id=ID. A variant a VMM refuses prints n/a with its error.
 #
 # With /dev/kvm (and BLK_KVM != 0) it also times the project's own virtio-blk test guest under
-# -accel kvm in both VMMs: BLK_KVM_LOOPS one-sector reads (20000), TSC cycles per read.
+# -accel kvm in both VMMs: BLK_KVM_LOOPS one-sector reads (20000), TSC cycles per read; then
+# bench/blk-kvm.sh (the ring-3 polling device-path benchmark, its own BLK_KVM_* settings) with RUNS.
 #
 # Usage: bench/blk.sh [RUNS]   (median of RUNS interleaved runs, default 1)
 # Environment: BLK_SEQ_MIB (64), BLK_RAND_OPS (1000), BLK_VARIANTS, BLK_QEMU_MACHINE (pc),
@@ -30,7 +31,7 @@ WORK=$(mktemp -d /var/tmp/keel-bench-blk.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 gcc -static -O2 -o "$WORK/blkrand" bench/blk/blkrand.c
 [ -e /dev/kvm ] && [ "${BLK_KVM:-1}" != 0 ] && bench/guests/build-guest.sh "$WORK/virtio-blk.elf" Tests/KeelTests/Guests/virtio-blk.gc >/dev/null
-exec python3 - "$RUNS" "$KEEL" "$WORK" <<'PY'
+python3 - "$RUNS" "$KEEL" "$WORK" <<'PY'
 import os, re, select, statistics, subprocess, sys, time
 runs, keel, work = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 seq_mib = int(os.environ.get("BLK_SEQ_MIB", "64"))
@@ -193,3 +194,6 @@ for (variant, vmm), r in results.items():
     if isinstance(r, str):
         print("   n/a: %s %s: %s" % (vmm, variant, r[:160]))
 PY
+if [ -e /dev/kvm ] && [ "${BLK_KVM:-1}" != 0 ]; then
+    KEEL=$KEEL bench/blk-kvm.sh "$RUNS"
+fi
