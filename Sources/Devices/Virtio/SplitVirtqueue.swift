@@ -47,6 +47,19 @@ public final class SplitVirtqueue {
         signalledUsed = 0; signalledUsedValid = false
     }
 
+    /// Resumes a queue that another process ran or will run (vhost-user SET_VRING_BASE, a
+    /// back-end reconnecting): the next available entry to take and where the used ring stands.
+    public func restore(nextAvail: UInt16, nextUsed: UInt16) {
+        self.nextAvail = nextAvail
+        self.nextUsed = nextUsed
+        signalledUsedValid = false
+    }
+
+    /// The used ring's index as the driver sees it in memory.
+    public func usedIndex(_ memory: GuestMemory) throws(VirtqueueError) -> UInt16 {
+        try load16(memory, deviceArea + 2)
+    }
+
     /// A queue size the driver may choose: a power of two no larger than the device's maximum.
     public func isAcceptableSize(_ s: UInt16) -> Bool { s > 0 && s <= maxSize && s.nonzeroBitCount == 1 }
 
