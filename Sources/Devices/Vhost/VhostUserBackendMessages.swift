@@ -78,6 +78,8 @@ extension VhostUserBackendServer {
             case .setVringCall:
                 if rings[i].call >= 0 { close(rings[i].call) }
                 rings[i].call = fd
+                // A ring may have completed chains while it had no call fd: one spare interrupt.
+                if rings[i].started { rings[i].signalCall() }
             default:
                 if fd >= 0 { close(fd) }   // errors are not reported on the err fd
             }

@@ -23,6 +23,9 @@ public protocol VirtioDevice: AnyObject {
     var deviceType: UInt16 { get }
     /// Device-specific feature bits; the transport adds VERSION_1, INDIRECT_DESC and EVENT_IDX.
     var deviceFeatures: UInt64 { get }
+    /// The transport feature bits offered besides `deviceFeatures` (VERSION_1, INDIRECT_DESC and
+    /// EVENT_IDX for Keel's own devices; a vhost-user device offers only what its back-end does).
+    var transportFeatures: UInt64 { get }
     /// The maximum size of each queue; the count is the device's number of queues.
     var queueMaxSizes: [UInt16] { get }
     /// PCI class code (base, sub, prog-if) for the transport's header.
@@ -38,6 +41,10 @@ public protocol VirtioDevice: AnyObject {
     var inflightRequests: Int { get }
     /// Forget every request and queue-derived state (the transport resets the queues themselves).
     func reset()
+}
+
+extension VirtioDevice {
+    public var transportFeatures: UInt64 { Virtio.featureVersion1 | Virtio.featureIndirectDescriptors | Virtio.featureEventIndex }
 }
 
 /// What a transport offers the device behind it.
