@@ -131,7 +131,7 @@ final class VhostUserProtocolTests: XCTestCase {
             done.signal()
         }
         let r = try KeelRunner.runCommand(executable: keel, arguments: [
-            "-accel", "tcg", "-m", "64", "-kernel", "/dev/null", "-nographic",
+            "-accel", "tcg", "-m", "64", "-kernel", PackagePaths.root.appendingPathComponent("guest/vmlinuz").path, "-nographic",
             "-object", "memory-backend-memfd,id=mem,size=64M,share=on", "-machine", "memory-backend=mem",
             "-chardev", "socket,id=c0,path=\(socket)", "-device", "vhost-user-blk-pci,chardev=c0"], timeout: 30)
         _ = done.wait(timeout: .now() + 15)
@@ -154,7 +154,7 @@ final class VhostUserProtocolTests: XCTestCase {
 
     func testVhostUserNeedsSharedMemory() throws {
         let r = try KeelRunner.runCommand(executable: keel, arguments: [
-            "-accel", "tcg", "-m", "64", "-kernel", "/dev/null", "-nographic",
+            "-accel", "tcg", "-m", "64", "-kernel", PackagePaths.root.appendingPathComponent("guest/vmlinuz").path, "-nographic",
             "-chardev", "socket,id=c0,path=/tmp/none.sock", "-device", "vhost-user-blk-pci,chardev=c0"], timeout: 30)
         XCTAssertEqual(r.status, 1)
         XCTAssertEqual(r.stderr, "keel: Failed initializing vhost-user memory map, consider using -object memory-backend-memfd share=on\n")
