@@ -29,11 +29,11 @@ final class VhostUserLinuxTests: XCTestCase {
 
     // MARK: helpers
 
-    func makeDisk(bytes: Int, seed: UInt8) throws -> (URL, Data) {
+    func makeDisk(bytes: Int, seed: UInt8, name: String = "disk.img") throws -> (URL, Data) {
         var data = Data(count: bytes)
         var x = UInt32(seed) &* 2654435761 | 1
         for i in 0..<bytes { x ^= x << 13; x ^= x >> 17; x ^= x << 5; data[i] = UInt8(truncatingIfNeeded: x) }
-        let url = scratch.appendingPathComponent("disk.img")
+        let url = scratch.appendingPathComponent(name)
         try data.write(to: url)
         return (url, data)
     }
@@ -179,6 +179,54 @@ final class VhostUserLinuxTests: XCTestCase {
         XCTAssertTrue(r.lines.contains("b=\(try md5(data[262_144..<(262_144 + 16384)])) -"), context)
         XCTAssertTrue(r.lines.contains("wb=0"), context)
         XCTAssertTrue(r.stderr.contains("back-end reconnected"), context)
+        XCTAssertEqual(r.status, 0, r.stderr)
+    }
+
+    /// The back-end is killed while a 16 MiB write is under way: the inflight region lets the
+    /// next back-end finish exactly the requests the dead one had taken, so the guest's dd
+    /// succeeds and the disk holds every byte.
+    func testBackendKilledMidWriteLosesNothing() throws {
+        let size = 32 << 20
+        let (disk, data) = try makeDisk(bytes: size, seed: 11)
+        let socket = scratch.appendingPathComponent("keel.sock").path
+        let first = try keelBackend(socket, disk)
+        let commands = [
+            "dd if=/dev/zero bs=65536 count=256 2>/dev/null | tr '\\000' Z > /tmp/z",
+            "echo ready",
+            "dd if=/tmp/z of=/dev/vda bs=65536 seek=64 oflag=direct 2>/dev/null; echo wz=$?",
+            "sync; echo 3 > /proc/sys/vm/drop_caches",
+            "echo z=$(dd if=/dev/vda bs=65536 skip=64 count=256 2>/dev/null | md5sum)",
+        ]
+        var killedAfter = -1
+        let r = try boot(KeelRunner(emulator: .keel(binary: keel), keelAccel: "tcg"), vhostArguments(socket: socket, reconnect: 1),
+                         commands: commands) {
+            // Kill as soon as the write has begun but well before it ends.
+            let h = try FileHandle(forReadingFrom: disk)
+            defer { try? h.close() }
+            let deadline = Date().addingTimeInterval(180)
+            while Date() < deadline {
+                try h.seek(toOffset: UInt64(4 << 20) + 65536)
+                if let b = try h.read(upToCount: 1), b.first == UInt8(ascii: "Z") { break }
+                usleep(5_000)
+            }
+            try h.seek(toOffset: UInt64(4 << 20) + (16 << 20) - 1)
+            killedAfter = (try h.read(upToCount: 1))?.first == UInt8(ascii: "Z") ? 1 : 0
+            kill(first.processIdentifier, SIGKILL)
+            first.waitUntilExit()
+            usleep(300_000)
+            try self.keelBackend(socket, disk)
+        }
+        let context = "\n" + r.stdout.suffix(3000) + "\n" + r.stderr.suffix(1500)
+        XCTAssertFalse(r.timedOut, context)
+        XCTAssertEqual(killedAfter, 0, "the kill must land mid-write\(context)")
+        var expected = data
+        expected.replaceSubrange((4 << 20)..<(20 << 20), with: Data(repeating: UInt8(ascii: "Z"), count: 16 << 20))
+        XCTAssertTrue(r.lines.contains("wz=0"), context)
+        XCTAssertTrue(r.lines.contains("z=\(try md5(Data(repeating: UInt8(ascii: "Z"), count: 16 << 20))) -"), context)
+        XCTAssertTrue(r.stderr.contains("back-end reconnected"), context)
+        XCTAssertTrue(try Data(contentsOf: disk) == expected, "the disk must hold the whole write and nothing else")
+        let second = (try? String(contentsOf: scratch.appendingPathComponent("backend-1.log"))) ?? ""
+        print("second back-end: \(second)")
         XCTAssertEqual(r.status, 0, r.stderr)
     }
 }

@@ -100,7 +100,10 @@ extension VhostUserBackendServer {
             guard protocolFeatures & VhostUser.protocolConfig != 0 else { throw VhostUserError("SET_CONFIG without the CONFIG protocol feature") }
             let cfg = try VhostUserConfig(m.payload)
             cfg.bytes.withUnsafeBytes { device.writeConfig(offset: Int(cfg.offset), data: $0) }
-        case .setLogBase, .setLogFD, .getInflightFD, .setInflightFD, .resetDevice, .getMaxMemSlots:
+        case .getInflightFD, .setInflightFD:
+            guard protocolFeatures & VhostUser.protocolInflightSHMFD != 0 else { throw VhostUserError("\(r) without the INFLIGHT_SHMFD protocol feature") }
+            if r == .getInflightFD { try getInflightFD(m); replied = true } else { try setInflightFD(m) }
+        case .setLogBase, .setLogFD, .resetDevice, .getMaxMemSlots:
             throw VhostUserError("\(r) needs a protocol feature this back-end did not offer")
         }
         if !replied && m.needsReply && protocolFeatures & VhostUser.protocolReplyAck != 0 {
@@ -157,7 +160,15 @@ extension VhostUserBackendServer {
         do { try q.validate(memory) } catch { throw VhostUserError("queue \(i): \(error)") }
         let usedIndex: UInt16
         do { usedIndex = try q.usedIndex(memory) } catch { throw VhostUserError("queue \(i): \(error)") }
-        q.restore(nextAvail: rings[i].base, nextUsed: usedIndex)
+        if let log = inflight?.log(queue: i), log.queueSize == q.size {
+            // The record, not the front-end's base, says where the last back-end stopped.
+            q.restore(nextAvail: log.recover(ringUsedIndex: usedIndex), nextUsed: usedIndex)
+            q.inflightLog = log
+            if !log.resubmit.isEmpty { self.log("queue \(i): taking again \(log.resubmit.count) requests left in flight") }
+        } else {
+            q.restore(nextAvail: rings[i].base, nextUsed: usedIndex)
+            q.inflightLog = nil
+        }
         let kick = rings[i].kick
         do {
             try loop.addReadable(fd: kick) { [unowned self] _ in

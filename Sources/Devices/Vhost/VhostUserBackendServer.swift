@@ -39,6 +39,8 @@ public final class VhostUserBackendServer: VirtioTransport {
     var broken = false
     /// A GET_VRING_BASE waiting for in-flight requests to finish before it answers.
     var deferredMessage: VhostUserMessage?
+    /// The inflight region the front-end gave (or got), if it negotiated INFLIGHT_SHMFD.
+    var inflight: BackendInflightRegion?
 
     /// `device`'s queue sizes are the maxima the front-end may choose.
     public init(device: VirtioDevice, socketPath: String, loop: EventLoop) throws {
@@ -51,6 +53,7 @@ public final class VhostUserBackendServer: VirtioTransport {
         offeredFeatures = device.deviceFeatures | Virtio.featureVersion1 | Virtio.featureIndirectDescriptors
             | Virtio.featureEventIndex | VhostUser.featureProtocolFeatures
         offeredProtocolFeatures = VhostUser.protocolMQ | VhostUser.protocolReplyAck | VhostUser.protocolConfig
+            | VhostUser.protocolInflightSHMFD
     }
 
     deinit {
@@ -125,6 +128,8 @@ public final class VhostUserBackendServer: VirtioTransport {
         memory = (try? GuestMemory(mapping: [])) ?? memory
         for q in queues { q.reset() }
         rings = queues.map { _ in BackendRing() }
+        inflight?.unmap()
+        inflight = nil
         if !quiet { onDisconnect?(why) }
     }
 

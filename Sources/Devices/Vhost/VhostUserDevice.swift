@@ -40,6 +40,9 @@ public final class VhostUserDevice: VirtioDevice {
     var activated = false
     var reconnectTimer: Timer?
     var watchedFD: Int32 = -1
+    /// The back-end's inflight region (INFLIGHT_SHMFD): kept across back-end restarts, dropped at a reset.
+    var inflightFD: Int32 = -1
+    var inflight: VhostUserInflight?
 
     /// Connects and negotiates now (the guest's view of the device needs the back-end's
     /// features and config). `configOverrides` are bytes Keel decides itself (blk's num_queues).
@@ -78,6 +81,7 @@ public final class VhostUserDevice: VirtioDevice {
     deinit {
         for c in calls { loop.remove(fd: c.fd) }
         if watchedFD >= 0 { loop.remove(fd: watchedFD) }
+        if inflightFD >= 0 { close(inflightFD) }
     }
 
     func readBackendView() throws(VhostUserError) {
@@ -128,11 +132,28 @@ public final class VhostUserDevice: VirtioDevice {
         }
         activated = false
         for i in running.indices { running[i] = false; bases[i] = 0 }
+        if inflightFD >= 0 { close(inflightFD); inflightFD = -1 }
+        inflight = nil
     }
 
     /// SET_FEATURES, SET_MEM_TABLE, then each ready ring: num, base, addresses, call, kick, enable.
     func handOver() throws(VhostUserError) {
         guard let t = transport else { return }
+        if frontend.protocolFeatures & VhostUser.protocolInflightSHMFD != 0 {
+            if inflight == nil {
+                let ask = VhostUserInflight(mmapSize: 0, mmapOffset: 0, queueCount: UInt16(queueMaxSizes.count), queueSize: queueMaxSizes[0])
+                var r = try frontend.request(VhostUserMessage(.getInflightFD, payload: ask.bytes), replyFDs: 1)
+                let got = try VhostUserInflight(r.payload)
+                guard got.queueCount == ask.queueCount, got.queueSize == ask.queueSize else {
+                    throw VhostUserError("GET_INFLIGHT_FD answered for \(got.queueCount)x\(got.queueSize)")
+                }
+                inflightFD = r.fds.removeFirst().take()
+                inflight = got
+            }
+            if let i = inflight {
+                try frontend.send(VhostUserMessage(.setInflightFD, payload: i.bytes), fds: [inflightFD])
+            }
+        }
         try frontend.send(VhostUserMessage(.setFeatures, payload: .le64Bytes(t.driverFeatures | (frontend.backendFeatures & VhostUser.featureProtocolFeatures))))
         let table = memory.regions.map {
             VhostUserMemoryRegion(guestAddress: $0.guestAddress, size: $0.size, userAddress: UInt64(UInt(bitPattern: $0.host)), mmapOffset: $0.fileOffset)

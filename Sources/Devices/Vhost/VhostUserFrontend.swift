@@ -23,6 +23,7 @@ public final class VhostUserFrontend {
     var listenFD: Int32 = -1
     /// The protocol features Keel's front-end implements.
     public static let supportedProtocolFeatures = VhostUser.protocolMQ | VhostUser.protocolReplyAck | VhostUser.protocolConfig
+        | VhostUser.protocolInflightSHMFD
 
     public init(endpoint: Endpoint) { self.endpoint = endpoint }
     deinit {
@@ -89,23 +90,23 @@ public final class VhostUserFrontend {
     }
 
     /// Sends a request and returns its reply's payload.
-    public func request(_ m: VhostUserMessage, fds: [Int32] = []) throws(VhostUserError) -> VhostUserMessage {
+    public func request(_ m: VhostUserMessage, fds: [Int32] = [], replyFDs: Int = 0) throws(VhostUserError) -> VhostUserMessage {
         guard let c = channel else { throw VhostUserError("not connected") }
         try c.send(m, fds: fds)
-        return try receiveReply(to: m.request)
+        return try receiveReply(to: m.request, fds: replyFDs)
     }
 
     func requestU64(_ r: VhostUser.Request) throws(VhostUserError) -> UInt64 {
         try request(VhostUserMessage(r)).u64()
     }
 
-    private func receiveReply(to request: UInt32) throws(VhostUserError) -> VhostUserMessage {
+    private func receiveReply(to request: UInt32, fds: Int = 0) throws(VhostUserError) -> VhostUserMessage {
         guard let c = channel else { throw VhostUserError("not connected") }
         let r = try c.receive()
         guard r.isReply, r.request == request else {
             throw VhostUserError("back-end answered request \(request) with message \(r.request) (flags 0x\(String(r.flags, radix: 16)))")
         }
-        guard r.fds.isEmpty else { throw VhostUserError("back-end's reply to \(request) came with \(r.fds.count) fds") }
+        guard r.fds.count == fds else { throw VhostUserError("back-end's reply to \(request) came with \(r.fds.count) fds, expected \(fds)") }
         return r
     }
 

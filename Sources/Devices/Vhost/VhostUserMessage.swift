@@ -147,6 +147,31 @@ public struct VhostUserMemoryRegion: Equatable, Sendable {
     }
 }
 
+/// VhostUserInflight: the shared inflight region's size and offset in its fd, for how many
+/// queues of what size (24 bytes with the struct's tail padding).
+public struct VhostUserInflight: Equatable, Sendable {
+    public var mmapSize: UInt64
+    public var mmapOffset: UInt64
+    public var queueCount: UInt16
+    public var queueSize: UInt16
+    public static let size = 24
+    public init(mmapSize: UInt64, mmapOffset: UInt64, queueCount: UInt16, queueSize: UInt16) {
+        self.mmapSize = mmapSize; self.mmapOffset = mmapOffset; self.queueCount = queueCount; self.queueSize = queueSize
+    }
+    public init(_ b: [UInt8]) throws(VhostUserError) {
+        // 20 bytes of fields; senders include the 4 bytes of padding (QEMU does), or not.
+        guard b.count == 24 || b.count == 20 else { throw VhostUserError("inflight payload of \(b.count) bytes, expected 24") }
+        self.init(mmapSize: b.le64(0), mmapOffset: b.le64(8), queueCount: UInt16(b[16]) | UInt16(b[17]) << 8,
+                  queueSize: UInt16(b[18]) | UInt16(b[19]) << 8)
+    }
+    public var bytes: [UInt8] {
+        var w = [UInt8](); w.putLE64(mmapSize); w.putLE64(mmapOffset)
+        w += [UInt8(truncatingIfNeeded: queueCount), UInt8(truncatingIfNeeded: queueCount >> 8),
+              UInt8(truncatingIfNeeded: queueSize), UInt8(truncatingIfNeeded: queueSize >> 8), 0, 0, 0, 0]
+        return w
+    }
+}
+
 /// vhost_user_config: offset, size, flags and up to 256 bytes of device config space.
 public struct VhostUserConfig: Equatable, Sendable {
     public var offset: UInt32
