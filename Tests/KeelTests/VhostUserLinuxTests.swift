@@ -182,9 +182,10 @@ final class VhostUserLinuxTests: XCTestCase {
         XCTAssertEqual(r.status, 0, r.stderr)
     }
 
-    /// The back-end is killed while a 16 MiB write is under way: the inflight region lets the
-    /// next back-end finish exactly the requests the dead one had taken, so the guest's dd
-    /// succeeds and the disk holds every byte.
+    /// The back-end is killed while a 16 MiB write is under way; the guest's dd succeeds and the
+    /// disk holds every byte. (Whether a request was inside the dead back-end at that instant is
+    /// luck here; DevicesTests' VhostUserTests kills a connection with requests in flight and
+    /// one finished out of order, which only the inflight region survives.)
     func testBackendKilledMidWriteLosesNothing() throws {
         let size = 32 << 20
         let (disk, data) = try makeDisk(bytes: size, seed: 11)
@@ -225,8 +226,6 @@ final class VhostUserLinuxTests: XCTestCase {
         XCTAssertTrue(r.lines.contains("z=\(try md5(Data(repeating: UInt8(ascii: "Z"), count: 16 << 20))) -"), context)
         XCTAssertTrue(r.stderr.contains("back-end reconnected"), context)
         XCTAssertTrue(try Data(contentsOf: disk) == expected, "the disk must hold the whole write and nothing else")
-        let second = (try? String(contentsOf: scratch.appendingPathComponent("backend-1.log"))) ?? ""
-        print("second back-end: \(second)")
         XCTAssertEqual(r.status, 0, r.stderr)
     }
 }
