@@ -151,3 +151,30 @@ final class VhostUserTests: XCTestCase {
         _ = dev
     }
 }
+
+/// Records ioeventfd registrations; refuses MSI routes (the ioctl fallback delivers).
+final class RecordingIOEventAccelerator: IOEventAccelerator {
+    var ioEvents: [(fd: Int32, address: UInt64)] = []
+    func addIOEvent(fd: Int32, address: UInt64, length: UInt32) throws { ioEvents.append((fd, address)) }
+    func removeIOEvent(fd: Int32, address: UInt64, length: UInt32) { ioEvents.removeAll { $0.fd == fd && $0.address == address } }
+    func setMSIRoute(fd: Int32, address: UInt64, data: UInt32) throws { throw VhostUserError("no routes here") }
+    func removeMSIRoute(fd: Int32) {}
+}
+
+extension VhostUserTests {
+    /// Under kvm the queue's notify address signals the back-end's kick eventfd itself.
+    func testKVMNotifyGoesStraightToTheBackEndsKick() throws {
+        let (device, dev, drv) = try makeFrontend()
+        let accel = RecordingIOEventAccelerator()
+        dev.ioEvents = VirtioNotifyAcceleration(accelerator: accel, loop: device.loop)
+        XCTAssertEqual(accel.ioEvents.map(\.fd), [device.kicks[0].fd])
+        XCTAssertEqual(accel.ioEvents.first?.address, dev.notifyAddress(queue: 0))
+        let head = try addRead(drv, slot: 0, sector: 0, sectors: 1)
+        device.kicks[0].signal()   // what kvm does on the guest's notify write
+        waitUntil("the back-end to take the request") { self.executor.queued.count == 1 }
+        onBackend { self.executor.runAll() }
+        XCTAssertEqual(try drv.queues[0].harvest().map(\.0), [head])
+        XCTAssertEqual(dev.statistics.trappedNotifies, 0)
+        XCTAssertEqual(dev.statistics.eventFDNotifies, 0, "Keel's loop never saw the notify")
+    }
+}

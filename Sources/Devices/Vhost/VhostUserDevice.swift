@@ -119,6 +119,8 @@ public final class VhostUserDevice: VirtioDevice {
         do { try handOver() } catch { connectionLost(error) }
     }
 
+    public func queueNotifyEventFD(_ index: Int) -> EventFD? { index >= 0 && index < kicks.count ? kicks[index] : nil }
+
     public func queueNotified(_ index: Int) {
         guard index >= 0, index < kicks.count else { return }
         kicks[index].signal()

@@ -1,3 +1,4 @@
+import Loop
 import Memory
 
 /// Feature bits and status bits shared by every virtio device (virtio 1.2 §2.1, §6).
@@ -37,6 +38,9 @@ public protocol VirtioDevice: AnyObject {
     func activate(_ transport: VirtioTransport)
     /// The driver notified queue `index` (new available buffers).
     func queueNotified(_ index: Int)
+    /// An eventfd that someone other than Keel reads for queue `index`'s notifications (a vhost
+    /// back-end's kick): under kvm the notify register signals it directly (ioeventfd).
+    func queueNotifyEventFD(_ index: Int) -> EventFD?
     /// Requests handed to another thread that still touch guest memory; a reset waits for them.
     var inflightRequests: Int { get }
     /// Forget every request and queue-derived state (the transport resets the queues themselves).
@@ -44,6 +48,7 @@ public protocol VirtioDevice: AnyObject {
 }
 
 extension VirtioDevice {
+    public func queueNotifyEventFD(_ index: Int) -> EventFD? { nil }
     public var transportFeatures: UInt64 { Virtio.featureVersion1 | Virtio.featureIndirectDescriptors | Virtio.featureEventIndex }
 }
 

@@ -105,6 +105,13 @@ extension VirtioPCIDevice {
         notifyBinding = binding
         guard status & Virtio.statusDriverOK != 0 else { return }
         for (i, q) in queues.enumerated() where q.isReady {
+            if let direct = device.queueNotifyEventFD(i), let address = notifyAddress(queue: i) {
+                // Read by a vhost back-end: the guest's notify reaches it without Keel.
+                if (try? acceleration.accelerator.addIOEvent(fd: direct.fd, address: address, length: 2)) != nil {
+                    binding.entries.append(.init(queue: i, fd: direct, address: address))
+                }
+                continue
+            }
             guard let address = notifyAddress(queue: i), let fd = try? EventFD() else { continue }
             do {
                 try acceleration.accelerator.addIOEvent(fd: fd.fd, address: address, length: 2)
