@@ -178,3 +178,37 @@ extension VhostUserTests {
         XCTAssertEqual(dev.statistics.eventFDNotifies, 0, "Keel's loop never saw the notify")
     }
 }
+
+/// Accepts MSI routes, as kvm's irqfd would.
+final class RoutingIOEventAccelerator: IOEventAccelerator {
+    var routes: [Int32: UInt32] = [:]
+    func addIOEvent(fd: Int32, address: UInt64, length: UInt32) throws {}
+    func removeIOEvent(fd: Int32, address: UInt64, length: UInt32) {}
+    func setMSIRoute(fd: Int32, address: UInt64, data: UInt32) throws { routes[fd] = data }
+    func removeMSIRoute(fd: Int32) { routes[fd] = nil }
+}
+
+extension VhostUserTests {
+    /// Under kvm the back-end's call is the vector's irqfd; masking the vector moves it back to
+    /// Keel's relay eventfd.
+    func testKVMCallIsTheVectorsIRQFD() throws {
+        let (device, dev, drv) = try makeFrontend()
+        let accel = RoutingIOEventAccelerator()
+        dev.ioEvents = VirtioNotifyAcceleration(accelerator: accel, loop: device.loop)
+        guard let irqfd = dev.interruptEventFD(queue: 0) else { return XCTFail("queue 0's vector has no irqfd") }
+        XCTAssertEqual(accel.routes[irqfd.fd], 0x41, "queue 0 uses vector 1")
+        irqfd.consume(); device.calls[0].consume()
+        XCTAssertEqual(device.givenCalls[0], irqfd.fd)
+        _ = try addRead(drv, slot: 0, sector: 0, sectors: 1)
+        device.kicks[0].signal()
+        waitUntil("the back-end to take the request") { self.executor.queued.count == 1 }
+        onBackend { self.executor.runAll() }
+        XCTAssertEqual(irqfd.consume(), 1, "the back-end raised the vector through the irqfd")
+        XCTAssertEqual(device.calls[0].consume(), 0, "Keel's relay was not used")
+        // Mask vector 1: the route goes, the back-end is told to call Keel instead.
+        let entry = drv.msixTable + 16
+        mmio.out(entry + 12, width: 4, 1)
+        XCTAssertNil(dev.interruptEventFD(queue: 0))
+        XCTAssertEqual(device.givenCalls[0], device.calls[0].fd)
+    }
+}

@@ -35,6 +35,8 @@ public final class VhostUserDevice: VirtioDevice {
     let kicks: [EventFD]
     let calls: [EventFD]
     var running: [Bool]
+    /// The call fd each running ring was given: Keel's relay eventfd, or the vector's irqfd.
+    var givenCalls: [Int32]
     /// Where each ring resumes: SET_VRING_BASE's value at the next start.
     var bases: [UInt16]
     var activated = false
@@ -62,6 +64,7 @@ public final class VhostUserDevice: VirtioDevice {
         kicks = try (0..<queueCount).map { _ in try EventFD() }
         calls = try (0..<queueCount).map { _ in try EventFD() }
         running = Array(repeating: false, count: queueCount)
+        givenCalls = Array(repeating: -1, count: queueCount)
         bases = Array(repeating: 0, count: queueCount)
         deviceFeatures = 0; transportFeatures = 0; config = []
         if !frontend.isConnected { try frontend.connect() }
@@ -119,6 +122,24 @@ public final class VhostUserDevice: VirtioDevice {
         do { try handOver() } catch { connectionLost(error) }
     }
 
+    /// Under kvm with the vector routed, the back-end signals the irqfd itself; otherwise Keel
+    /// relays its call eventfd (and PCIMSIX keeps the pending bit of a masked vector).
+    func callFD(queue i: Int) -> Int32 { transport?.interruptEventFD(queue: i)?.fd ?? calls[i].fd }
+
+    public func interruptRoutesChanged() {
+        guard frontend.isConnected else { return }
+        do throws(VhostUserError) {
+            for i in running.indices where running[i] {
+                let call = callFD(queue: i)
+                guard call != givenCalls[i] else { continue }
+                try frontend.send(VhostUserMessage(.setVringCall, payload: .le64Bytes(UInt64(i))), fds: [call])
+                givenCalls[i] = call
+                // An interrupt raised on the old fd in between is not lost, only maybe repeated.
+                transport?.backendCalled(queue: i)
+            }
+        } catch { connectionLost(error) }
+    }
+
     public func queueNotifyEventFD(_ index: Int) -> EventFD? { index >= 0 && index < kicks.count ? kicks[index] : nil }
 
     public func queueNotified(_ index: Int) {
@@ -173,7 +194,9 @@ public final class VhostUserDevice: VirtioDevice {
                                           used: UInt64(UInt(bitPattern: used)), available: UInt64(UInt(bitPattern: avail)))
             try frontend.send(VhostUserMessage(.setVringAddr, payload: a.bytes))
             // The call fd first: a ring starts at its kick and may complete work at once.
-            try frontend.send(VhostUserMessage(.setVringCall, payload: .le64Bytes(UInt64(i))), fds: [calls[i].fd])
+            let call = callFD(queue: i)
+            try frontend.send(VhostUserMessage(.setVringCall, payload: .le64Bytes(UInt64(i))), fds: [call])
+            givenCalls[i] = call
             try frontend.send(VhostUserMessage(.setVringKick, payload: .le64Bytes(UInt64(i))), fds: [kicks[i].fd])
             if frontend.backendFeatures & VhostUser.featureProtocolFeatures != 0 {
                 try frontend.send(VhostUserMessage(.setVringEnable, payload: .vringState(index, 1)))

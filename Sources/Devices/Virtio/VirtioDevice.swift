@@ -41,6 +41,9 @@ public protocol VirtioDevice: AnyObject {
     /// An eventfd that someone other than Keel reads for queue `index`'s notifications (a vhost
     /// back-end's kick): under kvm the notify register signals it directly (ioeventfd).
     func queueNotifyEventFD(_ index: Int) -> EventFD?
+    /// The transport's irqfds changed (MSI-X programmed, masked, moved): a device whose
+    /// interrupts come from elsewhere (a vhost back-end's call) re-points them.
+    func interruptRoutesChanged()
     /// Requests handed to another thread that still touch guest memory; a reset waits for them.
     var inflightRequests: Int { get }
     /// Forget every request and queue-derived state (the transport resets the queues themselves).
@@ -49,6 +52,7 @@ public protocol VirtioDevice: AnyObject {
 
 extension VirtioDevice {
     public func queueNotifyEventFD(_ index: Int) -> EventFD? { nil }
+    public func interruptRoutesChanged() {}
     public var transportFeatures: UInt64 { Virtio.featureVersion1 | Virtio.featureIndirectDescriptors | Virtio.featureEventIndex }
 }
 
