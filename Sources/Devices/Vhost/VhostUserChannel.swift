@@ -10,8 +10,12 @@ public final class VhostUserChannel {
     public var timeoutMilliseconds: Int32 = 5000
     static let maxFDs = 8
 
-    /// Takes ownership of a connected socket.
-    public init(fd: Int32) { self.fd = fd }
+    /// Takes ownership of a connected socket. It is made non-blocking: every wait has a deadline,
+    /// so a peer that stops reading cannot stall the loop that writes to it either.
+    public init(fd: Int32) {
+        self.fd = fd
+        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+    }
     deinit { close() }
 
     public func close() {

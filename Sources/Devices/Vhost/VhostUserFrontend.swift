@@ -38,7 +38,9 @@ public final class VhostUserFrontend {
 
     /// Opens the connection (blocking until a back-end connects in listen mode) and negotiates:
     /// features, protocol features, queue count, owner.
-    public func connect() throws(VhostUserError) {
+    /// `waitForPeer` false (a reconnect attempt on the loop): in listen mode, fail at once unless
+    /// a back-end is already waiting to be accepted.
+    public func connect(waitForPeer: Bool = true) throws(VhostUserError) {
         disconnect()
         let c: VhostUserChannel
         switch endpoint {
@@ -46,6 +48,10 @@ public final class VhostUserFrontend {
             c = try VhostUserChannel.connect(path: path)
         case .listen(let path):
             if listenFD < 0 { listenFD = try VhostUserChannel.listen(path: path) }
+            if !waitForPeer {
+                var p = pollfd(fd: listenFD, events: Int16(POLLIN), revents: 0)
+                guard poll(&p, 1, 0) > 0 else { throw VhostUserError("no back-end has connected to \(path) yet") }
+            }
             let fd = accept(listenFD, nil, nil)
             guard fd >= 0 else { throw VhostUserError("accept at \(path): \(errnoText())") }
             _ = fcntl(fd, F_SETFD, FD_CLOEXEC)

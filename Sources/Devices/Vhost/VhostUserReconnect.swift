@@ -48,7 +48,7 @@ extension VhostUserDevice {
     func tryReconnect() {
         guard !frontend.isConnected else { return }
         do throws(VhostUserError) {
-            try frontend.connect()
+            try frontend.connect(waitForPeer: false)
             let before = (deviceFeatures, transportFeatures)
             try readBackendView()
             guard before == (deviceFeatures, transportFeatures) else {
