@@ -30,7 +30,7 @@ let package = Package(
         .target(name: "TCG", dependencies: ["Devices", "Memory", "Loop"], swiftSettings: lean),
         .target(name: "Accel", dependencies: ["Machine", "TCG", "Devices", "Memory", "Loop", "KVM", "CKeel"], swiftSettings: lean),
         .target(name: "Monitor", dependencies: ["Machine", "Devices", "Loop", "CKeel"], swiftSettings: lean),
-        .target(name: "KeelKit", dependencies: ["Monitor", "Accel", "Machine", "Devices", "Loop", "Memory"], swiftSettings: lean),
+        .target(name: "KeelKit", dependencies: ["Monitor", "Accel", "Machine", "Devices", "Block", "Loop", "Memory"], swiftSettings: lean),
         // The Swift runtime linked in: an idle VMM then maps ~3 MiB less of shared libraries.
         .executableTarget(name: "keel", dependencies: ["KeelKit", "KeelImg"], swiftSettings: lean,
                           linkerSettings: [.unsafeFlags(["-static-stdlib"])]),

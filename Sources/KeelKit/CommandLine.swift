@@ -18,7 +18,7 @@ public enum KeelCommandLine {
     /// Options that take a value, and those that don't.
     static let valued: Set<String> = ["accel", "m", "smp", "kernel", "initrd", "append", "serial", "display",
                                       "device", "name", "machine", "M", "cpu",
-                                      "qmp", "qmp-pretty", "monitor", "chardev", "mon", "drive", "object", "netdev", "nic"]
+                                      "qmp", "qmp-pretty", "monitor", "chardev", "mon", "drive", "object", "netdev", "nic", "numa"]
     static let flags: Set<String> = ["S", "enable-kvm", "nographic", "no-reboot", "nodefaults", "h", "help", "version"]
 
     /// Machine type names QEMU users write; all of them mean Keel's one x86-64 PC board.
@@ -33,6 +33,7 @@ public enum KeelCommandLine {
         var monitors = MonitorOptions()
         var firstSerialMuxed = false
         var iothreads: [String] = []
+        var vhost = VhostCommandLine()
         var i = 0
         while i < args.count {
             let raw = args[i]
@@ -70,6 +71,7 @@ public enum KeelCommandLine {
                 var o = try OptionList(option: opt, value, impliedKey: "size")
                 guard let s = o.implied else { throw ConfigurationErrorText("-m \(value): no size given") }
                 c.memorySize = try parseSize(s, defaultUnit: 1 << 20, option: opt)
+                vhost.memorySizeGiven = true
                 _ = o.take("slots"); _ = o.take("maxmem")
                 try o.rejectUnused(value)
             case "smp":
@@ -129,9 +131,10 @@ public enum KeelCommandLine {
                     throw ConfigurationErrorText("-device \(value): unknown device type '\(o.implied ?? "")' (see -device help)")
                 }
             case "drive": try VirtioCommandLine.parseDrive(value, into: &c)
-            case "object": try VirtioCommandLine.parseObject(value, iothreads: &iothreads)
+            case "object": try VirtioCommandLine.parseObject(value, iothreads: &iothreads, vhost: &vhost)
             case "netdev": try NetCommandLine.parseNetdev(value, into: &c)
             case "nic": try NetCommandLine.parseNic(value, into: &c)
+            case "numa": try vhost.parseNUMA(value)
             case "name":
                 var o = try OptionList(option: opt, value, impliedKey: "guest")
                 c.name = o.implied
@@ -148,6 +151,7 @@ public enum KeelCommandLine {
                     c.interruptChip = t == "microvm" ? .split : .inKernel
                 }
                 if let a = o.take("accel") { c.accelerator = try accelerator(a, option: opt) }
+                if let m = o.take("memory-backend") { vhost.machineBackend = m }
                 if let k = o.take("kernel-irqchip") {
                     switch k {
                     case "on", "yes", "true": c.interruptChip = .inKernel
@@ -178,6 +182,7 @@ public enum KeelCommandLine {
         try VirtioCommandLine.checkIOThreads(c, iothreads)
         NetCommandLine.assignDefaultMACs(&c)
         try VirtioCommandLine.resolveConsoles(&c, monitors, serialOnStdio: serials.contains(.stdio))
+        try vhost.resolve(&c, monitors)
         return .run(c)
     }
 
@@ -240,6 +245,12 @@ public enum KeelCommandLine {
       -netdev dgram,id=ID,local.type=inet,local.host=,local.port=,remote.type=inet,remote.host=,remote.port=
       -device virtio-net-pci,netdev=ID[,mac=52:54:00:12:34:56][,mq=on][,vectors=N]
       -nic TYPE[,model=virtio-net-pci][,mac=][,TYPE's -netdev options]
+      -object memory-backend-memfd,id=ID,size=SIZE,share=on  with -machine memory-backend=ID
+                                          (or -numa node,memdev=ID): RAM other processes may map
+      -chardev socket,id=ID,path=PATH[,server=on[,wait=off]][,reconnect=SECONDS]
+      -device vhost-user-blk-pci,chardev=ID[,num-queues=N][,queue-size=N]
+                                          virtio-blk served by a vhost-user back-end
+                                          (e.g. keel vhost-user-blk --socket-path=PATH --blk-file=FILE)
       -device help                        list devices
 
     Monitors:
@@ -268,6 +279,7 @@ public enum KeelCommandLine {
     name "isa-debug-exit", bus ISA, desc "exit with status (value << 1) | 1 on a write"
     name "pc-testdev", bus ISA, desc "QEMU's PC test device (port 0xe0 and MMIO readback)"
     name "virtio-blk-pci", bus PCI, desc "virtio block device (modern)"
+    name "vhost-user-blk-pci", bus PCI, desc "virtio block device served by a vhost-user back-end, chardev=ID"
     name "virtio-rng-pci", bus PCI, desc "virtio entropy source (modern)"
     name "virtio-net-pci", bus PCI, desc "virtio network device (modern), netdev=ID"
     name "virtio-serial-pci", bus PCI, desc "virtio serial controller (modern), ports from virtconsole"

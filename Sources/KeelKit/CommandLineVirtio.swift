@@ -3,7 +3,7 @@ import Machine
 /// -drive, the virtio -device types and -object iothread, kept apart from the rest of the
 /// command line (QEMU's spelling: `-drive file=d.img,if=none,id=d0 -device virtio-blk-pci,drive=d0`).
 enum VirtioCommandLine {
-    static let deviceTypes = ["virtio-blk-pci", "virtio-rng-pci", "virtio-serial-pci", "virtconsole"]
+    static let deviceTypes = ["vhost-user-blk-pci", "virtio-blk-pci", "virtio-rng-pci", "virtio-serial-pci", "virtconsole"]
 
     static func parseDrive(_ value: String, into c: inout MachineConfiguration) throws {
         var o = try OptionList(option: "-drive", value, impliedKey: "file")
@@ -75,6 +75,8 @@ enum VirtioCommandLine {
             }
             s.ports.append(.init(chardev: chardev))
             c.pciDevices[i] = .virtioSerial(s)
+        case "vhost-user-blk-pci", "vhost-user-blk":
+            try VhostCommandLine.parseDevice(&o, value, into: &c)
         case "virtio-rng-pci":
             _ = o.take("id"); _ = o.take("bus"); _ = o.take("addr"); _ = o.take("rng")
             try o.rejectUnused(value)
@@ -86,8 +88,12 @@ enum VirtioCommandLine {
     }
 
     /// -object iothread,id=NAME: recorded; devices naming it are checked against it.
-    static func parseObject(_ value: String, iothreads: inout [String]) throws {
+    static func parseObject(_ value: String, iothreads: inout [String], vhost: inout VhostCommandLine) throws {
         var o = try OptionList(option: "-object", value, impliedKey: "qom-type")
+        if let t = o.implied, t.hasPrefix("memory-backend-") {
+            try vhost.parseObject(&o, value)
+            return
+        }
         guard o.implied == "iothread" else {
             throw ConfigurationErrorText("-object \(value): unknown object type '\(o.implied ?? "")' (Keel has iothread)")
         }
@@ -118,6 +124,9 @@ enum VirtioCommandLine {
                     stdioUsed = true
                     s.ports[p].backend = .stdio
                 case .unixSocket(let path):
+                    guard d.server else {
+                        throw ConfigurationErrorText("-device virtconsole,chardev=\(id): Keel's console sockets listen (add server=on)")
+                    }
                     s.ports[p].backend = .unixSocket(path: path, server: true, wait: d.wait)
                 case .tcpSocket:
                     throw ConfigurationErrorText("-device virtconsole,chardev=\(id): Keel's consoles take stdio or a unix socket")

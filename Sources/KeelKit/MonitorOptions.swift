@@ -3,7 +3,7 @@ import Machine
 /// QEMU's monitor options: `-qmp`, `-qmp-pretty`, `-monitor`, `-chardev socket|stdio`, `-mon`.
 /// Chardevs are collected first and `-mon` resolved at the end, as QEMU allows any order.
 struct MonitorOptions {
-    private var chardevs: [String: (backend: MonitorSpec.Backend, wait: Bool)] = [:]
+    private var chardevs: [String: (backend: MonitorSpec.Backend, wait: Bool, server: Bool, reconnect: UInt64)] = [:]
     private var chardevOrder: [String] = []
     private var mons: [(value: String, id: String, mode: MonitorSpec.Mode, pretty: Bool)] = []
     private var legacy: [MonitorSpec] = []
@@ -24,16 +24,20 @@ struct MonitorOptions {
         guard chardevs[id] == nil else { throw ConfigurationErrorText("-chardev \(value): duplicate chardev id '\(id)'") }
         let backend: MonitorSpec.Backend
         var wait = false
+        var server = true
+        var reconnect: UInt64 = 0
         switch o.implied ?? "" {
         case "stdio":
             _ = try o.takeBool("signal")
             backend = .stdio
         case "socket":
-            let server = try o.takeBool("server") ?? false
-            guard server else {
-                throw ConfigurationErrorText("-chardev \(value): only listening sockets are supported (add server=on)")
-            }
+            // A client socket (server=off, QEMU's default) serves vhost-user devices only.
+            server = try o.takeBool("server") ?? false
             wait = try o.takeBool("wait") ?? true
+            if let r = o.take("reconnect") {
+                guard let n = UInt64(r), n <= 86400 else { throw ConfigurationErrorText("-chardev \(value): reconnect=\(r) is not a number of seconds") }
+                reconnect = n
+            }
             let path = o.take("path"), host = o.take("host"), port = o.take("port")
             _ = try o.takeBool("ipv4"); _ = try o.takeBool("ipv6"); _ = o.take("to")
             if let path {
@@ -51,12 +55,15 @@ struct MonitorOptions {
             throw ConfigurationErrorText("-chardev \(value): unsupported backend '\(o.implied ?? "")' (Keel's monitors take socket or stdio)")
         }
         try o.rejectUnused(value)
-        chardevs[id] = (backend, wait)
+        if !server, case .tcpSocket = backend {
+            throw ConfigurationErrorText("-chardev \(value): only listening TCP sockets are supported (add server=on)")
+        }
+        chardevs[id] = (backend, wait, server, reconnect)
         chardevOrder.append(id)
     }
 
     /// A `-chardev`'s backend, for devices that attach to one by id (virtconsole).
-    func chardev(_ id: String) -> (backend: MonitorSpec.Backend, wait: Bool)? { chardevs[id] }
+    func chardev(_ id: String) -> (backend: MonitorSpec.Backend, wait: Bool, server: Bool, reconnect: UInt64)? { chardevs[id] }
 
     /// Whether a `-mon` uses chardev `id`.
     func monitorUses(_ id: String) -> Bool { mons.contains { $0.id == id } }
@@ -82,6 +89,7 @@ struct MonitorOptions {
         var specs = legacy
         for m in mons {
             guard let c = chardevs[m.id] else { throw ConfigurationErrorText("-mon \(m.value): chardev '\(m.id)' not found") }
+            guard c.server else { throw ConfigurationErrorText("-mon \(m.value): chardev '\(m.id)' must listen (add server=on)") }
             specs.append(MonitorSpec(mode: m.mode, backend: c.backend, wait: c.wait, pretty: m.pretty, label: m.id))
         }
         let stdio = specs.filter { $0.backend == .stdio }

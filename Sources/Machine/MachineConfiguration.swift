@@ -42,6 +42,8 @@ public struct MachineConfiguration: Sendable {
     public var pciDevices: [PCIDeviceConfiguration] = []
     /// `-netdev` backends (and those `-nic` implies), named by virtio-net-pci's netdev=.
     public var netdevs: [NetdevConfiguration] = []
+    /// `-machine memory-backend=`: the RAM's memfd backend, shareable with vhost-user back-ends.
+    public var memoryBackend: MemoryBackendConfiguration?
 
     public init() {}
 
@@ -69,6 +71,7 @@ public struct MachineConfiguration: Sendable {
         }
         try validatePCI()
         try validateNetwork()
+        try validateVhost()
         if let d = debugExit {
             guard d.ioSize >= 1, d.ioSize <= 8, UInt32(d.ioBase) + UInt32(d.ioSize) <= 0x10000 else {
                 throw ConfigurationError("isa-debug-exit: iobase=0x\(String(d.ioBase, radix: 16)),iosize=\(d.ioSize) is not a valid I/O range")

@@ -86,6 +86,9 @@ final class PCIBusDevices {
                     let nic = try VirtioNet(backends: backends, configuration: v, loop: board.loop)
                     nics.append(nic)
                     model = nic
+                case .vhostUserBlock(let v):
+                    ioeventfd = true
+                    model = try Self.vhostUserBlock(v, board: board)
                 }
                 let dev = VirtioPCIDevice(device: model, memory: board.memory, msiController: msi)
                 if let iothread { dev.assign(to: VirtioIOThreadContext(iothread: iothread, bigLock: board.lock, mainLoop: board.loop)) }
@@ -99,6 +102,20 @@ final class PCIBusDevices {
         } catch {
             close()
             throw error
+        }
+    }
+
+    /// Connects to the back-end (or waits for it with server=on) and reads its features and config.
+    static func vhostUserBlock(_ v: VhostUserBlockConfiguration, board: PCBoard) throws -> VirtioDevice {
+        let frontend = VhostUserFrontend(endpoint: v.server ? .listen(v.path) : .connect(v.path))
+        // num_queues (virtio 1.2 §5.2.4, offset 34) is Keel's choice, not the back-end's.
+        let queues: [UInt8] = [UInt8(truncatingIfNeeded: v.queueCount), UInt8(truncatingIfNeeded: v.queueCount >> 8)]
+        do {
+            return try VhostUserDevice(deviceType: 2, pciClassCode: 0x01_8000, configSize: 60, configOverrides: [(34, queues)],
+                                       queueCount: v.queueCount, queueSize: v.queueSize, frontend: frontend,
+                                       memory: board.memory, loop: board.loop, reconnectSeconds: v.reconnectSeconds)
+        } catch {
+            throw ConfigurationError("-device vhost-user-blk-pci,chardev=\(v.chardev): \(error)")
         }
     }
 

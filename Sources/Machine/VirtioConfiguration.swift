@@ -26,6 +26,8 @@ public enum PCIDeviceConfiguration: Sendable, Equatable {
     case virtioSerial(VirtioSerialConfiguration)
     /// `-device virtio-net-pci,netdev=` (or `-nic`), backed by the `-netdev` it names.
     case virtioNet(VirtioNetConfiguration)
+    /// `-device vhost-user-blk-pci,chardev=`: virtio-blk served by a vhost-user back-end.
+    case vhostUserBlock(VhostUserBlockConfiguration)
 }
 
 /// A virtio-serial controller and its console ports (port 0 becomes the guest's hvc0).

@@ -40,6 +40,8 @@ public final class GuestMemory: @unchecked Sendable {
     /// The memfd that backs every region; shareable with another process.
     public let fd: Int32
     public let totalSize: UInt64
+    /// What deinit unmaps (a mapped region may start before its guest range: see `init(mapping:)`).
+    private let mappings: [(start: UnsafeMutableRawPointer, length: Int)]
 
     /// Creates memfd-backed RAM for `layout` (guest address, size), in guest-address order.
     public init(layout: [(guestAddress: UInt64, size: UInt64)], name: String = "keel-ram") throws {
@@ -75,11 +77,49 @@ public final class GuestMemory: @unchecked Sendable {
         self.regions = regions
         self.fd = fd
         self.totalSize = total
+        mappings = regions.map { ($0.host, Int($0.size)) }
+    }
+
+    /// Another process's guest RAM (a vhost-user back-end's view): each region maps `size` bytes
+    /// of its own fd at `fileOffset`. The fds are closed here, mapped or not. Regions are checked
+    /// (page-aligned offset not needed, sizes bounded, no overlap), never trusted.
+    public init(mapping shared: [(guestAddress: UInt64, size: UInt64, fd: Int32, fileOffset: UInt64)]) throws {
+        defer { for r in shared { close(r.fd) } }
+        let sorted = shared.sorted { $0.guestAddress < $1.guestAddress }
+        let page = UInt64(max(4096, sysconf(Int32(_SC_PAGESIZE))))
+        var regions: [GuestRegion] = [], maps: [(start: UnsafeMutableRawPointer, length: Int)] = []
+        var total: UInt64 = 0
+        func fail(_ why: String) -> GuestMemoryError {
+            for m in maps { munmap(m.start, m.length) }
+            return .hostAllocationFailed(why)
+        }
+        for (i, r) in sorted.enumerated() {
+            let (_, o1) = r.guestAddress.addingReportingOverflow(r.size)
+            let delta = r.fileOffset % page
+            let (length, o2) = r.size.addingReportingOverflow(delta)
+            guard r.size > 0, !o1, !o2, length <= UInt64(Int.max / 2), r.fileOffset - delta <= UInt64(Int.max) else {
+                throw fail("memory region \(i) (guest 0x\(String(r.guestAddress, radix: 16)), \(r.size) bytes) is not mappable")
+            }
+            if i > 0, sorted[i - 1].guestAddress + sorted[i - 1].size > r.guestAddress {
+                throw fail("memory regions overlap at guest 0x\(String(r.guestAddress, radix: 16))")
+            }
+            let p = mmap(nil, Int(length), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, r.fd, off_t(r.fileOffset - delta))
+            guard let p, p != MAP_FAILED else {
+                throw fail("cannot map memory region \(i) (\(r.size) bytes at offset \(r.fileOffset)): \(String(cString: strerror(errno)))")
+            }
+            maps.append((p, Int(length)))
+            regions.append(GuestRegion(guestAddress: r.guestAddress, size: r.size, fileOffset: r.fileOffset, host: p + Int(delta)))
+            total &+= r.size
+        }
+        self.regions = regions
+        self.fd = -1
+        self.totalSize = total
+        mappings = maps
     }
 
     deinit {
-        for r in regions { munmap(r.host, Int(r.size)) }
-        close(fd)
+        for m in mappings { munmap(m.start, m.length) }
+        if fd >= 0 { close(fd) }
     }
 
     @inline(__always)

@@ -25,6 +25,8 @@ public final class SplitVirtqueue {
     public var eventIndex = false
     public var indirectDescriptors = false
 
+    /// vhost-user's inflight record, when a back-end keeps one (nil inside Keel).
+    public var inflightLog: VirtqueueInflightLog?
     public private(set) var nextAvail: UInt16 = 0
     public private(set) var nextUsed: UInt16 = 0
     private var signalledUsed: UInt16 = 0
@@ -45,6 +47,20 @@ public final class SplitVirtqueue {
         eventIndex = false; indirectDescriptors = false
         nextAvail = 0; nextUsed = 0
         signalledUsed = 0; signalledUsedValid = false
+        inflightLog = nil
+    }
+
+    /// Resumes a queue that another process ran or will run (vhost-user SET_VRING_BASE, a
+    /// back-end reconnecting): the next available entry to take and where the used ring stands.
+    public func restore(nextAvail: UInt16, nextUsed: UInt16) {
+        self.nextAvail = nextAvail
+        self.nextUsed = nextUsed
+        signalledUsedValid = false
+    }
+
+    /// The used ring's index as the driver sees it in memory.
+    public func usedIndex(_ memory: GuestMemory) throws(VirtqueueError) -> UInt16 {
+        try load16(memory, deviceArea + 2)
     }
 
     /// A queue size the driver may choose: a power of two no larger than the device's maximum.
@@ -80,6 +96,12 @@ public final class SplitVirtqueue {
 
     /// Takes the next available chain, or nil when the driver has made none.
     public func pop(_ memory: GuestMemory) throws(VirtqueueError) -> DescriptorChain? {
+        if let log = inflightLog, !log.resubmit.isEmpty {
+            // Chains a previous back-end took and never finished come first, oldest first.
+            let head = log.resubmit.removeFirst()
+            guard head < size else { throw .headOutOfRange(head) }
+            return DescriptorChain(head: head, buffers: try walk(memory, head: head))
+        }
         let idx = try availIndex(memory)
         let outstanding = idx &- nextAvail
         guard outstanding <= size else { throw .availIndexJumped(from: nextAvail, to: idx) }
@@ -89,7 +111,9 @@ public final class SplitVirtqueue {
         let head = try load16(memory, driverArea + 4 + 2 * UInt64(nextAvail % size))
         nextAvail &+= 1
         guard head < size else { throw .headOutOfRange(head) }
-        return DescriptorChain(head: head, buffers: try walk(memory, head: head))
+        let chain = DescriptorChain(head: head, buffers: try walk(memory, head: head))
+        inflightLog?.taken(head)
+        return chain
     }
 
     private func walk(_ memory: GuestMemory, head: UInt16) throws(VirtqueueError) -> [VirtqueueBuffer] {
@@ -139,12 +163,14 @@ public final class SplitVirtqueue {
     public func pushUsed(_ memory: GuestMemory, head: UInt16, length: UInt32) throws(VirtqueueError) {
         let slot = deviceArea + 4 + 8 * UInt64(nextUsed % size)
         guard let p = memory.hostPointer(slot, length: 8) else { throw .ringNotInRAM(slot) }
+        inflightLog?.willPublish(head)
         p.storeBytes(of: UInt32(head).littleEndian, as: UInt32.self)
         p.storeBytes(of: length.littleEndian, toByteOffset: 4, as: UInt32.self)
         nextUsed &+= 1
         // The element is visible before the index that publishes it (§2.7.14).
         atomicMemoryFence(ordering: .releasing)
         try store16(memory, nextUsed, deviceArea + 2)
+        inflightLog?.published(head, usedIndex: nextUsed)
     }
 
     /// Returns several chains at once, published by a single used-index store, so the driver

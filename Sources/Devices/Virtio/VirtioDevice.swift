@@ -1,3 +1,4 @@
+import Loop
 import Memory
 
 /// Feature bits and status bits shared by every virtio device (virtio 1.2 §2.1, §6).
@@ -23,6 +24,9 @@ public protocol VirtioDevice: AnyObject {
     var deviceType: UInt16 { get }
     /// Device-specific feature bits; the transport adds VERSION_1, INDIRECT_DESC and EVENT_IDX.
     var deviceFeatures: UInt64 { get }
+    /// The transport feature bits offered besides `deviceFeatures` (VERSION_1, INDIRECT_DESC and
+    /// EVENT_IDX for Keel's own devices; a vhost-user device offers only what its back-end does).
+    var transportFeatures: UInt64 { get }
     /// The maximum size of each queue; the count is the device's number of queues.
     var queueMaxSizes: [UInt16] { get }
     /// PCI class code (base, sub, prog-if) for the transport's header.
@@ -34,10 +38,22 @@ public protocol VirtioDevice: AnyObject {
     func activate(_ transport: VirtioTransport)
     /// The driver notified queue `index` (new available buffers).
     func queueNotified(_ index: Int)
+    /// An eventfd that someone other than Keel reads for queue `index`'s notifications (a vhost
+    /// back-end's kick): under kvm the notify register signals it directly (ioeventfd).
+    func queueNotifyEventFD(_ index: Int) -> EventFD?
+    /// The transport's irqfds changed (MSI-X programmed, masked, moved): a device whose
+    /// interrupts come from elsewhere (a vhost back-end's call) re-points them.
+    func interruptRoutesChanged()
     /// Requests handed to another thread that still touch guest memory; a reset waits for them.
     var inflightRequests: Int { get }
     /// Forget every request and queue-derived state (the transport resets the queues themselves).
     func reset()
+}
+
+extension VirtioDevice {
+    public func queueNotifyEventFD(_ index: Int) -> EventFD? { nil }
+    public func interruptRoutesChanged() {}
+    public var transportFeatures: UInt64 { Virtio.featureVersion1 | Virtio.featureIndirectDescriptors | Virtio.featureEventIndex }
 }
 
 /// What a transport offers the device behind it.

@@ -105,6 +105,13 @@ extension VirtioPCIDevice {
         notifyBinding = binding
         guard status & Virtio.statusDriverOK != 0 else { return }
         for (i, q) in queues.enumerated() where q.isReady {
+            if let direct = device.queueNotifyEventFD(i), let address = notifyAddress(queue: i) {
+                // Read by a vhost back-end: the guest's notify reaches it without Keel.
+                if (try? acceleration.accelerator.addIOEvent(fd: direct.fd, address: address, length: 2)) != nil {
+                    binding.entries.append(.init(queue: i, fd: direct, address: address))
+                }
+                continue
+            }
             guard let address = notifyAddress(queue: i), let fd = try? EventFD() else { continue }
             do {
                 try acceleration.accelerator.addIOEvent(fd: fd.fd, address: address, length: 2)
@@ -126,6 +133,7 @@ extension VirtioPCIDevice {
     /// the vectors the queues and config changes use. Called on every change to any of them,
     /// with the big lock held. The owner's lock-free view of the routes is withdrawn meanwhile.
     func msiRoutesChanged() {
+        defer { device.interruptRoutesChanged() }
         vectors.irqfds.withLock { $0.removeAll() }
         guard let acceleration = ioEvents else {
             msiBinding?.unbind()
@@ -151,5 +159,15 @@ extension VirtioPCIDevice {
             }
         }
         if ioThreadContext != nil { vectors.irqfds.withLock { $0 = routed } }
+    }
+}
+
+extension VirtioPCIDevice {
+    /// The irqfd that raises queue `index`'s MSI-X vector inside kvm, while it has one.
+    public func interruptEventFD(queue index: Int) -> EventFD? {
+        guard index >= 0, index < queues.count, msix.isEnabled else { return nil }
+        let v = queues[index].msixVector
+        guard v != Virtio.noVector else { return nil }
+        return msiBinding?.eventFD(vector: Int(v))
     }
 }

@@ -68,7 +68,7 @@ public final class VirtioPCIDevice: PCIDevice, VirtioTransport {
         self.device = device
         self.memory = memory
         queues = device.queueMaxSizes.map { SplitVirtqueue(maxSize: $0) }
-        offeredFeatures = device.deviceFeatures | Self.offeredTransportFeatures
+        offeredFeatures = device.deviceFeatures | (device.transportFeatures & Self.offeredTransportFeatures)
         let pci = PCIFunction(vendorID: 0x1AF4, deviceID: 0x1040 &+ device.deviceType, classCode: device.pciClassCode,
                           revision: 1, subsystemVendorID: 0x1AF4, subsystemID: 0x1100, interruptPin: 1)
         func cap(_ type: UInt8, _ offset: UInt64, _ length: UInt64, extra: [UInt8] = []) {

@@ -1,0 +1,81 @@
+import Block
+import Devices
+import Glibc
+import Loop
+
+/// `keel vhost-user-blk`: Keel's vhost-user block back-end, with the flags of QEMU's
+/// contrib/vhost-user-blk (`--socket-path`, `--blk-file`, `--read-only`, `--num-queues`).
+/// virtio-blk from Devices/Virtio over the Block target's raw/qcow2 backends; requests run on a
+/// worker pool and complete on the back-end's own event loop (its main thread).
+public enum VhostUserBlockBackend {
+    public struct Options: Equatable {
+        public var socketPath = ""
+        public var blockFile = ""
+        public var readOnly = false
+        public var queueCount = 1
+        public var serial = ""
+    }
+
+    public static let usage = """
+    usage: keel vhost-user-blk --socket-path=PATH --blk-file=FILE [--read-only] [--num-queues=N] [--serial=S]
+    Serves FILE (raw or qcow2) as a vhost-user-blk back-end on a unix socket listening at PATH.
+    """
+
+    public static func parse(_ args: [String]) throws -> Options {
+        var o = Options()
+        var i = 0
+        func value(_ a: String, _ name: String) throws -> String? {
+            if a.hasPrefix(name + "=") { return String(a.dropFirst(name.count + 1)) }
+            guard a == name else { return nil }
+            i += 1
+            guard i < args.count else { throw VhostUserError("\(name) requires a value") }
+            return args[i]
+        }
+        while i < args.count {
+            let a = args[i]
+            if let v = try value(a, "--socket-path") ?? value(a, "-s") { o.socketPath = v }
+            else if let v = try value(a, "--blk-file") ?? value(a, "-b") { o.blockFile = v }
+            else if let v = try value(a, "--num-queues") ?? value(a, "-n") {
+                guard let n = Int(v), (1...64).contains(n) else { throw VhostUserError("--num-queues=\(v): 1 to 64") }
+                o.queueCount = n
+            } else if let v = try value(a, "--serial") {
+                guard v.utf8.count <= 20 else { throw VhostUserError("--serial=\(v) is longer than 20 bytes") }
+                o.serial = v
+            } else if a == "--read-only" || a == "-r" { o.readOnly = true }
+            else { throw VhostUserError("\(a): unknown option") }
+            i += 1
+        }
+        guard !o.socketPath.isEmpty else { throw VhostUserError("--socket-path=PATH is required") }
+        guard !o.blockFile.isEmpty else { throw VhostUserError("--blk-file=FILE is required") }
+        return o
+    }
+
+    public static func main(_ args: [String]) -> Int32 {
+        if args.contains("-h") || args.contains("--help") { print(usage); return 0 }
+        do {
+            let o = try parse(args)
+            let image: BlockDevice
+            do { image = try openImage(path: o.blockFile, options: ImageOpenOptions(readOnly: o.readOnly)) }
+            catch { throw VhostUserError("--blk-file=\(o.blockFile): \(error)") }
+            let loop = try EventLoop()
+            let pool = WorkerPool(threads: 4)
+            var c = VirtioBlock.Configuration()
+            c.queueCount = o.queueCount
+            c.queueSize = 1024
+            c.readOnly = o.readOnly
+            c.serial = o.serial
+            let device = VirtioBlock(backend: image, configuration: c, executor: WorkerPoolExecutor(pool: pool, loop: loop))
+            let server = try VhostUserBackendServer(device: device, socketPath: o.socketPath, loop: loop)
+            try server.start()
+            server.log("serving \(o.blockFile) at \(o.socketPath)")
+            // SIGPIPE would end the back-end when a front-end vanishes mid-send.
+            signal(SIGPIPE, SIG_IGN)
+            loop.run()
+            return 0
+        } catch {
+            let line = "keel vhost-user-blk: \(error)\n"
+            line.withCString { _ = write(2, $0, strlen($0)) }
+            return 1
+        }
+    }
+}
