@@ -6,7 +6,7 @@ import XCTest
 /// VirtioNetLinuxTests, everything runs in a network namespace the test creates: tap0 is
 /// 10.0.3.1 on the host side, the guest 10.0.3.2. Needs root and the release keel.
 final class VhostUserNetLinuxTests: XCTestCase {
-    let net = VirtioNetLinuxTests()
+    let net = VirtioNetLinuxTests(name: "VirtioNetLinuxTests.helper", testClosure: { _ in })
     var backend: Process?
     var scratch: URL!
 
