@@ -129,9 +129,10 @@ final class PCIBusDevices {
     static func vhostUserNet(_ u: VhostUserNetdevConfiguration, nic: VirtioNetConfiguration, board: PCBoard) throws -> VirtioDevice {
         let frontend = VhostUserFrontend(endpoint: u.server ? .listen(u.path) : .connect(u.path))
         do {
-            return try VhostUserDevice(deviceType: 1, pciClassCode: 0x02_00_00, configSize: 12, configOverrides: [(0, nic.mac)],
-                                       queueCount: 2 * u.queues, queueSize: nic.queueSize, frontend: frontend,
-                                       memory: board.memory, loop: board.loop, reconnectSeconds: u.reconnectSeconds)
+            let rings = try VhostUserDevice(deviceType: 1, pciClassCode: 0x02_00_00, configSize: 12, configOverrides: [(0, nic.mac)],
+                                            queueCount: 2 * u.queues, queueSize: nic.queueSize, frontend: frontend,
+                                            memory: board.memory, loop: board.loop, reconnectSeconds: u.reconnectSeconds)
+            return VhostUserNetDevice(rings: rings, mac: nic.mac)
         } catch {
             throw ConfigurationError("-netdev vhost-user,chardev=\(u.chardev): \(error)")
         }

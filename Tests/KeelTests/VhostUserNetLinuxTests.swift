@@ -73,6 +73,8 @@ final class VhostUserNetLinuxTests: XCTestCase {
             "nc 10.0.3.1 5001 < /tmp/f; echo nc1=$?",
             "nc -l -p 5002 < /dev/null > /tmp/g; echo nc2=$?",
             "echo g=$(md5sum < /tmp/g)",
+            // VIRTIO_NET_CTRL_MAC_ADDR_SET over the control queue Keel keeps in the front-end.
+            "ip link set dev eth0 address 52:54:00:ab:cd:01 && echo macset=$(cat /sys/class/net/eth0/address)",
             "poweroff -f",
         ]
         let input = commands.joined(separator: "\n") + "\n"
@@ -101,5 +103,6 @@ final class VhostUserNetLinuxTests: XCTestCase {
         XCTAssertNotNil(hostSent, context)
         XCTAssertEqual(hostSent, md5("g=", in: lines), "host -> guest: 4 MiB must arrive intact:\(context)")
         XCTAssertTrue(lines.contains("nc2=0"), context)
+        XCTAssertTrue(lines.contains("macset=52:54:00:ab:cd:01"), "MAC_ADDR_SET over the front-end's control queue:\(context)")
     }
 }
