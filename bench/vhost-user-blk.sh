@@ -9,7 +9,7 @@ scripts/fetch-default-guest.sh >/dev/null
 swift build -c release --product keel 2>&1 | grep -E "error" && exit 1
 KEEL=$(swift build -c release --product keel --show-bin-path)/keel
 exec python3 - "$KEEL" <<'PY'
-import os, re, subprocess, sys, tempfile, time
+import os, re, shutil, subprocess, sys, tempfile, time
 keel = sys.argv[1]
 tmp = tempfile.mkdtemp(prefix="keel-vhu-bench-", dir="/tmp")
 disk = os.path.join(tmp, "disk.img")
@@ -67,4 +67,5 @@ print("| --- | --- | --- | --- | --- |")
 for vmm in ["keel", "qemu"]:
     for path in ["virtio-blk", "vhost-user keel", "vhost-user qsd"]:
         print(f"| {vmm} | {path} | " + " | ".join(run(vmm, path)) + " |", flush=True)
+shutil.rmtree(tmp, ignore_errors=True)
 PY

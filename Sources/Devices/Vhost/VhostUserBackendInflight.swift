@@ -54,7 +54,7 @@ extension VhostUserBackendServer {
         let fd = m.fds[0].take()
         defer { close(fd) }
         var st = stat()
-        guard fstat(fd, &st) == 0, UInt64(st.st_size) >= p.mmapOffset + UInt64(need) else {
+        guard fstat(fd, &st) == 0, UInt64(clamping: st.st_size) >= p.mmapOffset + UInt64(need) else {
             throw VhostUserError("SET_INFLIGHT_FD: the fd holds less than the region")
         }
         try useInflight(fd: fd, offset: Int(p.mmapOffset), length: need, p)
