@@ -251,6 +251,11 @@ public enum KeelCommandLine {
       -device vhost-user-blk-pci,chardev=ID[,num-queues=N][,queue-size=N]
                                           virtio-blk served by a vhost-user back-end
                                           (e.g. keel vhost-user-blk --socket-path=PATH --blk-file=FILE)
+      -device virtio-scsi-pci,id=ID[,num_queues=N]  with
+      -device scsi-hd,drive=ID[,bus=ID.0][,scsi-id=N][,lun=N][,serial=S]  (its -drive if=none)
+      -device vhost-user-scsi-pci,chardev=ID[,num_queues=N]
+                                          virtio-scsi served by a vhost-user back-end
+                                          (e.g. keel vhost-user-scsi --socket-path=PATH --blk-file=FILE)
       -device help                        list devices
 
     Monitors:
@@ -284,5 +289,8 @@ public enum KeelCommandLine {
     name "virtio-net-pci", bus PCI, desc "virtio network device (modern), netdev=ID"
     name "virtio-serial-pci", bus PCI, desc "virtio serial controller (modern), ports from virtconsole"
     name "virtconsole", bus virtio-serial-bus, desc "console port (hvc) on the last virtio-serial-pci, chardev=ID"
+    name "virtio-scsi-pci", bus PCI, desc "virtio SCSI host adapter (modern), id=ID gives bus ID.0"
+    name "vhost-user-scsi-pci", bus PCI, desc "virtio SCSI host adapter served by a vhost-user back-end, chardev=ID"
+    name "scsi-hd", bus SCSI, desc "SCSI disk on a virtio-scsi bus, drive=ID[,scsi-id=][,lun=][,serial=]"
     """
 }

@@ -47,20 +47,26 @@ struct VhostCommandLine {
             c.memoryBackend = b
         }
         for i in c.pciDevices.indices {
-            guard case .vhostUserBlock(var v) = c.pciDevices[i] else { continue }
+            let name: String
+            var v: VhostUserBlockConfiguration
+            switch c.pciDevices[i] {
+            case .vhostUserBlock(let b): name = "vhost-user-blk-pci"; v = b
+            case .vhostUserSCSI(let b): name = "vhost-user-scsi-pci"; v = b
+            default: continue
+            }
             guard let d = monitors.chardev(v.chardev) else {
-                throw ConfigurationErrorText("-device vhost-user-blk-pci,chardev=\(v.chardev): no -chardev with id=\(v.chardev)")
+                throw ConfigurationErrorText("-device \(name),chardev=\(v.chardev): no -chardev with id=\(v.chardev)")
             }
             guard case .unixSocket(let path) = d.backend else {
-                throw ConfigurationErrorText("-device vhost-user-blk-pci,chardev=\(v.chardev): vhost-user needs a unix socket chardev")
+                throw ConfigurationErrorText("-device \(name),chardev=\(v.chardev): vhost-user needs a unix socket chardev")
             }
             guard !monitors.monitorUses(v.chardev) else {
-                throw ConfigurationErrorText("-device vhost-user-blk-pci,chardev=\(v.chardev): the chardev is already used by a -mon")
+                throw ConfigurationErrorText("-device \(name),chardev=\(v.chardev): the chardev is already used by a -mon")
             }
             v.path = path
             v.server = d.server
             v.reconnectSeconds = d.reconnect
-            c.pciDevices[i] = .vhostUserBlock(v)
+            if case .vhostUserSCSI = c.pciDevices[i] { c.pciDevices[i] = .vhostUserSCSI(v) } else { c.pciDevices[i] = .vhostUserBlock(v) }
         }
         try resolveNetdevs(&c, monitors)
     }

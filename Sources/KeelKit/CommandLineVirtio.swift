@@ -3,7 +3,7 @@ import Machine
 /// -drive, the virtio -device types and -object iothread, kept apart from the rest of the
 /// command line (QEMU's spelling: `-drive file=d.img,if=none,id=d0 -device virtio-blk-pci,drive=d0`).
 enum VirtioCommandLine {
-    static let deviceTypes = ["vhost-user-blk-pci", "virtio-blk-pci", "virtio-rng-pci", "virtio-serial-pci", "virtconsole"]
+    static let deviceTypes = ["vhost-user-blk-pci", "virtio-blk-pci", "virtio-rng-pci", "virtio-serial-pci", "virtconsole"] + SCSICommandLine.deviceTypes
 
     static func parseDrive(_ value: String, into c: inout MachineConfiguration) throws {
         var o = try OptionList(option: "-drive", value, impliedKey: "file")
@@ -82,7 +82,7 @@ enum VirtioCommandLine {
             try o.rejectUnused(value)
             c.pciDevices.append(.virtioRNG)
         default:
-            return false
+            return try SCSICommandLine.parseDevice(driver, &o, value, into: &c)
         }
         return true
     }
@@ -137,6 +137,7 @@ enum VirtioCommandLine {
     }
 
     static func checkIOThreads(_ c: MachineConfiguration, _ iothreads: [String]) throws {
+        try SCSICommandLine.checkIOThreads(c, iothreads)
         for case .virtioBlock(let b) in c.pciDevices {
             if let t = b.iothread, !iothreads.contains(t) {
                 throw ConfigurationErrorText("-device virtio-blk-pci,iothread=\(t): no -object iothread,id=\(t)")

@@ -36,7 +36,13 @@ public final class EventLoop: @unchecked Sendable {
         ev.events = events
         ev.data.fd = fd
         let op = handlers[fd] == nil ? EPOLL_CTL_ADD : EPOLL_CTL_MOD
-        guard epoll_ctl(epfd, op, fd, &ev) == 0 else { throw SystemError(errno: errno, "epoll_ctl(\(fd))") }
+        if epoll_ctl(epfd, op, fd, &ev) != 0 {
+            // A handler left behind by an fd closed without `remove` (epoll dropped it on close):
+            // the number was reused, so this is a new registration.
+            guard op == EPOLL_CTL_MOD && errno == ENOENT && epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) == 0 else {
+                throw SystemError(errno: errno, "epoll_ctl(\(fd))")
+            }
+        }
         handlers[fd] = handler
     }
 

@@ -2,6 +2,7 @@ import Block
 import Devices
 import Glibc
 import Loop
+import SCSI
 
 /// PCI bus 0 on Keel's PC: the host bridge (0xCF8/0xCFC and ECAM), the configured virtio-pci
 /// devices with their backends, BARs placed as firmware would, INTx wired per the DSDT's _PRT
@@ -65,6 +66,10 @@ final class PCIBusDevices {
                     let executor = try makeExecutor(drive, backend: backend, pool: pool, loop: iothread?.loop ?? board.loop, iothread: iothread)
                     if let ring = executor as? IoUringExecutor { rings[virtio.count] = ring }
                     model = VirtioBlock(backend: backend, configuration: v, executor: executor)
+                case .virtioSCSI(let s):
+                    if let id = s.iothread { iothread = try startIOThread(id) }
+                    model = try makeVirtioSCSI(s, c, loop: iothread?.loop ?? board.loop)
+                    ioeventfd = s.ioeventfd
                 case .virtioRNG:
                     model = VirtioRNG()
                 case .virtioSerial(let v):
@@ -94,6 +99,8 @@ final class PCIBusDevices {
                 case .vhostUserBlock(let v):
                     ioeventfd = true
                     model = try Self.vhostUserBlock(v, board: board)
+                case .vhostUserSCSI(let v):
+                    model = try Self.vhostUserSCSI(v, board: board)
                 }
                 let dev = VirtioPCIDevice(device: model, memory: board.memory, msiController: msi)
                 if let iothread { dev.assign(to: VirtioIOThreadContext(iothread: iothread, bigLock: board.lock, mainLoop: board.loop)) }
@@ -107,6 +114,49 @@ final class PCIBusDevices {
         } catch {
             close()
             throw error
+        }
+    }
+
+    /// One SCSITarget per scsi-id, a logical unit per scsi-hd on its drive's backend; completions
+    /// come back to `loop` (the main loop, or the controller's iothread).
+    private func makeVirtioSCSI(_ s: VirtioSCSIConfiguration, _ c: MachineConfiguration, loop: EventLoop) throws -> VirtioDevice {
+        var targets: [Int: SCSITarget] = [:]
+        for disk in s.disks {
+            guard let drive = c.drives.first(where: { $0.id == disk.drive }) else {
+                throw ConfigurationError("scsi-hd: no -drive with id=\(disk.drive)")
+            }
+            let backend = try openDriveBackend(drive)
+            backends.append(backend)
+            var u = SCSILogicalUnit.Configuration()
+            u.serial = disk.serial
+            u.readOnly = drive.readOnly
+            let target = targets[disk.target] ?? SCSITarget()
+            targets[disk.target] = target
+            guard target.attach(SCSILogicalUnit(backend: backend, configuration: u), lun: disk.lun) else {
+                throw ConfigurationError("scsi-hd,drive=\(disk.drive): lun=\(disk.lun) is taken")
+            }
+        }
+        let pool = workers ?? WorkerPool(threads: 4)
+        workers = pool
+        // SCSI LUNs stay on the worker pool whatever their drive's aio= says.
+        let executor = WorkerPoolExecutor(pool: pool, loop: loop)
+        drains.append { executor.waitUntilIdle() }
+        var v = VirtioSCSI.Configuration()
+        v.queueCount = s.queueCount; v.queueSize = s.queueSize
+        return VirtioSCSI(targets: targets, configuration: v, executor: executor)
+    }
+
+    /// virtio-scsi over vhost-user: control, event and `queueCount` request queues; the config
+    /// (max_target, max_lun, sizes) is the back-end's, num_queues Keel's.
+    static func vhostUserSCSI(_ v: VhostUserBlockConfiguration, board: PCBoard) throws -> VirtioDevice {
+        let frontend = VhostUserFrontend(endpoint: v.server ? .listen(v.path) : .connect(v.path))
+        let queues: [UInt8] = (0..<4).map { UInt8(truncatingIfNeeded: v.queueCount >> (8 * $0)) }
+        do {
+            return try VhostUserDevice(deviceType: 8, pciClassCode: 0x01_0000, configSize: 36, configOverrides: [(0, queues)],
+                                       queueCount: v.queueCount + 2, queueSize: v.queueSize, frontend: frontend,
+                                       memory: board.memory, loop: board.loop, reconnectSeconds: v.reconnectSeconds)
+        } catch {
+            throw ConfigurationError("-device vhost-user-scsi-pci,chardev=\(v.chardev): \(error)")
         }
     }
 

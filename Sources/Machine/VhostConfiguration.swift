@@ -26,24 +26,44 @@ extension MachineConfiguration {
     /// QEMU's words when vhost-user meets private RAM.
     static let vhostUserNeedsSharedMemory = "Failed initializing vhost-user memory map, consider using -object memory-backend-memfd share=on"
 
+    /// Every vhost-user front-end device with its -device name.
+    var vhostUserDevices: [(String, VhostUserBlockConfiguration)] {
+        pciDevices.compactMap {
+            switch $0 {
+            case .vhostUserBlock(let b): return ("vhost-user-blk-pci", b)
+            case .vhostUserSCSI(let b): return ("vhost-user-scsi-pci", b)
+            default: return nil
+            }
+        }
+    }
+
     func validateVhost() throws {
+<<<<<<< HEAD
         let vhost = pciDevices.contains { if case .vhostUserBlock = $0 { return true } else { return false } }
             || netdevs.contains { if case .vhostUser = $0.backend { return true } else { return false } }
+=======
+        let vhost = !vhostUserDevices.isEmpty
+>>>>>>> main
         if let m = memoryBackend, m.size != memorySize {
             throw ConfigurationError("memory-backend \(m.id): size=\(m.size >> 20)M differs from -m \(memorySize >> 20)M")
         }
         if vhost && memoryBackend?.share != true { throw ConfigurationError(Self.vhostUserNeedsSharedMemory) }
+<<<<<<< HEAD
         for n in netdevs {
             guard case .vhostUser(let u) = n.backend else { continue }
             guard !u.path.isEmpty else { throw ConfigurationError("-netdev vhost-user,id=\(n.id),chardev=\(u.chardev): no socket path") }
         }
         for case .vhostUserBlock(let b) in pciDevices {
             guard !b.path.isEmpty else { throw ConfigurationError("-device vhost-user-blk-pci,chardev=\(b.chardev): no socket path") }
+=======
+        for (name, b) in vhostUserDevices {
+            guard !b.path.isEmpty else { throw ConfigurationError("-device \(name),chardev=\(b.chardev): no socket path") }
+>>>>>>> main
             guard (1...64).contains(b.queueCount) else {
-                throw ConfigurationError("-device vhost-user-blk-pci,num-queues=\(b.queueCount): 1 to 64 queues")
+                throw ConfigurationError("-device \(name),num-queues=\(b.queueCount): 1 to 64 queues")
             }
             guard b.queueSize >= 4, b.queueSize <= 1024, b.queueSize.nonzeroBitCount == 1 else {
-                throw ConfigurationError("-device vhost-user-blk-pci,queue-size=\(b.queueSize): a power of two from 4 to 1024")
+                throw ConfigurationError("-device \(name),queue-size=\(b.queueSize): a power of two from 4 to 1024")
             }
         }
     }

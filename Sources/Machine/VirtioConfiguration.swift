@@ -26,8 +26,13 @@ public enum PCIDeviceConfiguration: Sendable, Equatable {
     case virtioSerial(VirtioSerialConfiguration)
     /// `-device virtio-net-pci,netdev=` (or `-nic`), backed by the `-netdev` it names.
     case virtioNet(VirtioNetConfiguration)
+    /// `-device virtio-scsi-pci` with its `-device scsi-hd` disks.
+    case virtioSCSI(VirtioSCSIConfiguration)
     /// `-device vhost-user-blk-pci,chardev=`: virtio-blk served by a vhost-user back-end.
     case vhostUserBlock(VhostUserBlockConfiguration)
+    /// `-device vhost-user-scsi-pci,chardev=`: virtio-scsi served by a vhost-user back-end
+    /// (queueCount counts request queues, as num_queues does).
+    case vhostUserSCSI(VhostUserBlockConfiguration)
 }
 
 /// A virtio-serial controller and its console ports (port 0 becomes the guest's hvc0).
@@ -80,6 +85,7 @@ extension MachineConfiguration {
                 throw ConfigurationError("-device virtio-blk-pci,num-queues=\(b.queueCount): 1 to 64 queues")
             }
         }
+        try validateSCSI(usedDrives: &used)
         for case .virtioSerial(let s) in pciDevices {
             guard !s.ports.isEmpty else { throw ConfigurationError("-device virtio-serial-pci: no -device virtconsole,chardev=... port on it") }
             guard s.ports.count <= 31 else { throw ConfigurationError("-device virtio-serial-pci: \(s.ports.count) ports, at most 31") }

@@ -10,7 +10,8 @@ import Loop
 /// carry plain frames and the NIC offers them no offloads.
 ///
 /// Threading: a backend is attached to exactly one loop (the main loop or an iothread) and is
-/// called only on that loop; it calls its receiver only on that loop.
+/// called on that loop's thread, or by a thread holding that loop's lock (the main loop's big
+/// lock, which vCPU threads take for a trapped notify); it calls its receiver only on that loop.
 public protocol NetBackend: AnyObject {
     /// 0, or 12 when every frame carries a virtio_net_hdr_v1 in front.
     var vnetHeaderLength: Int { get }

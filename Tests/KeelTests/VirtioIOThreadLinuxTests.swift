@@ -5,55 +5,33 @@ import XCTest
 /// O_DIRECT on the host (cache=none), and QMP stop/cont pausing the disk. Host files that need
 /// O_DIRECT live in the build directory (on the real disk, as before Linux 6.6 tmpfs had none).
 final class VirtioIOThreadLinuxTests: XCTestCase {
-    var runner: KeelRunner!
-    let guest = PackagePaths.root.appendingPathComponent("guest")
-    var scratch: URL!
+    var guest: DefaultGuest!
+    var runner: KeelRunner { guest.runner }
+    var scratch: URL { guest.scratch }
     var onDisk: URL!
 
     override func setUpWithError() throws {
-        let keel = try TCGLinuxBootTests.keel()
-        guard keel.release else { throw TCGLinuxShellTests.NoReleaseKeel() }
-        let fetch = try KeelRunner.runCommand(executable: PackagePaths.root.appendingPathComponent("scripts/fetch-default-guest.sh").path,
-                                              arguments: [], timeout: 600)
-        XCTAssertEqual(fetch.status, 0, "fetch-default-guest.sh failed: \(fetch.stderr)")
-        runner = KeelRunner(emulator: .keel(binary: keel.path), keelAccel: "tcg")
-        scratch = FileManager.default.temporaryDirectory.appendingPathComponent("keel-iothread-linux-\(UUID().uuidString)")
+        guest = try DefaultGuest(scratchPrefix: "keel-iothread-linux")
         onDisk = PackagePaths.root.appendingPathComponent(".build/keel-iothread-linux-\(UUID().uuidString)")
-        for d in [scratch!, onDisk!] { try FileManager.default.createDirectory(at: d, withIntermediateDirectories: true) }
+        try FileManager.default.createDirectory(at: onDisk, withIntermediateDirectories: true)
         setenv("KEEL_DEBUG_VIRTIO", "1", 1)
     }
 
     override func tearDownWithError() throws {
         unsetenv("KEEL_DEBUG_VIRTIO")
-        for d in [scratch, onDisk] { if let d { try? FileManager.default.removeItem(at: d) } }
+        guest?.removeScratch()
+        if let onDisk { try? FileManager.default.removeItem(at: onDisk) }
     }
 
-    func options(_ extra: [String]) -> MachineOptions {
-        var o = MachineOptions(kernel: guest.appendingPathComponent("vmlinuz"))
-        o.initrd = guest.appendingPathComponent("initrd.img")
-        o.memoryMiB = 512
-        o.append = "console=ttyS0 keel.init=shell"
-        o.extraArguments = extra
-        return o
-    }
+    func options(_ extra: [String]) -> MachineOptions { guest.options(extra) }
 
-    func makeDisk(_ url: URL, bytes: Int, seed: UInt32) throws -> Data {
-        var data = Data(count: bytes)
-        var x = seed &* 2654435761 | 1
-        for i in 0..<bytes {
-            x ^= x << 13; x ^= x >> 17; x ^= x << 5
-            data[i] = UInt8(truncatingIfNeeded: x)
-        }
+    func makeDisk(_ url: URL, bytes: Int, seed: UInt8) throws -> Data {
+        let data = DefaultGuest.pattern(bytes: bytes, seed: seed)
         try data.write(to: url)
         return data
     }
 
-    func md5(_ data: Data) throws -> String {
-        let file = scratch.appendingPathComponent("md5-input")
-        try data.write(to: file)
-        let r = try KeelRunner.runCommand(executable: "/usr/bin/md5sum", arguments: [file.path], timeout: 30)
-        return String(r.stdout.prefix(32))
-    }
+    func md5(_ data: Data) throws -> String { try guest.md5(data) }
 
     /// KEEL_DEBUG_VIRTIO's line for virtio-pci device `index`.
     func statistics(_ r: RunResult, device index: Int) -> String {

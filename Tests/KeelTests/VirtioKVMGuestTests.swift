@@ -71,9 +71,10 @@ final class VirtioKVMGuestTests: XCTestCase {
     /// Boots the virtio-blk guest with the disk at `image`; returns the run and the statistics
     /// line Keel printed for the disk.
     func boot(image: URL, format: String, machine: String, append: String, device: String = "",
-              drive: String = "", extra: [String] = [], whileRunning: (() throws -> Void)? = nil) throws -> (RunResult, Statistics?) {
+              drive: String = "", extra: [String] = [], whileRunning: (() throws -> Void)? = nil,
+              watch: ((RunningProcess) throws -> Void)? = nil) throws -> (RunResult, Statistics?) {
         var o = MachineOptions(kernel: try GuestBuilder.shared.image(for: .virtioBlk))
-        o.noReboot = whileRunning == nil
+        o.noReboot = whileRunning == nil && watch == nil
         o.machine = machine
         o.append = append
         let args = runner.arguments(for: o) + [
@@ -82,7 +83,7 @@ final class VirtioKVMGuestTests: XCTestCase {
         ] + extra
         let r = try KeelRunner.runCommand(executable: "/usr/bin/env",
                                           arguments: ["KEEL_DEBUG_VIRTIO=1", runner.binary] + args, timeout: 120,
-                                          whileRunning: whileRunning)
+                                          whileRunning: whileRunning, watch: watch)
         return (r, Self.statistics(r.stderr))
     }
 
@@ -193,7 +194,10 @@ final class VirtioKVMGuestTests: XCTestCase {
         var replies = ""
         let (r, s) = try boot(image: raw, format: "raw", machine: "pc", append: "loops=3000",
                               device: iothread ? ",iothread=io0" : "",
-                              extra: ["-qmp", "unix:\(qmp),server=on,wait=off"] + (iothread ? ["-object", "iothread,id=io0"] : [])) {
+                              extra: ["-qmp", "unix:\(qmp),server=on,wait=off"] + (iothread ? ["-object", "iothread,id=io0"] : [])) { running in
+            // The reset must land while the first boot's requests run: a loaded host may take
+            // longer than the QMP handshake to get the guest there.
+            XCTAssertTrue(running.waitForOutput(containing: "virtio-blk: found at", timeout: 60), "the first boot never found the disk")
             let client = try UnixSocketClient(path: qmp, timeout: 20)
             replies += client.receive(until: "\"QMP\"", timeout: 10)
             try client.send(Data("{\"execute\":\"qmp_capabilities\"}\n".utf8))

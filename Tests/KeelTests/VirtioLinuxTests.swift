@@ -5,64 +5,28 @@ import XCTest
 /// tests): the initramfs loads virtio_pci, virtio_blk, virtio_console and virtio-rng, and a shell
 /// on the serial console runs the checks. These boots need the release keel.
 final class VirtioLinuxTests: XCTestCase {
-    var runner: KeelRunner!
-    let guest = PackagePaths.root.appendingPathComponent("guest")
-    var scratch: URL!
+    var guest: DefaultGuest!
 
     override func setUpWithError() throws {
-        let keel = try TCGLinuxBootTests.keel()
-        guard keel.release else { throw TCGLinuxShellTests.NoReleaseKeel() }
-        let fetch = try KeelRunner.runCommand(executable: PackagePaths.root.appendingPathComponent("scripts/fetch-default-guest.sh").path,
-                                              arguments: [], timeout: 600)
-        XCTAssertEqual(fetch.status, 0, "fetch-default-guest.sh failed: \(fetch.stderr)")
-        runner = KeelRunner(emulator: .keel(binary: keel.path), keelAccel: "tcg")
-        scratch = FileManager.default.temporaryDirectory.appendingPathComponent("keel-virtio-linux-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: scratch, withIntermediateDirectories: true)
+        guest = try DefaultGuest(scratchPrefix: "keel-virtio-linux")
     }
 
     override func tearDownWithError() throws {
-        if let scratch { try? FileManager.default.removeItem(at: scratch) }
+        guest?.removeScratch()
     }
 
-    func options(_ extra: [String]) -> MachineOptions {
-        var o = MachineOptions(kernel: guest.appendingPathComponent("vmlinuz"))
-        o.initrd = guest.appendingPathComponent("initrd.img")
-        o.memoryMiB = 512
-        o.append = "console=ttyS0 keel.init=shell"
-        o.extraArguments = extra
-        return o
-    }
-
-    /// Runs `commands` in the guest shell, then `poweroff -f`.
     func runShell(_ commands: [String], extra: [String], whileRunning: (() throws -> Void)? = nil) throws -> RunResult {
-        let input = (commands + ["poweroff -f"]).joined(separator: "\n") + "\n"
-        let r = try runner.run(options(extra), timeout: 240, input: Data(input.utf8), inputAfter: "keel# ",
-                               whileRunning: whileRunning)
-        XCTAssertFalse(r.timedOut, "the guest did not power off:\n\(r.stdout.suffix(3000))")
-        XCTAssertTrue(r.stdout.contains("KEEL-GUEST-READY"), r.stdout.suffix(3000).description)
-        XCTAssertEqual(r.status, 0, "poweroff must end keel with status 0:\n\(r.stdout.suffix(2000))\n\(r.stderr)")
-        return r
+        try guest.runShell(commands, extra: extra, whileRunning: whileRunning)
     }
 
     func makeDisk(_ name: String, bytes: Int, seed: UInt8) throws -> (URL, Data) {
-        var data = Data(count: bytes)
-        var x = UInt32(seed) &* 2654435761 | 1
-        for i in 0..<bytes {
-            x ^= x << 13; x ^= x >> 17; x ^= x << 5
-            data[i] = UInt8(truncatingIfNeeded: x)
-        }
-        let url = scratch.appendingPathComponent(name)
-        try data.write(to: url)
-        return (url, data)
+        try guest.makeDisk(name, bytes: bytes, seed: seed)
     }
 
-    func md5(_ data: Data) throws -> String {
-        let file = scratch.appendingPathComponent("md5-input")
-        try data.write(to: file)
-        let r = try KeelRunner.runCommand(executable: "/usr/bin/md5sum", arguments: [file.path], timeout: 30)
-        XCTAssertEqual(r.status, 0, r.stderr)
-        return String(r.stdout.prefix(32))
-    }
+    func md5(_ data: Data) throws -> String { try guest.md5(data) }
+    var runner: KeelRunner { guest.runner }
+    var scratch: URL { guest.scratch }
+    func options(_ extra: [String]) -> MachineOptions { guest.options(extra) }
 
     /// Two disks and a read-only third: sizes and serials in sysfs, host data read in the guest,
     /// guest writes flushed into the host file byte for byte, and writes to the read-only disk

@@ -55,6 +55,29 @@ final class EventLoopTests: XCTestCase {
         t.stopAndJoin()
     }
 
+    func testAnFDNumberReusedAfterACloseWithoutRemoveCanBeAddedAgain() throws {
+        let loop = try EventLoop()
+        var fds: [Int32] = [0, 0]
+        XCTAssertEqual(pipe(&fds), 0)
+        try loop.addReadable(fd: fds[0]) { _ in }
+        close(fds[0]); close(fds[1])
+        var again: [Int32] = [0, 0]
+        XCTAssertEqual(pipe(&again), 0)
+        XCTAssertEqual(again[0], fds[0], "the kernel hands out the lowest free number")
+        defer { close(again[0]); close(again[1]) }
+        let fired = expectation(description: "the new fd's handler")
+        try loop.addReadable(fd: again[0]) { _ in
+            var b: UInt8 = 0
+            _ = read(again[0], &b, 1)
+            loop.remove(fd: again[0])
+            fired.fulfill()
+        }
+        let t = LoopThread(loop)
+        XCTAssertEqual(write(again[1], "x", 1), 1)
+        wait(for: [fired], timeout: 5)
+        t.stopAndJoin()
+    }
+
     func testTimerFiresAfterItsDelay() throws {
         let loop = try EventLoop()
         let fired = expectation(description: "timer")

@@ -11,7 +11,7 @@
 KEEL_REQUIRED_MODULES="virtio virtio_ring virtio_pci virtio_blk virtio_net virtio_console"
 # Loaded when the kernel has them as modules.
 KEEL_OPTIONAL_MODULES="virtio_pci_modern_dev virtio_pci_legacy_dev failover net_failover rng_core
-virtio_rng scsi_common scsi_mod virtio_scsi vsock vmw_vsock_virtio_transport_common
+virtio_rng scsi_common scsi_mod sd_mod virtio_scsi vsock vmw_vsock_virtio_transport_common
 vmw_vsock_virtio_transport"
 
 declare -A _mod_path=() _mod_builtin=() _mod_state=()

@@ -156,20 +156,23 @@ final class KeelRunner: Sendable {
     }
 
     /// Boots a guest. `input` goes to stdin once stdout contains `inputAfter` (or at once);
-    /// `whileRunning` runs on the calling thread while the guest runs.
+    /// `whileRunning` runs on the calling thread while the guest runs; `watch` does the same and
+    /// can read the output so far and signal the process (to kill it at a given console line).
     /// `inputLineDelay` sends the input a line at a time with that pause after each line.
     func run(_ options: MachineOptions, timeout: TimeInterval = 60, input: Data? = nil,
              inputAfter: String? = nil, inputLineDelay: TimeInterval? = nil,
-             whileRunning: (() throws -> Void)? = nil) throws -> RunResult {
+             whileRunning: (() throws -> Void)? = nil,
+             watch: ((RunningProcess) throws -> Void)? = nil) throws -> RunResult {
         try Self.runCommand(executable: binary, arguments: arguments(for: options), timeout: timeout,
                             input: input, inputAfter: inputAfter, inputLineDelay: inputLineDelay,
-                            whileRunning: whileRunning)
+                            whileRunning: whileRunning, watch: watch)
     }
 
     /// Runs `executable` with `arguments`, killing it after `timeout` seconds.
     static func runCommand(executable: String, arguments: [String], timeout: TimeInterval,
                            input: Data? = nil, inputAfter: String? = nil, inputLineDelay: TimeInterval? = nil,
-                           whileRunning: (() throws -> Void)? = nil) throws -> RunResult {
+                           whileRunning: (() throws -> Void)? = nil,
+                           watch: ((RunningProcess) throws -> Void)? = nil) throws -> RunResult {
         ignoreSIGPIPE
         let process = Process()
         process.executableURL = URL(fileURLWithPath: executable)
@@ -197,6 +200,7 @@ final class KeelRunner: Sendable {
                     if chunk.isEmpty { break }
                     state.append(chunk, toStdout: isStdout)
                 }
+                if isStdout { state.stdoutEnded() }
                 readers.leave()
             }
         }
@@ -205,6 +209,9 @@ final class KeelRunner: Sendable {
         var bodyError: Error?
         if let whileRunning {
             do { try whileRunning() } catch { bodyError = error }
+        }
+        if let watch, bodyError == nil {
+            do { try watch(RunningProcess(pid: process.processIdentifier, state: state)) } catch { bodyError = error }
         }
         var timedOut = false
         if exited.wait(timeout: .now() + timeout) == .timedOut {
@@ -229,9 +236,29 @@ final class KeelRunner: Sendable {
     private static let ignoreSIGPIPE: Void = { _ = signal(SIGPIPE, SIG_IGN) }()
 }
 
+/// A command while it runs, as `watch` sees it.
+struct RunningProcess {
+    let pid: Int32
+    fileprivate let state: CaptureState
+
+    /// stdout so far.
+    var output: String { state.output().0 }
+
+    /// Waits until stdout so far satisfies `condition`; false on timeout.
+    func waitForOutput(timeout: TimeInterval, until condition: (String) -> Bool) -> Bool {
+        state.waitForStdout(deadline: Date().addingTimeInterval(timeout), until: condition)
+    }
+
+    func waitForOutput(containing text: String, timeout: TimeInterval) -> Bool {
+        waitForOutput(timeout: timeout) { $0.contains(text) }
+    }
+
+    func signal(_ number: Int32) { kill(pid, number) }
+}
+
 /// Output collected by the reader threads, and the stdin that waits for a trigger.
 private final class CaptureState: @unchecked Sendable {
-    private let lock = NSLock()
+    private let lock = NSCondition()
     private var stdout = Data()
     private var stderr = Data()
     private var input: Data?
@@ -250,6 +277,7 @@ private final class CaptureState: @unchecked Sendable {
     func append(_ chunk: Data, toStdout: Bool) {
         lock.lock()
         if toStdout { stdout.append(chunk) } else { stderr.append(chunk) }
+        lock.broadcast()
         lock.unlock()
         if toStdout { sendInputIfDue() }
     }
@@ -284,6 +312,25 @@ private final class CaptureState: @unchecked Sendable {
             inputClosed = true
             try? stdin.close()
         }
+    }
+
+    private var stdoutClosed = false
+
+    func stdoutEnded() {
+        lock.lock()
+        stdoutClosed = true
+        lock.broadcast()
+        lock.unlock()
+    }
+
+    /// False at the deadline or once stdout has ended without the condition holding.
+    func waitForStdout(deadline: Date, until condition: (String) -> Bool) -> Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        while !condition(String(decoding: stdout, as: UTF8.self)) {
+            if stdoutClosed || !lock.wait(until: deadline) { return condition(String(decoding: stdout, as: UTF8.self)) }
+        }
+        return true
     }
 
     func output() -> (String, String) {
