@@ -38,27 +38,18 @@ extension MachineConfiguration {
     }
 
     func validateVhost() throws {
-<<<<<<< HEAD
-        let vhost = pciDevices.contains { if case .vhostUserBlock = $0 { return true } else { return false } }
-            || netdevs.contains { if case .vhostUser = $0.backend { return true } else { return false } }
-=======
         let vhost = !vhostUserDevices.isEmpty
->>>>>>> main
+            || netdevs.contains { if case .vhostUser = $0.backend { return true } else { return false } }
         if let m = memoryBackend, m.size != memorySize {
             throw ConfigurationError("memory-backend \(m.id): size=\(m.size >> 20)M differs from -m \(memorySize >> 20)M")
         }
         if vhost && memoryBackend?.share != true { throw ConfigurationError(Self.vhostUserNeedsSharedMemory) }
-<<<<<<< HEAD
         for n in netdevs {
             guard case .vhostUser(let u) = n.backend else { continue }
             guard !u.path.isEmpty else { throw ConfigurationError("-netdev vhost-user,id=\(n.id),chardev=\(u.chardev): no socket path") }
         }
-        for case .vhostUserBlock(let b) in pciDevices {
-            guard !b.path.isEmpty else { throw ConfigurationError("-device vhost-user-blk-pci,chardev=\(b.chardev): no socket path") }
-=======
         for (name, b) in vhostUserDevices {
             guard !b.path.isEmpty else { throw ConfigurationError("-device \(name),chardev=\(b.chardev): no socket path") }
->>>>>>> main
             guard (1...64).contains(b.queueCount) else {
                 throw ConfigurationError("-device \(name),num-queues=\(b.queueCount): 1 to 64 queues")
             }
