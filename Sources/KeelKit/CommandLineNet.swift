@@ -5,7 +5,7 @@ import Machine
 /// or the shorthand `-nic tap,ifname=tap0,script=no,downscript=no,model=virtio-net-pci`.
 enum NetCommandLine {
     static let deviceTypes = ["virtio-net-pci"]
-    static let netdevTypes = "tap, user, socket, stream or dgram"
+    static let netdevTypes = "tap, user, socket, stream, dgram or vhost-user"
 
     static func parseNetdev(_ value: String, into c: inout MachineConfiguration) throws {
         var o = try OptionList(option: "-netdev", value, impliedKey: "type")
@@ -34,6 +34,9 @@ enum NetCommandLine {
 
     /// Returns false if `driver` is not a network device type.
     static func parseDevice(_ driver: String, _ o: inout OptionList, _ value: String, into c: inout MachineConfiguration) throws -> Bool {
+        if driver == "vhost-vsock-pci" {
+            throw ConfigurationErrorText(VhostKernel.unavailable(device: VhostKernel.vsockDevice, option: "-device vhost-vsock-pci"))
+        }
         guard driver == "virtio-net-pci" else { return false }
         guard let netdev = o.take("netdev") else { throw ConfigurationErrorText("-device \(value): netdev= is required") }
         let mac = try o.take("mac").map { try parseMAC($0, option: "-device") } ?? []
@@ -82,6 +85,9 @@ enum NetCommandLine {
         case "socket": return .socket(try parseSocket(&o, value, option: option))
         case "stream": return .stream(try parseStream(&o, value, option: option))
         case "dgram": return .dgram(try parseDgram(&o, value, option: option))
+        case "vhost-user":
+            guard option == "-netdev" else { throw ConfigurationErrorText("\(option) \(value): vhost-user is a -netdev type") }
+            return .vhostUser(try parseVhostUser(&o, value))
         case "": throw ConfigurationErrorText("\(option) \(value): no netdev type given (\(netdevTypes))")
         case let t: throw ConfigurationErrorText("\(option) \(value): netdev type '\(t)' is not supported (\(netdevTypes))")
         }
@@ -115,7 +121,7 @@ enum NetCommandLine {
         }
         if let v = try o.takeBool("vnet_hdr") { t.vnetHeader = v }
         if try o.takeBool("vhost") == true || o.take("vhostfd") != nil || o.take("vhostfds") != nil || o.take("vhostforce").map({ $0 != "off" }) == true {
-            throw ConfigurationErrorText("\(option) \(value): vhost=on: /dev/vhost-net is not available on this host (Keel's tap runs in user space; use vhost=off)")
+            throw ConfigurationErrorText(VhostKernel.unavailable(device: VhostKernel.netDevice, option: "\(option) tap,vhost=on"))
         }
         _ = o.take("sndbuf"); _ = o.take("poll-us")
         return t
@@ -222,6 +228,17 @@ enum NetCommandLine {
         return s
     }
 
+    static func parseVhostUser(_ o: inout OptionList, _ value: String) throws -> VhostUserNetdevConfiguration {
+        guard let chardev = o.take("chardev"), !chardev.isEmpty else { throw ConfigurationErrorText("-netdev \(value): chardev= is required") }
+        var v = VhostUserNetdevConfiguration(chardev: chardev)
+        if let q = o.take("queues") {
+            // Several pairs need VQ_PAIRS_SET from Keel's control queue reaching the back-end (not yet).
+            guard q == "1" else { throw ConfigurationErrorText("-netdev \(value): queues=\(q): vhost-user supports 1 queue pair") }
+        }
+        _ = o.take("vhostforce")
+        return v
+    }
+
     static func parseDgram(_ o: inout OptionList, _ value: String, option: String) throws -> DgramNetdevConfiguration {
         let local = try parseSocketAddress(&o, "local", option: option)
         let remote = try parseSocketAddress(&o, "remote", option: option)
@@ -235,6 +252,7 @@ enum NetCommandLine {
 extension NetdevBackendConfiguration {
     var queueCount: Int {
         if case .tap(let t) = self { return t.queues }
+        if case .vhostUser(let v) = self { return v.queues }
         return 1
     }
 }

@@ -68,6 +68,22 @@ struct VhostCommandLine {
             v.reconnectSeconds = d.reconnect
             if case .vhostUserSCSI = c.pciDevices[i] { c.pciDevices[i] = .vhostUserSCSI(v) } else { c.pciDevices[i] = .vhostUserBlock(v) }
         }
+        try resolveNetdevs(&c, monitors)
+    }
+
+    /// `-netdev vhost-user,chardev=` takes its socket from the `-chardev`, as vhost-user-blk-pci does.
+    func resolveNetdevs(_ c: inout MachineConfiguration, _ monitors: MonitorOptions) throws {
+        for i in c.netdevs.indices {
+            guard case .vhostUser(var v) = c.netdevs[i].backend else { continue }
+            let what = "-netdev vhost-user,id=\(c.netdevs[i].id),chardev=\(v.chardev)"
+            guard let d = monitors.chardev(v.chardev) else { throw ConfigurationErrorText("\(what): no -chardev with id=\(v.chardev)") }
+            guard case .unixSocket(let path) = d.backend else { throw ConfigurationErrorText("\(what): vhost-user needs a unix socket chardev") }
+            guard !monitors.monitorUses(v.chardev) else { throw ConfigurationErrorText("\(what): the chardev is already used by a -mon") }
+            v.path = path
+            v.server = d.server
+            v.reconnectSeconds = d.reconnect
+            c.netdevs[i].backend = .vhostUser(v)
+        }
     }
 
     static func parseDevice(_ o: inout OptionList, _ value: String, into c: inout MachineConfiguration) throws {

@@ -9,6 +9,8 @@ func openNetBackends(_ netdev: NetdevConfiguration, queuePairs: Int) throws -> [
         return try openTapBackends(t, id: netdev.id, queuePairs: queuePairs)
     case .user, .socket, .stream, .dgram:
         return try openHostNetBackends(netdev)
+    case .vhostUser:
+        throw ConfigurationError("-netdev vhost-user,id=\(netdev.id): the rings belong to the vhost-user back-end")
     }
 }
 

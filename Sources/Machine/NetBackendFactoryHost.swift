@@ -8,6 +8,8 @@ func openHostNetBackends(_ netdev: NetdevConfiguration) throws -> [NetBackend] {
         switch netdev.backend {
         case .tap:
             throw ConfigurationError("\(what): tap is opened by openTapBackends")
+        case .vhostUser:
+            throw ConfigurationError("\(what): the rings belong to the vhost-user back-end")
         case .user(let u):
             return [try UserBackend(try userNetworkConfiguration(u))]
         case .socket(let s):

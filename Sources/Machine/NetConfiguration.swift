@@ -9,6 +9,7 @@ public struct NetdevConfiguration: Sendable, Equatable {
     /// Queue pairs the backend offers (tap `queues=`); the NIC gets one virtqueue pair each.
     public var queues: Int {
         if case .tap(let t) = backend { return t.queues }
+        if case .vhostUser(let v) = backend { return v.queues }
         return 1
     }
 }
@@ -20,6 +21,7 @@ public enum NetdevBackendConfiguration: Sendable, Equatable {
     case socket(SocketNetdevConfiguration)
     case stream(StreamNetdevConfiguration)
     case dgram(DgramNetdevConfiguration)
+    case vhostUser(VhostUserNetdevConfiguration)
 
     public var typeName: String {
         switch self {
@@ -28,6 +30,7 @@ public enum NetdevBackendConfiguration: Sendable, Equatable {
         case .socket: return "socket"
         case .stream: return "stream"
         case .dgram: return "dgram"
+        case .vhostUser: return "vhost-user"
         }
     }
 }
@@ -44,6 +47,18 @@ public struct TapNetdevConfiguration: Sendable, Equatable {
     /// vhost=on: the kernel's vhost-net data path (issue 8; refused until then).
     public var vhost = false
     public init(ifname: String? = nil) { self.ifname = ifname }
+}
+
+/// `-netdev vhost-user,id=,chardev=[,queues=]`: the rings live in a vhost-user-net back-end; the
+/// NIC's config space (MAC) and control queue stay with Keel, as in QEMU.
+public struct VhostUserNetdevConfiguration: Sendable, Equatable {
+    public var chardev: String
+    /// Resolved from the `-chardev`: the socket path, whether Keel listens, reconnect seconds.
+    public var path = ""
+    public var server = false
+    public var reconnectSeconds: UInt64 = 0
+    public var queues = 1
+    public init(chardev: String) { self.chardev = chardev }
 }
 
 /// `-netdev user,...`: libslirp user-mode networking (QEMU's defaults: 10.0.2.0/24, host

@@ -84,6 +84,11 @@ final class PCIBusDevices {
                     guard let netdev = c.netdevs.first(where: { $0.id == n.netdev }) else {
                         throw ConfigurationError("virtio-net-pci: no -netdev with id=\(n.netdev)")
                     }
+                    if case .vhostUser(let u) = netdev.backend {
+                        ioeventfd = true
+                        model = try Self.vhostUserNet(u, nic: n, board: board)
+                        break
+                    }
                     let backends = try openNetBackends(netdev, queuePairs: netdev.queues)
                     var v = VirtioNet.Configuration(mac: n.mac)
                     v.multiqueue = n.multiqueue
@@ -166,6 +171,20 @@ final class PCIBusDevices {
                                        memory: board.memory, loop: board.loop, reconnectSeconds: v.reconnectSeconds)
         } catch {
             throw ConfigurationError("-device vhost-user-blk-pci,chardev=\(v.chardev): \(error)")
+        }
+    }
+
+    /// The back-end's features and config, with the MAC from `-device` (QEMU keeps it in the
+    /// front-end's config space); the rx/tx rings are handed over at DRIVER_OK.
+    static func vhostUserNet(_ u: VhostUserNetdevConfiguration, nic: VirtioNetConfiguration, board: PCBoard) throws -> VirtioDevice {
+        let frontend = VhostUserFrontend(endpoint: u.server ? .listen(u.path) : .connect(u.path))
+        do {
+            let rings = try VhostUserDevice(deviceType: 1, pciClassCode: 0x02_00_00, configSize: 12, configOverrides: [(0, nic.mac)],
+                                            queueCount: 2 * u.queues, queueSize: nic.queueSize, frontend: frontend,
+                                            memory: board.memory, loop: board.loop, reconnectSeconds: u.reconnectSeconds)
+            return VhostUserNetDevice(rings: rings, mac: nic.mac)
+        } catch {
+            throw ConfigurationError("-netdev vhost-user,chardev=\(u.chardev): \(error)")
         }
     }
 

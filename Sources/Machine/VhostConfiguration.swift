@@ -39,10 +39,15 @@ extension MachineConfiguration {
 
     func validateVhost() throws {
         let vhost = !vhostUserDevices.isEmpty
+            || netdevs.contains { if case .vhostUser = $0.backend { return true } else { return false } }
         if let m = memoryBackend, m.size != memorySize {
             throw ConfigurationError("memory-backend \(m.id): size=\(m.size >> 20)M differs from -m \(memorySize >> 20)M")
         }
         if vhost && memoryBackend?.share != true { throw ConfigurationError(Self.vhostUserNeedsSharedMemory) }
+        for n in netdevs {
+            guard case .vhostUser(let u) = n.backend else { continue }
+            guard !u.path.isEmpty else { throw ConfigurationError("-netdev vhost-user,id=\(n.id),chardev=\(u.chardev): no socket path") }
+        }
         for (name, b) in vhostUserDevices {
             guard !b.path.isEmpty else { throw ConfigurationError("-device \(name),chardev=\(b.chardev): no socket path") }
             guard (1...64).contains(b.queueCount) else {

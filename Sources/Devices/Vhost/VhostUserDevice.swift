@@ -177,13 +177,16 @@ public final class VhostUserDevice: VirtioDevice {
                 try frontend.send(VhostUserMessage(.setInflightFD, payload: i.bytes), fds: [inflightFD])
             }
         }
-        try frontend.send(VhostUserMessage(.setFeatures, payload: .le64Bytes(t.driverFeatures | (frontend.backendFeatures & VhostUser.featureProtocolFeatures))))
+        // Bits the front-end answers itself (virtio-net's control queue) are not the back-end's.
+        let features = (t.driverFeatures & frontend.backendFeatures) | (frontend.backendFeatures & VhostUser.featureProtocolFeatures)
+        try frontend.send(VhostUserMessage(.setFeatures, payload: .le64Bytes(features)))
         let table = memory.regions.map {
             VhostUserMemoryRegion(guestAddress: $0.guestAddress, size: $0.size, userAddress: UInt64(UInt(bitPattern: $0.host)), mmapOffset: $0.fileOffset)
         }
         try frontend.send(VhostUserMessage(.setMemTable, payload: VhostUserMemoryRegion.tableBytes(table)),
                           fds: Array(repeating: memory.fd, count: table.count))
-        for (i, q) in t.queues.enumerated() where q.isReady {
+        // Queues past this device's own (virtio-net's control queue) stay with the front-end.
+        for (i, q) in t.queues.enumerated() where q.isReady && i < running.count {
             guard let desc = memory.hostPointer(q.descriptorTable, length: 16 * UInt64(q.size)),
                   let avail = memory.hostPointer(q.driverArea, length: 6 + 2 * UInt64(q.size)),
                   let used = memory.hostPointer(q.deviceArea, length: 6 + 8 * UInt64(q.size)) else { continue }

@@ -1,0 +1,108 @@
+import Devices
+import Glibc
+import Loop
+import Memory
+import Net
+
+/// `keel vhost-user-net`: Keel's virtio-net (tap backend, vnet header and offloads as the driver
+/// negotiates them) served as a vhost-user back-end. As QEMU's vhost-user-net, the back-end
+/// carries only the receive/transmit rings: the control queue stays with the front-end, so the
+/// control-queue features are not offered here.
+public enum VhostUserNetBackend {
+    public struct Options: Equatable {
+        public var socketPath = ""
+        public var tap = ""
+        public var queuePairs = 1
+        public var mac: [UInt8] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56]
+    }
+
+    public static let usage = """
+    usage: keel vhost-user-net --socket-path=PATH --tap=IFNAME [--queues=1] [--mac=52:54:00:12:34:56]
+    Serves a virtio-net device on tap IFNAME as a vhost-user-net back-end on a unix socket listening at PATH.
+    """
+
+    public static func parse(_ args: [String]) throws -> Options {
+        var o = Options()
+        var i = 0
+        func value(_ a: String, _ name: String) throws -> String? {
+            if a.hasPrefix(name + "=") { return String(a.dropFirst(name.count + 1)) }
+            guard a == name else { return nil }
+            i += 1
+            guard i < args.count else { throw VhostUserError("\(name) requires a value") }
+            return args[i]
+        }
+        while i < args.count {
+            let a = args[i]
+            if let v = try value(a, "--socket-path") ?? value(a, "-s") { o.socketPath = v }
+            else if let v = try value(a, "--tap") { o.tap = v }
+            else if let v = try value(a, "--queues") {
+                // Several pairs need the control queue's VQ_PAIRS_SET, which stays in the front-end.
+                guard let n = Int(v), n == 1 else { throw VhostUserError("--queues=\(v): only 1 queue pair is supported") }
+                o.queuePairs = n
+            } else if let v = try value(a, "--mac") {
+                o.mac = try parseMAC(v)
+            } else { throw VhostUserError("\(a): unknown option") }
+            i += 1
+        }
+        guard !o.socketPath.isEmpty else { throw VhostUserError("--socket-path=PATH is required") }
+        guard !o.tap.isEmpty else { throw VhostUserError("--tap=IFNAME is required") }
+        return o
+    }
+
+    static func parseMAC(_ s: String) throws -> [UInt8] {
+        let parts = s.split(separator: ":", omittingEmptySubsequences: false)
+        let bytes = parts.compactMap { $0.count == 2 ? UInt8($0, radix: 16) : nil }
+        guard parts.count == 6, bytes.count == 6 else { throw VhostUserError("--mac=\(s): expected six hex bytes like 52:54:00:12:34:56") }
+        return bytes
+    }
+
+    public static func main(_ args: [String]) -> Int32 {
+        if args.contains("-h") || args.contains("--help") { print(usage); return 0 }
+        do {
+            let o = try parse(args)
+            let taps: [TapBackend]
+            do { taps = try TapBackend.open(ifname: o.tap, queues: o.queuePairs, vnetHeader: true) }
+            catch { throw VhostUserError("--tap=\(o.tap): \(error)") }
+            let loop = try EventLoop()
+            var c = VirtioNet.Configuration(mac: o.mac)
+            c.multiqueue = false
+            c.queueSize = 1024
+            let net = try VirtioNet(backends: taps, configuration: c, loop: loop)
+            let server = try VhostUserBackendServer(device: VhostUserNetRings(net), socketPath: o.socketPath, loop: loop)
+            try server.start()
+            server.log("serving tap \(o.tap) at \(o.socketPath)")
+            signal(SIGPIPE, SIG_IGN)
+            loop.run()
+            return 0
+        } catch {
+            let line = "keel vhost-user-net: \(error)\n"
+            line.withCString { _ = write(2, $0, strlen($0)) }
+            return 1
+        }
+    }
+}
+
+/// A `VirtioNet` seen through vhost-user: its receive/transmit rings only, without the
+/// control-queue features (the front-end answers the control queue itself).
+public final class VhostUserNetRings: VirtioDevice {
+    public let net: VirtioNet
+    public static let frontendOnlyFeatures = VirtioNetFeature.controlQueue | VirtioNetFeature.controlRx
+        | VirtioNetFeature.controlVLAN | VirtioNetFeature.controlRxExtra | VirtioNetFeature.guestAnnounce
+        | VirtioNetFeature.multiqueue | VirtioNetFeature.controlMACAddress
+
+    public init(_ net: VirtioNet) { self.net = net }
+
+    public var deviceType: UInt16 { net.deviceType }
+    public var deviceFeatures: UInt64 { net.deviceFeatures & ~Self.frontendOnlyFeatures }
+    public var queueMaxSizes: [UInt16] { Array(net.queueMaxSizes.dropLast()) }
+    public var pciClassCode: UInt32 { net.pciClassCode }
+    public var inflightRequests: Int { net.inflightRequests }
+    public func readConfig(offset: Int, data: UnsafeMutableRawBufferPointer) { net.readConfig(offset: offset, data: data) }
+    public func writeConfig(offset: Int, data: UnsafeRawBufferPointer) { net.writeConfig(offset: offset, data: data) }
+    public func activate(_ transport: VirtioTransport) { net.activate(transport) }
+    public func queueNotified(_ index: Int) {
+        guard index >= 0, index < queueMaxSizes.count else { return }
+        net.queueNotified(index)
+    }
+    public func reset() { net.reset() }
+}
