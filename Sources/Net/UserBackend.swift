@@ -262,13 +262,8 @@ public final class UserBackend: NetBackend {
         }
         for (fd, e) in wanted where watched[fd] != e {
             let handler: EventLoop.Handler = { [unowned self] _ in self.cycle() }
-            do {
-                try loop.add(fd: fd, events: e, handler)
-            } catch {
-                // The fd number was closed and reused behind the loop's back: register afresh.
-                loop.remove(fd: fd)
-                guard (try? loop.add(fd: fd, events: e, handler)) != nil else { continue }
-            }
+            // EventLoop registers an fd number reused behind its back afresh.
+            guard (try? loop.add(fd: fd, events: e, handler)) != nil else { continue }
             watched[fd] = e
         }
         if polling, timeout != UInt32.max {
