@@ -68,10 +68,15 @@ enum NetCommandLine {
         }
     }
 
-    static func parseMAC(_ text: String, option: String) throws -> [UInt8] {
+    /// Six colon-separated two-digit hex bytes, or nil.
+    static func macBytes(_ text: String) -> [UInt8]? {
         let parts = text.split(separator: ":", omittingEmptySubsequences: false)
         let bytes = parts.compactMap { $0.count == 2 ? UInt8($0, radix: 16) : nil }
-        guard parts.count == 6, bytes.count == 6 else { throw ConfigurationErrorText("\(option): mac=\(text): not a MAC address (xx:xx:xx:xx:xx:xx)") }
+        return parts.count == 6 && bytes.count == 6 ? bytes : nil
+    }
+
+    static func parseMAC(_ text: String, option: String) throws -> [UInt8] {
+        guard let bytes = macBytes(text) else { throw ConfigurationErrorText("\(option): mac=\(text): not a MAC address (xx:xx:xx:xx:xx:xx)") }
         guard bytes[0] & 1 == 0 else { throw ConfigurationErrorText("\(option): mac=\(text): a multicast address cannot be a NIC's") }
         return bytes
     }

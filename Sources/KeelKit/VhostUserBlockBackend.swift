@@ -23,27 +23,18 @@ public enum VhostUserBlockBackend {
 
     public static func parse(_ args: [String]) throws -> Options {
         var o = Options()
-        var i = 0
-        func value(_ a: String, _ name: String) throws -> String? {
-            if a.hasPrefix(name + "=") { return String(a.dropFirst(name.count + 1)) }
-            guard a == name else { return nil }
-            i += 1
-            guard i < args.count else { throw VhostUserError("\(name) requires a value") }
-            return args[i]
-        }
-        while i < args.count {
-            let a = args[i]
-            if let v = try value(a, "--socket-path") ?? value(a, "-s") { o.socketPath = v }
-            else if let v = try value(a, "--blk-file") ?? value(a, "-b") { o.blockFile = v }
-            else if let v = try value(a, "--num-queues") ?? value(a, "-n") {
+        var flags = VhostUserBackendArguments(args)
+        while let a = flags.next() {
+            if let v = try flags.value(a, "--socket-path", "-s") { o.socketPath = v }
+            else if let v = try flags.value(a, "--blk-file", "-b") { o.blockFile = v }
+            else if let v = try flags.value(a, "--num-queues", "-n") {
                 guard let n = Int(v), (1...64).contains(n) else { throw VhostUserError("--num-queues=\(v): 1 to 64") }
                 o.queueCount = n
-            } else if let v = try value(a, "--serial") {
+            } else if let v = try flags.value(a, "--serial") {
                 guard v.utf8.count <= 20 else { throw VhostUserError("--serial=\(v) is longer than 20 bytes") }
                 o.serial = v
             } else if a == "--read-only" || a == "-r" { o.readOnly = true }
             else { throw VhostUserError("\(a): unknown option") }
-            i += 1
         }
         guard !o.socketPath.isEmpty else { throw VhostUserError("--socket-path=PATH is required") }
         guard !o.blockFile.isEmpty else { throw VhostUserError("--blk-file=FILE is required") }

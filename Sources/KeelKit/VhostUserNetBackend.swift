@@ -23,26 +23,17 @@ public enum VhostUserNetBackend {
 
     public static func parse(_ args: [String]) throws -> Options {
         var o = Options()
-        var i = 0
-        func value(_ a: String, _ name: String) throws -> String? {
-            if a.hasPrefix(name + "=") { return String(a.dropFirst(name.count + 1)) }
-            guard a == name else { return nil }
-            i += 1
-            guard i < args.count else { throw VhostUserError("\(name) requires a value") }
-            return args[i]
-        }
-        while i < args.count {
-            let a = args[i]
-            if let v = try value(a, "--socket-path") ?? value(a, "-s") { o.socketPath = v }
-            else if let v = try value(a, "--tap") { o.tap = v }
-            else if let v = try value(a, "--queues") {
+        var flags = VhostUserBackendArguments(args)
+        while let a = flags.next() {
+            if let v = try flags.value(a, "--socket-path", "-s") { o.socketPath = v }
+            else if let v = try flags.value(a, "--tap") { o.tap = v }
+            else if let v = try flags.value(a, "--queues") {
                 // Several pairs need the control queue's VQ_PAIRS_SET, which stays in the front-end.
                 guard let n = Int(v), n == 1 else { throw VhostUserError("--queues=\(v): only 1 queue pair is supported") }
                 o.queuePairs = n
-            } else if let v = try value(a, "--mac") {
+            } else if let v = try flags.value(a, "--mac") {
                 o.mac = try parseMAC(v)
             } else { throw VhostUserError("\(a): unknown option") }
-            i += 1
         }
         guard !o.socketPath.isEmpty else { throw VhostUserError("--socket-path=PATH is required") }
         guard !o.tap.isEmpty else { throw VhostUserError("--tap=IFNAME is required") }
@@ -50,9 +41,7 @@ public enum VhostUserNetBackend {
     }
 
     static func parseMAC(_ s: String) throws -> [UInt8] {
-        let parts = s.split(separator: ":", omittingEmptySubsequences: false)
-        let bytes = parts.compactMap { $0.count == 2 ? UInt8($0, radix: 16) : nil }
-        guard parts.count == 6, bytes.count == 6 else { throw VhostUserError("--mac=\(s): expected six hex bytes like 52:54:00:12:34:56") }
+        guard let bytes = NetCommandLine.macBytes(s) else { throw VhostUserError("--mac=\(s): expected six hex bytes like 52:54:00:12:34:56") }
         return bytes
     }
 
