@@ -6,16 +6,16 @@ public enum FlagOp: UInt8 {
     case add, adc, sub, sbb, logic, inc, dec
 }
 
-@inline(__always) func sizeMask(_ size: UInt8) -> UInt64 {
+@_transparent func sizeMask(_ size: UInt8) -> UInt64 {
     size >= 3 ? ~0 : (UInt64(1) << (UInt64(8) << UInt64(size))) &- 1
 }
 
-@inline(__always) func signBit(_ size: UInt8) -> UInt64 {
+@_transparent func signBit(_ size: UInt8) -> UInt64 {
     UInt64(1) << ((UInt64(8) << UInt64(size & 3)) &- 1)
 }
 
 /// Sign-extends the low 8 << size bits.
-@inline(__always) func signExtend(_ v: UInt64, _ size: UInt8) -> Int64 {
+@_transparent func signExtend(_ v: UInt64, _ size: UInt8) -> Int64 {
     switch size {
     case 0: return Int64(Int8(truncatingIfNeeded: v))
     case 1: return Int64(Int16(truncatingIfNeeded: v))
@@ -24,16 +24,16 @@ public enum FlagOp: UInt8 {
     }
 }
 
-@inline(__always) func parityFlag(_ v: UInt64) -> UInt64 {
+@_transparent func parityFlag(_ v: UInt64) -> UInt64 {
     (UInt8(truncatingIfNeeded: v).nonzeroBitCount & 1) == 0 ? RFlags.pf : 0
 }
 
 extension CPUState {
-    @inline(__always) mutating func setLazy(_ op: FlagOp, _ size: UInt8, res: UInt64, a: UInt64, b: UInt64) {
+    @_transparent mutating func setLazy(_ op: FlagOp, _ size: UInt8, res: UInt64, a: UInt64, b: UInt64) {
         flagOp = op; flagSize = size; flagRes = res; flagSrc1 = a; flagSrc2 = b
     }
 
-    @inline(__always) var carryFlag: Bool {
+    @_transparent var carryFlag: Bool {
         switch flagOp {
         case .none: return rflags & RFlags.cf != 0
         case .add: return flagRes < flagSrc1
@@ -110,7 +110,7 @@ extension CPUState {
     }
 
     /// Condition codes tttn (SDM Vol. 1 Appendix B), with fast paths for cmp/sub and test.
-    @inline(__always) mutating func condition(_ cc: UInt8) -> Bool {
+    @_transparent mutating func condition(_ cc: UInt8) -> Bool {
         let r: Bool
         if flagOp == .sub {
             let a = flagSrc1, b = flagSrc2
@@ -131,6 +131,8 @@ extension CPUState {
             case 7: r = flagRes == 0 || flagRes & signBit(flagSize) != 0
             default: r = slowCondition(cc >> 1)
             }
+        } else if flagOp != .none && cc >> 1 == 2 {
+            r = flagRes == 0  // ZF of every lazy op (dec; jnz)
         } else {
             r = slowCondition(cc >> 1)
         }
