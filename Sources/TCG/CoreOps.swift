@@ -150,4 +150,53 @@ extension CPUState {
         setLazy(dec ? .dec : .inc, size, res: r, a: v, b: 1)
         return r
     }
+
+    /// IMUL r, r/m and r, r/m, imm: CF = OF = the product did not fit; SF, ZF, AF, PF
+    /// (undefined) are left as they were, as this host (AMD Zen) does.
+    @_transparent mutating func imulResult(_ a: UInt64, _ b: UInt64, _ size: UInt8) -> UInt64 {
+        let lo: UInt64, overflow: Bool
+        if size == 3 {
+            let p = Int64(bitPattern: a).multipliedReportingOverflow(by: Int64(bitPattern: b))
+            lo = UInt64(bitPattern: p.partialValue); overflow = p.overflow
+        } else {
+            let p = signExtend(a, size) &* signExtend(b, size)
+            lo = UInt64(bitPattern: p) & sizeMask(size)
+            overflow = signExtend(lo, size) != p
+        }
+        materializeFlags()
+        rflags = (rflags & ~(RFlags.cf | RFlags.of)) | (overflow ? RFlags.cf | RFlags.of : 0)
+        return lo
+    }
+
+    /// Group 2 shifts and rotates of a register with a nonzero masked `count` (SDM Vol. 2
+    /// SAL/SAR/SHL/SHR, ROL/ROR). Shifts leave their flags lazy; rotates keep SF, ZF, AF, PF.
+    /// RCL/RCR (`op` 2, 3) are not handled here: nil.
+    @_transparent mutating func shiftResult(_ op: UInt8, _ v: UInt64, _ count: UInt64, _ size: UInt8) -> UInt64? {
+        let bits = UInt64(8) << UInt64(size)
+        let m = sizeMask(size), sign = signBit(size)
+        switch op & 7 {
+        case 0, 1:
+            let c = count % bits
+            let left = op & 7 == 0
+            let r = c == 0 ? v : (left ? ((v << c) | (v >> (bits - c))) : ((v >> c) | (v << (bits - c)))) & m
+            let msb: UInt64 = r & sign != 0 ? 1 : 0
+            let cf = left ? r & 1 : msb
+            let other = left ? cf : (r & (sign >> 1) != 0 ? 1 : 0)
+            materializeFlags()
+            rflags = (rflags & ~(RFlags.cf | RFlags.of)) | cf | (msb ^ other != 0 ? RFlags.of : 0)
+            return r
+        case 4, 6:
+            let r = count >= bits ? 0 : (v << count) & m
+            setLazy(.shl, size, res: r, a: v, b: count); return r
+        case 5:
+            let r = count >= bits ? 0 : v >> count
+            setLazy(.shr, size, res: r, a: v, b: count); return r
+        case 7:
+            let c = count >= bits ? bits - 1 : count
+            let r = UInt64(bitPattern: signExtend(v, size) >> Int64(c)) & m
+            setLazy(.sar, size, res: r, a: v, b: count); return r
+        default:
+            return nil
+        }
+    }
 }

@@ -171,17 +171,7 @@ extension X86CPU {
 
     /// IMUL two/three-operand forms.
     func imul2(_ a: UInt64, _ b: UInt64, _ size: UInt8) -> UInt64 {
-        let lo: UInt64, overflow: Bool
-        if size == 3 {
-            let p = Int64(bitPattern: a).multipliedReportingOverflow(by: Int64(bitPattern: b))
-            lo = UInt64(bitPattern: p.partialValue); overflow = p.overflow
-        } else {
-            let p = signExtend(a, size) &* signExtend(b, size)
-            lo = UInt64(bitPattern: p) & sizeMask(size)
-            overflow = signExtend(lo, size) != p
-        }
-        st.pointee.setStatusFlags(mulFlags(lo, size, overflow))
-        return lo
+        st.pointee.imulResult(a, b, size)
     }
 
     /// DIV/IDIV: #DE on a zero divisor or a quotient that does not fit.

@@ -37,6 +37,18 @@ enum FastForm {
     static let ret64: UInt8 = 24
     static let push64: UInt8 = 25
     static let pop64: UInt8 = 26
+    static let imulRegImm: UInt8 = 27
+    /// Shift or rotate of a register (count from imm or CL).
+    static let shiftReg: UInt8 = 28
+    static let movsxdReg: UInt8 = 29
+    static let movsxdLoad: UInt8 = 30
+    static let movsxReg: UInt8 = 31
+    static let movsxLoad: UInt8 = 32
+    static let setccReg: UInt8 = 33
+    static let cmovReg: UInt8 = 34
+    static let cmovLoad: UInt8 = 35
+    static let nop: UInt8 = 36
+    static let testLoadImm: UInt8 = 37
 
     /// The fast form of a decoded instruction in `mode`, or `none`.
     static func of(_ i: Instruction, mode: CodeMode) -> UInt8 {
@@ -54,9 +66,16 @@ enum FastForm {
         case .incRM: return mem ? none : incReg
         case .decRM: return mem ? none : decReg
         case .testRMReg: return mem ? none : testRegReg
-        case .testRMImm: return mem ? none : testRegImm
         case .movzx: return mem ? movzxLoad : movzxReg
         case .imulRegRM: return mem ? none : imulRegReg
+        case .imulRegRMImm: return mem ? none : imulRegImm
+        case .shiftRM: return mem ? none : shiftReg
+        case .movsxd: return mem ? movsxdLoad : movsxdReg
+        case .movsx: return mem ? movsxLoad : movsxReg
+        case .setcc: return mem ? none : setccReg
+        case .cmov: return mem ? cmovLoad : cmovReg
+        case .nop: return nop
+        case .testRMImm: return mem ? testLoadImm : testRegImm
         case .jcc: return wide64 ? jcc64 : none
         case .jmpRel: return wide64 ? jmp64 : none
         case .callRel: return wide64 ? call64 : none
@@ -130,7 +149,11 @@ func step(_ cpu: X86CPU, _ i: UnsafeMutablePointer<Instruction>, _ s: UnsafeMuta
         writeGPR(gpr, i.pointee.reg, size, try load(cpu, s.pointee.operandAddress(i, gpr), i.pointee.sub, s, tlb))
     case FastForm.imulRegReg:
         let r = i.pointee.reg
-        writeGPR(gpr, r, size, cpu.imul2(readGPR(gpr, r, size), readGPR(gpr, i.pointee.rm, size), size))
+        let a = readGPR(gpr, r, size), b = readGPR(gpr, i.pointee.rm, size)
+        writeGPR(gpr, r, size, s.pointee.imulResult(a, b, size))
+    case FastForm.imulRegImm:
+        let a = readGPR(gpr, i.pointee.rm, size)
+        writeGPR(gpr, i.pointee.reg, size, s.pointee.imulResult(a, i.pointee.imm & sizeMask(size), size))
     case FastForm.jcc64:
         if s.pointee.condition(i.pointee.sub) { s.pointee.rip &+= i.pointee.imm }
     case FastForm.jmp64:
@@ -157,6 +180,46 @@ func step(_ cpu: X86CPU, _ i: UnsafeMutablePointer<Instruction>, _ s: UnsafeMuta
         let v = try load(cpu, sp, 3, s, tlb)
         gpr[Int(Reg.rsp)] = sp &+ 8
         gpr[Int(i.pointee.rm & 15)] = v
+    case FastForm.shiftReg:
+        let r = i.pointee.rm
+        let raw = i.pointee.prefixes & Prefix.countCL != 0 ? gpr[1] & 0xFF : i.pointee.imm
+        let count = raw & (size == 3 ? 63 : 31)
+        let v = readGPR(gpr, r, size)
+        if count == 0 {
+            writeGPR(gpr, r, size, v)  // no flags change; a 32-bit register is still zero-extended
+        } else if let res = s.pointee.shiftResult(i.pointee.sub, v, count, size) {
+            writeGPR(gpr, r, size, res)
+        } else {
+            writeGPR(gpr, r, size, cpu.shift(i.pointee.sub, v, count, size))
+        }
+    case FastForm.movsxdReg:
+        writeGPR(gpr, i.pointee.reg, size, UInt64(bitPattern: signExtend(readGPR(gpr, i.pointee.rm, 2), 2)))
+    case FastForm.movsxdLoad:
+        let v = try load(cpu, s.pointee.operandAddress(i, gpr), 2, s, tlb)
+        writeGPR(gpr, i.pointee.reg, size, UInt64(bitPattern: signExtend(v, 2)))
+    case FastForm.movsxReg:
+        let src = i.pointee.sub
+        writeGPR(gpr, i.pointee.reg, size, UInt64(bitPattern: signExtend(readGPR(gpr, i.pointee.rm, src), src)))
+    case FastForm.movsxLoad:
+        let src = i.pointee.sub
+        let v = try load(cpu, s.pointee.operandAddress(i, gpr), src, s, tlb)
+        writeGPR(gpr, i.pointee.reg, size, UInt64(bitPattern: signExtend(v, src)))
+    case FastForm.setccReg:
+        writeGPR(gpr, i.pointee.rm, 0, s.pointee.condition(i.pointee.sub) ? 1 : 0)
+    case FastForm.cmovReg:
+        let r = i.pointee.reg
+        // Not taken, a 32-bit destination is still zero-extended.
+        let v = s.pointee.condition(i.pointee.sub) ? readGPR(gpr, i.pointee.rm, size) : readGPR(gpr, r, size)
+        writeGPR(gpr, r, size, v)
+    case FastForm.cmovLoad:
+        let m = try load(cpu, s.pointee.operandAddress(i, gpr), size, s, tlb)
+        let r = i.pointee.reg
+        writeGPR(gpr, r, size, s.pointee.condition(i.pointee.sub) ? m : readGPR(gpr, r, size))
+    case FastForm.nop:
+        break
+    case FastForm.testLoadImm:
+        let a = try load(cpu, s.pointee.operandAddress(i, gpr), size, s, tlb)
+        _ = s.pointee.aluResult(4, a, i.pointee.imm & sizeMask(size), size)
     default:
         try cpu.execute(i)
     }

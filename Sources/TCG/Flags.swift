@@ -4,6 +4,8 @@ public enum FlagOp: UInt8 {
     /// Status flags are in `rflags`.
     case none = 0
     case add, adc, sub, sbb, logic, inc, dec
+    /// SHL/SAL, SHR, SAR with a nonzero count: `flagSrc1` the operand, `flagSrc2` the masked count.
+    case shl, shr, sar
 }
 
 @_transparent func sizeMask(_ size: UInt8) -> UInt64 {
@@ -42,18 +44,26 @@ extension CPUState {
         case .sbb: return flagCarry != 0 ? flagSrc1 <= flagSrc2 : flagSrc1 < flagSrc2
         case .logic: return false
         case .inc, .dec: return flagCarry != 0
+        case .shl:
+            let bits = UInt64(8) << UInt64(flagSize)
+            return flagSrc2 <= bits && (flagSrc1 >> (bits &- flagSrc2)) & 1 != 0
+        case .shr:
+            let bits = UInt64(8) << UInt64(flagSize)
+            return flagSrc2 <= bits && (flagSrc1 >> (flagSrc2 &- 1)) & 1 != 0
+        case .sar:
+            return (signExtend(flagSrc1, flagSize) >> Int64(min(flagSrc2 &- 1, 63))) & 1 != 0
         }
     }
 
-    @inline(__always) var zeroFlag: Bool {
+    @_transparent var zeroFlag: Bool {
         flagOp == .none ? rflags & RFlags.zf != 0 : flagRes == 0
     }
 
-    @inline(__always) var signFlag: Bool {
+    @_transparent var signFlag: Bool {
         flagOp == .none ? rflags & RFlags.sf != 0 : flagRes & signBit(flagSize) != 0
     }
 
-    @inline(__always) var overflowFlag: Bool {
+    @_transparent var overflowFlag: Bool {
         let sign = signBit(flagSize)
         switch flagOp {
         case .none: return rflags & RFlags.of != 0
@@ -62,30 +72,41 @@ extension CPUState {
         case .logic: return false
         case .inc: return flagRes == sign
         case .dec: return flagSrc1 == sign
+        // As this host (AMD Zen) computes OF for every count (see ExecuteALU.shift).
+        case .shl: return (flagRes & sign != 0) != carryFlag
+        case .shr: return flagSrc2 == 1 && flagSrc1 & sign != 0
+        case .sar: return false
         }
     }
 
-    @inline(__always) var parityFlagSet: Bool {
+    @_transparent var parityFlagSet: Bool {
         flagOp == .none ? rflags & RFlags.pf != 0 : parityFlag(flagRes) != 0
     }
 
-    @inline(__always) var adjustFlag: Bool {
+    @_transparent var adjustFlag: Bool {
         switch flagOp {
         case .none: return rflags & RFlags.af != 0
         case .logic: return false
+        case .shl, .shr, .sar: return true  // set, as AMD Zen does (undefined in the SDM)
         default: return (flagSrc1 ^ flagSrc2 ^ flagRes) & 0x10 != 0
         }
     }
 
     /// Writes the status flags into `rflags` and drops the lazy state.
-    @inline(__always) mutating func materializeFlags() {
+    @_transparent mutating func materializeFlags() {
         guard flagOp != .none else { return }
         var f = rflags & ~RFlags.arith
-        if carryFlag { f |= RFlags.cf }
         f |= parityFlag(flagRes)
-        if adjustFlag { f |= RFlags.af }
         if flagRes == 0 { f |= RFlags.zf }
         if flagRes & signBit(flagSize) != 0 { f |= RFlags.sf }
+        if flagOp == .logic {
+            // CF, OF and AF are clear after and/or/xor/test: no per-op decode.
+            rflags = f
+            flagOp = .none
+            return
+        }
+        if carryFlag { f |= RFlags.cf }
+        if adjustFlag { f |= RFlags.af }
         if overflowFlag { f |= RFlags.of }
         rflags = f
         flagOp = .none
