@@ -17,13 +17,13 @@ final class VhostKernelTests: XCTestCase {
     func testMemoryTableFollowsThePCSplit() throws {
         let map = PCMemoryMap(ramSize: 5 * PCMemoryMap.gibibyte)
         let memory = try GuestMemory(layout: map.ramRegions)
-        let table = VhostMemoryRegion.table(memory)
+        let table = VhostMemoryRegion.regions(of: memory)
         XCTAssertEqual(table.count, 2)
         XCTAssertEqual(table[0].guestAddress, 0)
         XCTAssertEqual(table[0].size, 3 << 30)
         XCTAssertEqual(table[1].guestAddress, 4 << 30)
         XCTAssertEqual(table[1].size, 2 << 30)
-        XCTAssertEqual(table[1].fileOffset, 3 << 30)
+        XCTAssertEqual(table[1].mmapOffset, 3 << 30)
         XCTAssertEqual(table[0].userAddress, UInt64(UInt(bitPattern: memory.hostPointer(0, length: 1))))
         XCTAssertEqual(table[1].userAddress, UInt64(UInt(bitPattern: memory.hostPointer(4 << 30, length: 1))))
 

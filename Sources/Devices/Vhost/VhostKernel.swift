@@ -9,26 +9,6 @@ public struct VhostKernelError: Error, CustomStringConvertible, Equatable {
     public init(_ message: String, errno: Int32 = 0) { description = message; self.errno = errno }
 }
 
-/// One region of the table handed to a vhost back-end (kernel `struct vhost_memory_region`, or
-/// the vhost-user message's): guest-physical range, where Keel maps it, and its memfd offset.
-public struct VhostMemoryRegion: Equatable, Sendable {
-    public var guestAddress: UInt64
-    public var size: UInt64
-    public var userAddress: UInt64
-    public var fileOffset: UInt64
-    public init(guestAddress: UInt64, size: UInt64, userAddress: UInt64, fileOffset: UInt64) {
-        self.guestAddress = guestAddress; self.size = size; self.userAddress = userAddress; self.fileOffset = fileOffset
-    }
-
-    /// Keel's RAM as a back-end sees it: one entry per guest RAM region (the PC's below- and
-    /// above-4 GiB pieces are two), at the addresses Keel itself maps them.
-    public static func table(_ memory: GuestMemory) -> [VhostMemoryRegion] {
-        memory.regions.map {
-            VhostMemoryRegion(guestAddress: $0.guestAddress, size: $0.size, userAddress: UInt64(UInt(bitPattern: $0.host)), fileOffset: $0.fileOffset)
-        }
-    }
-}
-
 /// An open /dev/vhost-net or /dev/vhost-vsock: the typed ioctls of <linux/vhost.h>. Every
 /// pointer handed to the kernel lives only for the call; ring addresses are Keel's own mappings
 /// (translated and bounds-checked by `VhostVringAddress.translate`), never guest values.

@@ -108,7 +108,7 @@ public final class VhostKernelDevice: VirtioDevice {
         vhostRings.transport = t
         do throws(VhostKernelError) {
             let features = Self.vhostFeatures(driver: t.driverFeatures, kernel: kernelFeatures, backend: backendFeatures)
-            let table = VhostMemoryRegion.table(memory)
+            let table = VhostMemoryRegion.regions(of: memory)
             for v in vhosts {
                 try v.setFeatures(features)
                 try v.setMemoryTable(table)

@@ -1,15 +1,39 @@
 import Loop
 import Memory
 
-/// Where a back-end finds one ring: Keel's own host addresses of the descriptor table and the
-/// available and used rings (vhost's `vhost_vring_addr`, without logging).
+/// One region of the memory table a vhost back-end is given (kernel `struct vhost_memory_region`,
+/// vhost-user's SET_MEM_TABLE entry): a guest-physical range, where the front-end maps it, and
+/// (vhost-user) its offset in the fd sent along.
+public struct VhostMemoryRegion: Equatable, Sendable {
+    public var guestAddress: UInt64
+    public var size: UInt64
+    public var userAddress: UInt64
+    public var mmapOffset: UInt64
+    public init(guestAddress: UInt64, size: UInt64, userAddress: UInt64, mmapOffset: UInt64) {
+        self.guestAddress = guestAddress; self.size = size; self.userAddress = userAddress; self.mmapOffset = mmapOffset
+    }
+
+    /// Keel's RAM as a back-end sees it: one entry per guest RAM region (the PC's below- and
+    /// above-4 GiB pieces are two), at the addresses Keel itself maps them.
+    public static func regions(of memory: GuestMemory) -> [VhostMemoryRegion] {
+        memory.regions.map {
+            VhostMemoryRegion(guestAddress: $0.guestAddress, size: $0.size, userAddress: UInt64(UInt(bitPattern: $0.host)), mmapOffset: $0.fileOffset)
+        }
+    }
+}
+
+/// Where a back-end finds one ring (`vhost_vring_addr`): the host addresses of the descriptor
+/// table and the used and available rings, in the front-end's address space; no logging.
 public struct VhostVringAddress: Equatable, Sendable {
     public var index: UInt32
+    public var flags: UInt32
     public var descriptor: UInt64
     public var used: UInt64
     public var available: UInt64
-    public init(index: UInt32, descriptor: UInt64, used: UInt64, available: UInt64) {
-        self.index = index; self.descriptor = descriptor; self.used = used; self.available = available
+    public var log: UInt64
+
+    public init(index: UInt32, flags: UInt32 = 0, descriptor: UInt64, used: UInt64, available: UInt64, log: UInt64 = 0) {
+        self.index = index; self.flags = flags; self.descriptor = descriptor; self.used = used; self.available = available; self.log = log
     }
 
     /// The guest's ring addresses (guest-chosen) translated through Keel's RAM: nil unless each

@@ -141,9 +141,7 @@ public final class VhostUserDevice: VirtioDevice {
         // Bits the front-end answers itself (virtio-net's control queue) are not the back-end's.
         let features = (t.driverFeatures & frontend.backendFeatures) | (frontend.backendFeatures & VhostUser.featureProtocolFeatures)
         try frontend.send(VhostUserMessage(.setFeatures, payload: .le64Bytes(features)))
-        let table = VhostMemoryRegion.table(memory).map {
-            VhostUserMemoryRegion(guestAddress: $0.guestAddress, size: $0.size, userAddress: $0.userAddress, mmapOffset: $0.fileOffset)
-        }
+        let table = VhostMemoryRegion.regions(of: memory)
         try frontend.send(VhostUserMessage(.setMemTable, payload: VhostUserMemoryRegion.tableBytes(table)),
                           fds: Array(repeating: memory.fd, count: table.count))
         // Queues past this device's own (virtio-net's control queue) stay with the front-end.

@@ -138,8 +138,7 @@ extension VhostUserFrontend: VhostRingBackend {
     }
 
     public func setVringAddress(_ a: VhostVringAddress) throws(VhostUserError) {
-        let v = VhostUserVringAddress(index: a.index, descriptor: a.descriptor, used: a.used, available: a.available)
-        try send(VhostUserMessage(.setVringAddr, payload: v.bytes))
+        try send(VhostUserMessage(.setVringAddr, payload: a.bytes))
     }
 
     public func setVringCall(_ index: UInt32, fd: Int32) throws(VhostUserError) {
