@@ -15,6 +15,9 @@ public struct VhostKernelError: Error, CustomStringConvertible, Equatable {
 public final class VhostKernelFD: VhostRingBackend {
     public let fd: Int32
     public let path: String
+    /// ioctl(2) on `fd`; a test stands a recording fake kernel in its place.
+    typealias IoctlFunction = (_ fd: Int32, _ request: UInt, _ argument: UnsafeMutableRawPointer?) -> Int32
+    let ioctl: IoctlFunction
 
     /// Opens `path` (O_RDWR|O_CLOEXEC). Errors say which: missing node, or the errno text.
     public init(path: String) throws(VhostKernelError) {
@@ -26,12 +29,18 @@ public final class VhostKernelFD: VhostRingBackend {
         }
         fd = f
         self.path = path
+        ioctl = { ckeel_ioctl_ptr($0, $1, $2) }
     }
 
     /// Adopts an already-open vhost fd (`vhostfd=N` from a management tool); closed on deinit.
-    public init(adopting fd: Int32, path: String) {
+    public convenience init(adopting fd: Int32, path: String) {
+        self.init(adopting: fd, path: path) { ckeel_ioctl_ptr($0, $1, $2) }
+    }
+
+    init(adopting fd: Int32, path: String, ioctl: @escaping IoctlFunction) {
         self.fd = fd
         self.path = path
+        self.ioctl = ioctl
         _ = ckeel_fcntl_int(fd, F_SETFD, FD_CLOEXEC)
     }
 
@@ -45,7 +54,7 @@ public final class VhostKernelFD: VhostRingBackend {
     }
 
     private func call<T>(_ request: UInt, _ name: String, _ value: inout T) throws(VhostKernelError) {
-        let r = withUnsafeMutablePointer(to: &value) { ckeel_ioctl_ptr(fd, request, $0) }
+        let r = withUnsafeMutablePointer(to: &value) { ioctl(fd, request, UnsafeMutableRawPointer($0)) }
         try check(r, name)
     }
 
@@ -75,11 +84,11 @@ public final class VhostKernelFD: VhostRingBackend {
 
     /// Binds the device to this process's memory and starts its worker thread.
     public func setOwner() throws(VhostKernelError) {
-        try check(ckeel_ioctl(fd, CKEEL_VHOST_SET_OWNER, 0), "VHOST_SET_OWNER")
+        try check(ioctl(fd, CKEEL_VHOST_SET_OWNER, nil), "VHOST_SET_OWNER")
     }
 
     public func resetOwner() throws(VhostKernelError) {
-        try check(ckeel_ioctl(fd, CKEEL_VHOST_RESET_OWNER, 0), "VHOST_RESET_OWNER")
+        try check(ioctl(fd, CKEEL_VHOST_RESET_OWNER, nil), "VHOST_RESET_OWNER")
     }
 
     /// `struct vhost_memory` with its regions, laid out by the C header's own types.
@@ -99,7 +108,7 @@ public final class VhostKernelFD: VhostRingBackend {
 
     public func setMemoryTable(_ regions: [VhostMemoryRegion]) throws(VhostKernelError) {
         var bytes = Self.memoryTableBytes(regions)
-        let r = bytes.withUnsafeMutableBytes { ckeel_ioctl_ptr(fd, CKEEL_VHOST_SET_MEM_TABLE, $0.baseAddress) }
+        let r = bytes.withUnsafeMutableBytes { ioctl(fd, CKEEL_VHOST_SET_MEM_TABLE, $0.baseAddress) }
         try check(r, "VHOST_SET_MEM_TABLE (\(regions.count) regions)")
     }
 
