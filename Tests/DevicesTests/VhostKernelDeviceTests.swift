@@ -4,6 +4,7 @@ import Foundation
 import Glibc
 import Loop
 import Memory
+@testable import Net
 import XCTest
 
 /// A stand-in for drivers/vhost behind VhostKernelFD's ioctl: records each request with its
@@ -219,5 +220,63 @@ final class VhostKernelDeviceTests: XCTestCase {
     func testDeviceNeedsVersion1() throws {
         let kernel = FakeVhostKernel(offered: 1 << 28)
         XCTAssertThrowsError(try makeVsock(kernel)) { XCTAssertTrue("\($0)".contains("does not offer VIRTIO_F_VERSION_1"), "\($0)") }
+    }
+}
+
+/// virtio-net-pci over vhost-net against the fake kernel, with a tap stand-in without a vnet
+/// header (so vhost adds it: VHOST_NET_F_VIRTIO_NET_HDR): rings 0 and 1 go to the kernel with
+/// the tap as their backend, the control queue stays with Keel.
+final class VhostKernelNetTests: XCTestCase {
+    /// drivers/vhost/net.c's VHOST_NET_FEATURES (6.x): VHOST_FEATURES, VIRTIO_NET_HDR, MRG_RXBUF,
+    /// ACCESS_PLATFORM, RING_RESET.
+    static let netOffer: UInt64 = (1 << 24) | (1 << 26) | (1 << 27) | (1 << 28) | (1 << 29) | (1 << 32) | (1 << 15) | (1 << 33) | (1 << 40)
+
+    func testHandoverAttachesTheTapAndKeepsTheControlQueue() throws {
+        let memory = try makeGuestMemory()
+        let mmio = Bus(name: "mmio")
+        let bridge = PCIHostBridge(pio: Bus(name: "pio"), mmio: mmio)
+        try bridge.attach(ecamBase: 0xE000_0000, busCount: 1)
+        let kernel = FakeVhostKernel(offered: Self.netOffer)
+        let tapFD = open("/dev/null", O_RDWR)
+        let tap = try TapBackend(fd: tapFD, ownsFD: true, name: "faketap", vnetHeader: false)
+        let vhost = VhostKernelFD(adopting: open("/dev/null", O_RDWR), path: "fake-vhost-net", ioctl: kernel.ioctl)
+        let nic = try VhostKernelDevice.net(tap: tap, vhost: vhost, mac: [0x52, 0x54, 0, 1, 2, 3], queueSize: 256,
+                                            memory: memory, loop: try EventLoop())
+        let dev = VirtioPCIDevice(device: nic, memory: memory, msiController: RecordingMSIController())
+        let slot = try bridge.plug(dev)
+        try bridge.assignResources(io: 0xC000..<0x10000, memory32: 0xC000_0000..<0xE000_0000, memory64: 0..<0)
+        let drv = TestVirtioPCIDriver(bridge: bridge, mmio: mmio, slot: slot)
+        drv.findCapabilities()
+        var offered: UInt64 = 0
+        XCTAssertTrue(drv.negotiate { offered = $0; return $0 })
+        XCTAssertEqual(offered, VirtioNetFeature.mac | VirtioNetFeature.status | VirtioNetFeature.mergeableRxBuffers
+            | VirtioNetFeature.controlQueue | VirtioNetFeature.controlMACAddress | VhostKernelDeviceTests.ringBits,
+            "no offloads without a vnet header; MQ, IOTLB, logging never")
+        XCTAssertEqual((0..<6).map { UInt8(mmio.inp(drv.deviceCfg + UInt64($0), width: 1)) }, [0x52, 0x54, 0, 1, 2, 3])
+        XCTAssertEqual(mmio.inp(drv.deviceCfg + 6, width: 2), 1, "link up")
+        drv.enableMSIX(vectors: 4)
+        try drv.setUpQueues(memory: memory, count: 3, msix: true)
+        kernel.requests.removeAll()
+        drv.setStatus(Virtio.statusAcknowledge | Virtio.statusDriver | Virtio.statusFeaturesOK | Virtio.statusDriverOK)
+        let vhostBits = VirtioNetFeature.mergeableRxBuffers | VhostKernelDeviceTests.ringBits | VhostFeature.netVirtioNetHeader
+        XCTAssertEqual(kernel.requests, ["SET_FEATURES 0x\(String(vhostBits, radix: 16))", "SET_MEM_TABLE 1"]
+            + (0..<2).flatMap { ["SET_VRING_NUM \($0) 256", "SET_VRING_BASE \($0) 0", "SET_VRING_ADDR \($0)", "SET_VRING_CALL \($0)", "SET_VRING_KICK \($0)"] }
+            + ["NET_SET_BACKEND 0 \(tapFD)", "NET_SET_BACKEND 1 \(tapFD)"])
+        XCTAssertEqual(kernel.addresses[1]?.desc_user_addr, UInt64(UInt(bitPattern: memory.hostPointer(drv.queues[1].desc, length: 1))))
+        // The control queue is Keel's: MAC_ADDR_SET changes the config space, the kernel hears nothing.
+        kernel.requests.removeAll()
+        let command = 0x90_0000 as UInt64
+        try memory.write([1, 1, 0x52, 0x54, 0, 9, 9, 9], at: command)
+        _ = try drv.queues[2].add([.init(address: command, length: 8, writable: false), .init(address: command + 16, length: 1, writable: true)])
+        drv.kick(2)
+        XCTAssertEqual(try drv.queues[2].harvest().count, 1)
+        XCTAssertEqual(try memory.load(UInt8.self, at: command + 16), 0, "VIRTIO_NET_OK")
+        XCTAssertEqual(mmio.inp(drv.deviceCfg + 5, width: 1), 9)
+        XCTAssertEqual(kernel.requests, [])
+        // Reset: the tap is detached before the bases are asked.
+        kernel.requests.removeAll()
+        drv.setStatus(0)
+        XCTAssertEqual(kernel.requests, ["NET_SET_BACKEND 0 -1", "NET_SET_BACKEND 1 -1", "GET_VRING_BASE 0", "GET_VRING_BASE 1"])
+        XCTAssertEqual(mmio.inp(drv.deviceCfg + 5, width: 1), 3, "the -device MAC again")
     }
 }
