@@ -247,6 +247,15 @@ final class PCIBusDevices {
         for d in drains { d() }
     }
 
+    /// A vhost back-end (the kernel's vhost-net or vhost-vsock, a vhost-user process) writes
+    /// guest RAM on its own: its rings are stopped before a machine reset discards that RAM, so
+    /// nothing lands in the next boot's memory. The device resets again with the bus. Big lock held.
+    func stopVhostBackendsLocked() {
+        for dev in virtio where dev.device is VhostKernelDevice || dev.device is VhostNetDevice || dev.device is VhostUserDevice {
+            dev.device.reset()
+        }
+    }
+
     /// QMP stop/cont: device queue processing stops and resumes with the vCPUs. Big lock held.
     func setQueuesPausedLocked(_ paused: Bool) {
         for dev in virtio { dev.setQueuesPaused(paused) }
