@@ -27,3 +27,49 @@ struct VhostUserBackendArguments {
         return nil
     }
 }
+
+/// Where a `keel vhost-user-*` back-end meets its front-end: `--socket-path=PATH` listens (the
+/// front-end's chardev connects), `--socket-path=PATH --client` connects to a front-end whose
+/// chardev has server=on, `--fd=N` serves a socket already connected (the vhost-user spec's
+/// backend program conventions).
+struct VhostUserEndpointFlags: Equatable {
+    var socketPath = ""
+    var client = false
+    var fd: Int32?
+
+    /// Consumes `flag` (and its value) if it is one of these flags.
+    mutating func take(_ flag: String, from flags: inout VhostUserBackendArguments) throws -> Bool {
+        if let v = try flags.value(flag, "--socket-path", "-s") { socketPath = v; return true }
+        if flag == "--client" { client = true; return true }
+        if let v = try flags.value(flag, "--fd") {
+            guard let n = Int32(v), n >= 0 else { throw VhostUserError("--fd=\(v): expected a file descriptor number") }
+            fd = n
+            return true
+        }
+        return false
+    }
+
+    func endpoint() throws -> VhostUserBackendServer.Endpoint {
+        if let fd {
+            guard socketPath.isEmpty, !client else { throw VhostUserError("--fd=\(fd) and --socket-path/--client exclude each other") }
+            return .connected(fd)
+        }
+        guard !socketPath.isEmpty else { throw VhostUserError("--socket-path=PATH (or --fd=N) is required") }
+        return client ? .connect(socketPath) : .listen(socketPath)
+    }
+
+    /// How the log names the endpoint.
+    var description: String {
+        if let fd { return "fd \(fd)" }
+        return client ? "\(socketPath) (connecting)" : socketPath
+    }
+}
+
+extension VhostUserBackendServer {
+    /// With `--fd` there is no one to wait for after the front-end goes: the loop ends.
+    func endsWithItsConnection() {
+        guard case .connected = endpoint else { return }
+        let loop = self.loop
+        onDisconnect = { _ in loop.stop() }
+    }
+}

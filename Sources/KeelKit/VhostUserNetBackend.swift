@@ -10,22 +10,24 @@ import Net
 /// control-queue features are not offered here.
 public enum VhostUserNetBackend {
     public struct Options: Equatable {
-        public var socketPath = ""
+        public var socketPath: String { endpointFlags.socketPath }
+        var endpointFlags = VhostUserEndpointFlags()
         public var tap = ""
         public var queuePairs = 1
         public var mac: [UInt8] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56]
     }
 
     public static let usage = """
-    usage: keel vhost-user-net --socket-path=PATH --tap=IFNAME [--queues=1] [--mac=52:54:00:12:34:56]
-    Serves a virtio-net device on tap IFNAME as a vhost-user-net back-end on a unix socket listening at PATH.
+    usage: keel vhost-user-net --socket-path=PATH [--client] | --fd=N --tap=IFNAME [--queues=1] [--mac=52:54:00:12:34:56]
+    Serves a virtio-net device on tap IFNAME as a vhost-user-net back-end on a unix socket listening at PATH
+    (--client: connecting to PATH, where the front-end listens; --fd: on a connected socket).
     """
 
     public static func parse(_ args: [String]) throws -> Options {
         var o = Options()
         var flags = VhostUserBackendArguments(args)
         while let a = flags.next() {
-            if let v = try flags.value(a, "--socket-path", "-s") { o.socketPath = v }
+            if try o.endpointFlags.take(a, from: &flags) {}
             else if let v = try flags.value(a, "--tap") { o.tap = v }
             else if let v = try flags.value(a, "--queues") {
                 // Several pairs need the control queue's VQ_PAIRS_SET, which stays in the front-end.
@@ -35,7 +37,7 @@ public enum VhostUserNetBackend {
                 o.mac = try parseMAC(v)
             } else { throw VhostUserError("\(a): unknown option") }
         }
-        guard !o.socketPath.isEmpty else { throw VhostUserError("--socket-path=PATH is required") }
+        _ = try o.endpointFlags.endpoint()
         guard !o.tap.isEmpty else { throw VhostUserError("--tap=IFNAME is required") }
         return o
     }
@@ -57,9 +59,10 @@ public enum VhostUserNetBackend {
             c.multiqueue = false
             c.queueSize = 1024
             let net = try VirtioNet(backends: taps, configuration: c, loop: loop)
-            let server = try VhostUserBackendServer(device: VhostUserNetRings(net), socketPath: o.socketPath, loop: loop)
+            let server = try VhostUserBackendServer(device: VhostUserNetRings(net), endpoint: o.endpointFlags.endpoint(), loop: loop)
             try server.start()
-            server.log("serving tap \(o.tap) at \(o.socketPath)")
+            server.endsWithItsConnection()
+            server.log("serving tap \(o.tap) at \(o.endpointFlags.description)")
             signal(SIGPIPE, SIG_IGN)
             loop.run()
             return 0

@@ -144,6 +144,50 @@ final class VhostUserLinuxTests: XCTestCase {
         XCTAssertEqual(r.status, 0, r.stderr)
     }
 
+    /// Keel's front-end listens (`server=on,wait=off`, as QEMU users write it) and Keel's back-end
+    /// connects (`--client`); the back-end is killed after the guest's first write and a new one
+    /// connects: Keel accepts it without reconnect= and the guest's later I/O completes.
+    func testFrontendServerOnBackendConnectsAndReconnects() throws {
+        let (disk, data) = try makeDisk(bytes: 2 << 20, seed: 12)
+        let socket = scratch.appendingPathComponent("keel-listens.sock").path
+        let commands = Self.commands + [
+            "sleep 6",
+            "echo b=$(dd if=/dev/vda bs=4096 skip=64 count=4 2>/dev/null | md5sum)",
+            "dd if=/dev/zero bs=4096 count=4 | tr '\\000' Q > /tmp/q",
+            "dd if=/tmp/q of=/dev/vda bs=4096 seek=100 conv=notrunc,fsync; echo wb=$?",
+        ]
+        let arguments = ["-object", "memory-backend-memfd,id=mem,size=512M,share=on", "-machine", "memory-backend=mem",
+                         "-chardev", "socket,id=c0,path=\(socket),server=on,wait=off",
+                         "-device", "vhost-user-blk-pci,chardev=c0"]
+        let client = { () throws -> Process in
+            try self.startBackend(self.keel, ["vhost-user-blk", "--socket-path=\(socket)", "--client", "--blk-file=\(disk.path)"], socket: socket)
+        }
+        let marker = Data(Self.pattern.utf8)
+        let r = try boot(KeelRunner(emulator: .keel(binary: keel), keelAccel: "tcg"), arguments, commands: commands) {
+            // Keel creates the socket and waits in accept for the back-end's connection.
+            let first = try client()
+            let deadline = Date().addingTimeInterval(180)
+            while Date() < deadline {
+                if let d = try? Data(contentsOf: disk), d[8192..<(8192 + marker.count)] == marker { break }
+                usleep(100_000)
+            }
+            kill(first.processIdentifier, SIGKILL)
+            first.waitUntilExit()
+            usleep(500_000)
+            try client()
+        }
+        try checkData(r, disk: disk, original: {
+            var d = data
+            d.replaceSubrange(409_600..<(409_600 + 16384), with: Data(repeating: UInt8(ascii: "Q"), count: 16384))
+            return d
+        }())
+        let context = "\n" + r.stdout.suffix(3000) + "\n" + r.stderr.suffix(1500)
+        XCTAssertTrue(r.lines.contains("b=\(try md5(data[262_144..<(262_144 + 16384)])) -"), context)
+        XCTAssertTrue(r.lines.contains("wb=0"), context)
+        XCTAssertTrue(r.stderr.contains("back-end reconnected"), context)
+        XCTAssertEqual(r.status, 0, r.stderr)
+    }
+
     /// The back-end is killed (SIGKILL) after the guest's first write and started again; Keel
     /// reconnects (reconnect=1) and the guest's later reads and writes complete.
     func testBackendKilledAndRestartedWhileGuestRuns() throws {
