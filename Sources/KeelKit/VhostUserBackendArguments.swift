@@ -1,4 +1,6 @@
 import Devices
+import Glibc
+import Loop
 
 /// The flags of a `keel vhost-user-*` back-end, read as QEMU's contrib back-ends take them:
 /// `--name=value` or `--name value`.
@@ -65,11 +67,30 @@ struct VhostUserEndpointFlags: Equatable {
     }
 }
 
-extension VhostUserBackendServer {
-    /// With `--fd` there is no one to wait for after the front-end goes: the loop ends.
-    func endsWithItsConnection() {
-        guard case .connected = endpoint else { return }
-        let loop = self.loop
-        onDisconnect = { _ in loop.stop() }
+/// The life every `keel vhost-user-*` program shares: `--help`, then the device made on the
+/// back-end's loop (parsing included), served until the loop ends; an error is one line and
+/// exit status 1.
+enum VhostUserBackendProgram {
+    static func run(_ name: String, usage: String, _ args: [String],
+                    makeDevice: (EventLoop) throws -> (device: VirtioDevice, endpoint: VhostUserEndpointFlags, serving: String)) -> Int32 {
+        if args.contains("-h") || args.contains("--help") { print(usage); return 0 }
+        do {
+            let loop = try EventLoop()
+            let (device, endpoint, serving) = try makeDevice(loop)
+            let server = try VhostUserBackendServer(device: device, endpoint: endpoint.endpoint(), loop: loop)
+            try server.start()
+            // With --fd there is no one to wait for after the front-end goes: the program ends.
+            if case .connected = server.endpoint { server.onDisconnect = { _ in loop.stop() } }
+            server.log("serving \(serving) at \(endpoint.description)")
+            // SIGPIPE would end the back-end when a front-end vanishes mid-send.
+            signal(SIGPIPE, SIG_IGN)
+            loop.run()
+            server.stop()
+            return 0
+        } catch {
+            let line = "keel \(name): \(error)\n"
+            line.withCString { _ = write(2, $0, strlen($0)) }
+            return 1
+        }
     }
 }

@@ -44,32 +44,18 @@ public enum VhostUserBlockBackend {
     }
 
     public static func main(_ args: [String]) -> Int32 {
-        if args.contains("-h") || args.contains("--help") { print(usage); return 0 }
-        do {
+        VhostUserBackendProgram.run("vhost-user-blk", usage: usage, args) { loop in
             let o = try parse(args)
             let image: BlockDevice
             do { image = try openImage(path: o.blockFile, options: ImageOpenOptions(readOnly: o.readOnly)) }
             catch { throw VhostUserError("--blk-file=\(o.blockFile): \(error)") }
-            let loop = try EventLoop()
-            let pool = WorkerPool(threads: 4)
             var c = VirtioBlock.Configuration()
             c.queueCount = o.queueCount
             c.queueSize = 1024
             c.readOnly = o.readOnly
             c.serial = o.serial
-            let device = VirtioBlock(backend: image, configuration: c, executor: WorkerPoolExecutor(pool: pool, loop: loop))
-            let server = try VhostUserBackendServer(device: device, endpoint: o.endpointFlags.endpoint(), loop: loop)
-            try server.start()
-            server.endsWithItsConnection()
-            server.log("serving \(o.blockFile) at \(o.endpointFlags.description)")
-            // SIGPIPE would end the back-end when a front-end vanishes mid-send.
-            signal(SIGPIPE, SIG_IGN)
-            loop.run()
-            return 0
-        } catch {
-            let line = "keel vhost-user-blk: \(error)\n"
-            line.withCString { _ = write(2, $0, strlen($0)) }
-            return 1
+            let device = VirtioBlock(backend: image, configuration: c, executor: WorkerPoolExecutor(pool: WorkerPool(threads: 4), loop: loop))
+            return (device, o.endpointFlags, o.blockFile)
         }
     }
 }

@@ -48,28 +48,16 @@ public enum VhostUserNetBackend {
     }
 
     public static func main(_ args: [String]) -> Int32 {
-        if args.contains("-h") || args.contains("--help") { print(usage); return 0 }
-        do {
+        VhostUserBackendProgram.run("vhost-user-net", usage: usage, args) { loop in
             let o = try parse(args)
             let taps: [TapBackend]
             do { taps = try TapBackend.open(ifname: o.tap, queues: o.queuePairs, vnetHeader: true) }
             catch { throw VhostUserError("--tap=\(o.tap): \(error)") }
-            let loop = try EventLoop()
             var c = VirtioNet.Configuration(mac: o.mac)
             c.multiqueue = false
             c.queueSize = 1024
             let net = try VirtioNet(backends: taps, configuration: c, loop: loop)
-            let server = try VhostUserBackendServer(device: VhostUserNetRings(net), endpoint: o.endpointFlags.endpoint(), loop: loop)
-            try server.start()
-            server.endsWithItsConnection()
-            server.log("serving tap \(o.tap) at \(o.endpointFlags.description)")
-            signal(SIGPIPE, SIG_IGN)
-            loop.run()
-            return 0
-        } catch {
-            let line = "keel vhost-user-net: \(error)\n"
-            line.withCString { _ = write(2, $0, strlen($0)) }
-            return 1
+            return (VhostUserNetRings(net), o.endpointFlags, "tap \(o.tap)")
         }
     }
 }

@@ -112,7 +112,7 @@ public enum VhostUserSCSIMain {
             let device = VirtioSCSI(targets: [0: target], configuration: c, executor: WorkerPoolExecutor(pool: pool, loop: loop))
             let server = try VhostUserBackendServer(device: device, endpoint: options.endpointFlags.endpoint(), loop: loop)
             try server.start()
-            server.endsWithItsConnection()
+            if case .connected = server.endpoint { server.onDisconnect = { _ in loop.stop() } }
             _ = fail("serving at \(options.endpointFlags.description) (\(options.files.count) LUN\(options.files.count == 1 ? "" : "s"))")
             loop.run()
             server.stop()
