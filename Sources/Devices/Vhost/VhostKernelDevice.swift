@@ -83,7 +83,8 @@ public final class VhostKernelDevice: VirtioDevice {
             try loop.addReadable(fd: errors[i].fd) { [unowned self] _ in
                 self.errors[i].consume()
                 self.ringErrors += 1
-                self.log("\(r.backend.path): ring \(r.index) (queue \(i)) reported an error")
+                // The guest can repeat the fault at will: one line, then only the count.
+                if self.ringErrors == 1 { self.log("\(r.backend.path): ring \(r.index) (queue \(i)) reported an error (the guest's ring is malformed)") }
             }
         }
     }
