@@ -90,4 +90,16 @@ final class VhostNetCommandLineTests: XCTestCase {
         XCTAssertEqual(r.status, 1)
         XCTAssertEqual(r.stderr, "keel: -device vhost-vsock-pci: /dev/vhost-vsock is not available on this host\n")
     }
+
+    /// An fd handed over that is not a vhost device: building the machine fails in one line
+    /// naming the option, the fd and the failed request, and keel exits 1 (runs on any host).
+    func testVhostFDThatIsNotVhostIsOneLine() throws {
+        let keel = try TCGLinuxBootTests.keel()
+        let kernel = PackagePaths.root.appendingPathComponent("guest/vmlinuz").path
+        guard FileManager.default.fileExists(atPath: kernel) else { throw XCTSkip("no default guest kernel (scripts/fetch-default-guest.sh)") }
+        let r = try KeelRunner.runCommand(executable: "/bin/sh", arguments: ["-c", "exec \"$0\" -kernel \"$1\" -display none -device vhost-vsock-pci,guest-cid=3,vhostfd=5 5</dev/null",
+                                                                       keel.path, kernel], timeout: 30)
+        XCTAssertEqual(r.status, 1)
+        XCTAssertEqual(r.stderr, "keel: -device vhost-vsock-pci,guest-cid=3: /dev/vhost-vsock (vhostfd=5): VHOST_GET_FEATURES: Inappropriate ioctl for device\n")
+    }
 }
