@@ -1,5 +1,6 @@
 import CKeel
 import Glibc
+import Synchronization
 
 /// Keel's event loop (the main loop, and later each iothread's): epoll over registered fds,
 /// timers (timerfd) and bottom halves (work posted from any thread, run on this loop).
@@ -11,6 +12,8 @@ public final class EventLoop: @unchecked Sendable {
     private var handlers: [Int32: Handler] = [:]
     private let bottomHalfDoorbell: EventFD
     private let posted = Mutex<[() -> Void]>([])
+    /// Set by `post`, so a polling loop notices bottom halves without looking at its fds.
+    let postedPending = Atomic<Bool>(false)
     private var stopping = false
     /// Held around every callback when set (the main loop holds the big lock while dispatching).
     public let lock: BigLock?
@@ -63,11 +66,13 @@ public final class EventLoop: @unchecked Sendable {
     /// Runs `work` on this loop's thread soon. Safe to call from any thread (a bottom half).
     public func post(_ work: @escaping () -> Void) {
         posted.withLock { $0.append(work) }
+        postedPending.store(true, ordering: .releasing)
         bottomHalfDoorbell.signal()
     }
 
     private func runBottomHalves() {
         bottomHalfDoorbell.consume()
+        postedPending.store(false, ordering: .relaxed)
         let work = posted.withLock { q -> [() -> Void] in let w = q; q.removeAll(); return w }
         for w in work { w() }
     }

@@ -78,6 +78,8 @@ extension EventLoop {
                 var progress = false
                 for p in pollers.values where p.poll() { progress = true }
                 if progress { pollStatistics.successes &+= 1; return true }
+                // Posted work (a vCPU waiting in runSync) is not left for the window's end.
+                if postedPending.load(ordering: .relaxed) { return true }
             } while monotonicNanoseconds() &- start < window
             pollStatistics.timeouts &+= 1
         }

@@ -32,11 +32,13 @@ final class PCIBusDevices {
     private var rings: [Int: IoUringExecutor] = [:]
     /// `-object iothread` threads that own devices, by id.
     private var iothreads: [String: IOThread] = [:]
+    private var iothreadPolling: [String: PollParameters] = [:]
     /// Per device in `virtio`: the loop that owns its queues (the main loop or an iothread's).
     private var ownerLoops: [EventLoop] = []
 
     init(board: PCBoard) throws {
         let c = board.configuration
+        iothreadPolling = c.iothreadPolling
         let highEnd = PCMemoryMap.highRAMBase + board.map.highRAMSize
         let m64Base = (highEnd + PCMemoryMap.gibibyte - 1) & ~(PCMemoryMap.gibibyte - 1)
         root = PCIRootConfiguration(ecamBase: Self.ecamBase, busCount: Self.busCount, ioWindow: Self.ioWindow,
@@ -218,13 +220,13 @@ final class PCIBusDevices {
     }
 
     /// The iothreads running devices, by id.
-    var iothreadThreads: [(id: String, threadID: Int32)] {
-        iothreads.values.sorted { $0.id < $1.id }.map { ($0.id, $0.threadID) }
+    var iothreadThreads: [(id: String, threadID: Int32, polling: PollParameters)] {
+        iothreads.values.sorted { $0.id < $1.id }.map { ($0.id, $0.threadID, $0.loop.pollParameters) }
     }
 
     private func startIOThread(_ id: String) throws -> IOThread {
         if let t = iothreads[id] { return t }
-        let t = try IOThread(id: id)
+        let t = try IOThread(id: id, polling: iothreadPolling[id] ?? PollParameters())
         try t.start()
         iothreads[id] = t
         return t
@@ -276,6 +278,14 @@ final class PCIBusDevices {
 
     func close() {
         for t in iothreads.values { t.stop() }
+        if !reported, getenv("KEEL_DEBUG_VIRTIO") != nil {
+            for t in iothreads.values.sorted(by: { $0.id < $1.id }) {
+                let p = t.loop.pollStatistics, w = t.loop.pollParameters
+                var line = "keel: iothread \(t.id): poll-max-ns \(w.maxNanoseconds) window \(t.loop.pollNanoseconds) ns; "
+                line += "polls that found work \(p.successes), ran out \(p.timeouts), found on re-arming \(p.foundWhenEnding)\n"
+                line.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
+            }
+        }
         iothreads.removeAll()
         reportStatistics()
         workers?.shutdown()
