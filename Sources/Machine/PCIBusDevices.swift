@@ -196,11 +196,12 @@ final class PCIBusDevices {
                                    memory64: root.memory64Window.map { $0.lowerBound..<$0.upperBound + 1 } ?? 0..<0)
     }
 
-    /// aio=io_uring for raw files; qcow2 (whose metadata I/O is synchronous) and aio=threads or
-    /// native use the worker pool.
+    /// aio=io_uring for raw files and qcow2 images (whose allocated clusters the ring reads and
+    /// writes directly; the rest of qcow2's work runs on the worker pool); aio=threads or native
+    /// use the worker pool.
     private func makeExecutor(_ drive: DriveConfiguration, backend: BlockDevice, pool: WorkerPool, loop: EventLoop,
                               iothread: IOThread?) throws -> VirtioRequestExecutor {
-        if drive.aio == .io_uring, backend is RawFileDevice {
+        if drive.aio == .io_uring, backend is RawFileDevice || backend is DirectMappedBlockDevice {
             do {
                 let e = try IoUringExecutor(pool: pool, loop: loop) { fd, handler in
                     var failure: Error?
