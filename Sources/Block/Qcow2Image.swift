@@ -153,11 +153,11 @@ public final class Qcow2Image: DirectMappedBlockDevice, @unchecked Sendable {
         return max(f, highWater) << UInt64(cb)
     }
 
-    func validateHost(_ host: UInt64, _ what: String) throws(BlockError) {
-        guard host & UInt64(cs - 1) == 0 else { throw BlockError.corrupt("'\(path)': \(what) at host offset \(host) is not cluster-aligned") }
-        guard host >= UInt64(cs) else { throw BlockError.corrupt("'\(path)': \(what) at host offset \(host) overlaps the header") }
+    func validateHost(_ host: UInt64, _ what: @autoclosure () -> String) throws(BlockError) {
+        guard host & UInt64(cs - 1) == 0 else { throw BlockError.corrupt("'\(path)': \(what()) at host offset \(host) is not cluster-aligned") }
+        guard host >= UInt64(cs) else { throw BlockError.corrupt("'\(path)': \(what()) at host offset \(host) overlaps the header") }
         let (end, o) = host.addingReportingOverflow(UInt64(cs))
-        guard !o, end <= fileEnd else { throw BlockError.corrupt("'\(path)': \(what) at host offset \(host) is past the end of the file (\(fileEnd) bytes)") }
+        guard !o, end <= fileEnd else { throw BlockError.corrupt("'\(path)': \(what()) at host offset \(host) is past the end of the file (\(fileEnd) bytes)") }
     }
 
     /// The L2 table for L1 index `i`, loaded through the cache; nil when unallocated.

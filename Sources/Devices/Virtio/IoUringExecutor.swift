@@ -47,6 +47,7 @@ public final class IoUringExecutor: VirtioRequestExecutor, @unchecked Sendable {
     /// Reused by each mapped request (the loop's thread only).
     private var extents: [BlockHostExtent] = []
     private var scratch: [iovec] = []
+    private var bounds: [(start: Int, count: Int, host: UInt64, length: Int)] = []
     private var nextToken: UInt64 = 1
     /// Operations that went through the ring (KEEL_DEBUG_VIRTIO, tests).
     public private(set) var ringOperations: UInt64 = 0
@@ -142,8 +143,7 @@ public final class IoUringExecutor: VirtioRequestExecutor, @unchecked Sendable {
             return fallback.execute(work, completion: completion)
         }
         scratch.removeAll(keepingCapacity: true)
-        var bounds: [(start: Int, count: Int, host: UInt64, length: Int)] = []
-        bounds.reserveCapacity(extents.count)
+        bounds.removeAll(keepingCapacity: true)
         for e in extents {
             guard let h = e.hostOffset else { zeroSegments(segments, from: e.requestOffset, count: e.length); continue }
             let first = scratch.count
