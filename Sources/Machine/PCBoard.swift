@@ -83,6 +83,7 @@ public final class PCBoard: @unchecked Sendable {
     /// Power-on state again: RAM zeroed and returned to the host, devices reset (CMOS keeps its
     /// NVRAM, as a PC's battery-backed CMOS does), interrupt lines low. Call with vCPUs stopped.
     public func reset() {
+        lock.withLock { pci.stopVhostBackendsLocked() }
         pci.drainRequests()
         memory.discardAll()
         interrupts.forgetLevels()
@@ -107,7 +108,7 @@ public final class PCBoard: @unchecked Sendable {
     }
 
     /// The `-object iothread` threads running devices: id and host thread ID.
-    public var iothreads: [(id: String, threadID: Int32)] { pci?.iothreadThreads ?? [] }
+    public var iothreads: [(id: String, threadID: Int32, polling: PollParameters)] { pci?.iothreadThreads ?? [] }
 
     /// Presses the ACPI power button (QMP system_powerdown). Call with the big lock held.
     public func pressPowerButtonLocked() {

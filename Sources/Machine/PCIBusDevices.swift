@@ -32,11 +32,13 @@ final class PCIBusDevices {
     private var rings: [Int: IoUringExecutor] = [:]
     /// `-object iothread` threads that own devices, by id.
     private var iothreads: [String: IOThread] = [:]
+    private var iothreadPolling: [String: PollParameters] = [:]
     /// Per device in `virtio`: the loop that owns its queues (the main loop or an iothread's).
     private var ownerLoops: [EventLoop] = []
 
     init(board: PCBoard) throws {
         let c = board.configuration
+        iothreadPolling = c.iothreadPolling
         let highEnd = PCMemoryMap.highRAMBase + board.map.highRAMSize
         let m64Base = (highEnd + PCMemoryMap.gibibyte - 1) & ~(PCMemoryMap.gibibyte - 1)
         root = PCIRootConfiguration(ecamBase: Self.ecamBase, busCount: Self.busCount, ioWindow: Self.ioWindow,
@@ -89,6 +91,11 @@ final class PCIBusDevices {
                         model = try Self.vhostUserNet(u, nic: n, board: board)
                         break
                     }
+                    if case .tap(let t) = netdev.backend, t.vhost {
+                        ioeventfd = true
+                        model = try Self.vhostKernelNet(t, id: netdev.id, nic: n, board: board)
+                        break
+                    }
                     let backends = try openNetBackends(netdev, queuePairs: netdev.queues)
                     var v = VirtioNet.Configuration(mac: n.mac)
                     v.multiqueue = n.multiqueue
@@ -101,6 +108,9 @@ final class PCIBusDevices {
                     model = try Self.vhostUserBlock(v, board: board)
                 case .vhostUserSCSI(let v):
                     model = try Self.vhostUserSCSI(v, board: board)
+                case .vhostVsock(let v):
+                    ioeventfd = true
+                    model = try Self.vhostVsock(v, board: board)
                 }
                 let dev = VirtioPCIDevice(device: model, memory: board.memory, msiController: msi)
                 if let iothread { dev.assign(to: VirtioIOThreadContext(iothread: iothread, bigLock: board.lock, mainLoop: board.loop)) }
@@ -182,7 +192,7 @@ final class PCIBusDevices {
             let rings = try VhostUserDevice(deviceType: 1, pciClassCode: 0x02_00_00, configSize: 12, configOverrides: [(0, nic.mac)],
                                             queueCount: 2 * u.queues, queueSize: nic.queueSize, frontend: frontend,
                                             memory: board.memory, loop: board.loop, reconnectSeconds: u.reconnectSeconds)
-            return VhostUserNetDevice(rings: rings, mac: nic.mac)
+            return VhostNetDevice(rings: rings, mac: nic.mac)
         } catch {
             throw ConfigurationError("-netdev vhost-user,chardev=\(u.chardev): \(error)")
         }
@@ -194,11 +204,12 @@ final class PCIBusDevices {
                                    memory64: root.memory64Window.map { $0.lowerBound..<$0.upperBound + 1 } ?? 0..<0)
     }
 
-    /// aio=io_uring for raw files; qcow2 (whose metadata I/O is synchronous) and aio=threads or
-    /// native use the worker pool.
+    /// aio=io_uring for raw files and qcow2 images (whose allocated clusters the ring reads and
+    /// writes directly; the rest of qcow2's work runs on the worker pool); aio=threads or native
+    /// use the worker pool.
     private func makeExecutor(_ drive: DriveConfiguration, backend: BlockDevice, pool: WorkerPool, loop: EventLoop,
                               iothread: IOThread?) throws -> VirtioRequestExecutor {
-        if drive.aio == .io_uring, backend is RawFileDevice {
+        if drive.aio == .io_uring, backend is RawFileDevice || backend is DirectMappedBlockDevice {
             do {
                 let e = try IoUringExecutor(pool: pool, loop: loop) { fd, handler in
                     var failure: Error?
@@ -218,13 +229,13 @@ final class PCIBusDevices {
     }
 
     /// The iothreads running devices, by id.
-    var iothreadThreads: [(id: String, threadID: Int32)] {
-        iothreads.values.sorted { $0.id < $1.id }.map { ($0.id, $0.threadID) }
+    var iothreadThreads: [(id: String, threadID: Int32, polling: PollParameters)] {
+        iothreads.values.sorted { $0.id < $1.id }.map { ($0.id, $0.threadID, $0.loop.pollParameters) }
     }
 
     private func startIOThread(_ id: String) throws -> IOThread {
         if let t = iothreads[id] { return t }
-        let t = try IOThread(id: id)
+        let t = try IOThread(id: id, polling: iothreadPolling[id] ?? PollParameters())
         try t.start()
         iothreads[id] = t
         return t
@@ -237,6 +248,15 @@ final class PCIBusDevices {
     func drainRequests() {
         for dev in virtio where dev.ioThreadContext != nil { dev.quiesce() }
         for d in drains { d() }
+    }
+
+    /// A vhost back-end (the kernel's vhost-net or vhost-vsock, a vhost-user process) writes
+    /// guest RAM on its own: its rings are stopped before a machine reset discards that RAM, so
+    /// nothing lands in the next boot's memory. The device resets again with the bus. Big lock held.
+    func stopVhostBackendsLocked() {
+        for dev in virtio where dev.device is VhostKernelDevice || dev.device is VhostNetDevice || dev.device is VhostUserDevice {
+            dev.device.reset()
+        }
     }
 
     /// QMP stop/cont: device queue processing stops and resumes with the vCPUs. Big lock held.
@@ -276,6 +296,14 @@ final class PCIBusDevices {
 
     func close() {
         for t in iothreads.values { t.stop() }
+        if !reported, getenv("KEEL_DEBUG_VIRTIO") != nil {
+            for t in iothreads.values.sorted(by: { $0.id < $1.id }) {
+                let p = t.loop.pollStatistics, w = t.loop.pollParameters
+                var line = "keel: iothread \(t.id): poll-max-ns \(w.maxNanoseconds) window \(t.loop.pollNanoseconds) ns; "
+                line += "polls that found work \(p.successes), ran out \(p.timeouts), found on re-arming \(p.foundWhenEnding)\n"
+                line.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
+            }
+        }
         iothreads.removeAll()
         reportStatistics()
         workers?.shutdown()

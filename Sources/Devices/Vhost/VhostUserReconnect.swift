@@ -29,20 +29,41 @@ extension VhostUserDevice {
         if watchedFD >= 0 { loop.remove(fd: watchedFD); watchedFD = -1 }
         frontend.disconnect()
         if let t = transport {
-            for i in running.indices where running[i] && i < t.queues.count {
-                bases[i] = (try? t.queues[i].usedIndex(memory)) ?? bases[i]
-                running[i] = false
+            let r = vhostRings
+            for i in r.running.indices where r.running[i] && i < t.queues.count {
+                r.bases[i] = (try? t.queues[i].usedIndex(memory)) ?? r.bases[i]
+                r.running[i] = false
             }
         }
         scheduleReconnect()
     }
 
     func scheduleReconnect() {
+        if case .listen = frontend.endpoint, frontend.listenFD >= 0 {
+            // server=on: the back-end reconnects to us, as to QEMU's server chardev; accept it
+            // whenever it does, reconnect= or not.
+            watchListener()
+            return
+        }
         guard reconnectSeconds > 0 else { return }
         if reconnectTimer == nil {
             reconnectTimer = try? loop.makeTimer { [unowned self] in self.tryReconnect() }
         }
         reconnectTimer?.arm(afterNanoseconds: reconnectSeconds * 1_000_000_000)
+    }
+
+    func watchListener() {
+        guard !listenerWatched else { return }
+        do {
+            try loop.addReadable(fd: frontend.listenFD) { [unowned self] _ in
+                self.loop.remove(fd: self.frontend.listenFD)
+                self.listenerWatched = false
+                self.tryReconnect()
+            }
+            listenerWatched = true
+        } catch {
+            log("cannot watch the listening socket: \(error)")
+        }
     }
 
     func tryReconnect() {
