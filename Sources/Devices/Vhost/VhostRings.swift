@@ -66,6 +66,8 @@ public protocol VhostRingBackend: AnyObject {
     func setVringAddress(_ a: VhostVringAddress) throws(Failure)
     func setVringCall(_ index: UInt32, fd: Int32) throws(Failure)
     func setVringKick(_ index: UInt32, fd: Int32) throws(Failure)
+    /// The eventfd the back-end signals when it finds the ring broken.
+    func setVringError(_ index: UInt32, fd: Int32) throws(Failure)
     /// vhost-user's SET_VRING_ENABLE where negotiated; nothing for the kernel.
     func enableVring(_ index: UInt32) throws(Failure)
     /// GET_VRING_BASE: stops the ring, returns the next available index it would read.
@@ -86,6 +88,10 @@ final class VhostRings<Backend: VhostRingBackend> {
     let loop: EventLoop
     let kicks: [EventFD]
     let calls: [EventFD]
+    /// One per ring: the back-end signals it when the guest's ring is malformed.
+    let errors: [EventFD]
+    /// Called (on the loop) with the queue index each time a back-end reports a ring error.
+    var errorReported: ((Int) -> Void)?
     var running: [Bool]
     /// The call fd each running ring was given: Keel's relay eventfd, or the vector's irqfd.
     var givenCalls: [Int32]
@@ -98,6 +104,7 @@ final class VhostRings<Backend: VhostRingBackend> {
         self.loop = loop
         kicks = try rings.map { _ in try EventFD() }
         calls = try rings.map { _ in try EventFD() }
+        errors = try rings.map { _ in try EventFD() }
         running = Array(repeating: false, count: rings.count)
         givenCalls = Array(repeating: -1, count: rings.count)
         bases = Array(repeating: 0, count: rings.count)
@@ -107,10 +114,17 @@ final class VhostRings<Backend: VhostRingBackend> {
                 self.transport?.backendCalled(queue: i)
             }
         }
+        for (i, e) in errors.enumerated() {
+            try loop.addReadable(fd: e.fd) { [unowned self, e] _ in
+                e.consume()
+                self.errorReported?(i)
+            }
+        }
     }
 
     deinit {
         for c in calls { loop.remove(fd: c.fd) }
+        for e in errors { loop.remove(fd: e.fd) }
     }
 
     var count: Int { rings.count }
@@ -127,7 +141,7 @@ final class VhostRings<Backend: VhostRingBackend> {
         kicks[index].signal()
     }
 
-    /// Each ready ring among the first `count` queues: num, base, addresses, call, kick, enable.
+    /// Each ready ring among the first `count` queues: num, base, addresses, error, call, kick, enable.
     /// A ring whose structures are not in RAM is not handed over and the device needs a reset.
     func start(_ t: VirtioPCIDevice, memory: GuestMemory) throws(Backend.Failure) {
         for (i, q) in t.queues.enumerated() where q.isReady && i < rings.count {
@@ -140,6 +154,7 @@ final class VhostRings<Backend: VhostRingBackend> {
             try r.backend.setVringNum(r.index, UInt32(q.size))
             try r.backend.setVringBase(r.index, UInt32(bases[i]))
             try r.backend.setVringAddress(a)
+            try r.backend.setVringError(r.index, fd: errors[i].fd)
             // The call fd first: a ring starts at its kick and may complete work at once.
             let call = callFD(queue: i)
             try r.backend.setVringCall(r.index, fd: call)

@@ -81,7 +81,9 @@ extension VhostUserBackendServer {
                 // A ring may have completed chains while it had no call fd: one spare interrupt.
                 if rings[i].started { rings[i].signalCall() }
             default:
-                if fd >= 0 { close(fd) }   // errors are not reported on the err fd
+                // Kept across GET_VRING_BASE (a front-end may send it once, at device start).
+                if rings[i].error >= 0 { close(rings[i].error) }
+                rings[i].error = fd
             }
         case .setVringEnable:
             let (i, num) = try ringState(m, r)

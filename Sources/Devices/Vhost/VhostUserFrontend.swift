@@ -149,6 +149,10 @@ extension VhostUserFrontend: VhostRingBackend {
         try send(VhostUserMessage(.setVringKick, payload: .le64Bytes(UInt64(index))), fds: [fd])
     }
 
+    public func setVringError(_ index: UInt32, fd: Int32) throws(VhostUserError) {
+        try send(VhostUserMessage(.setVringErr, payload: .le64Bytes(UInt64(index))), fds: [fd])
+    }
+
     /// Rings start disabled only when VHOST_USER_F_PROTOCOL_FEATURES is negotiated.
     public func enableVring(_ index: UInt32) throws(VhostUserError) {
         guard backendFeatures & VhostUser.featureProtocolFeatures != 0 else { return }
