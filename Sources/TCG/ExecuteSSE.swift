@@ -163,6 +163,8 @@ extension X86CPU {
             setReg(d, 2, (xmm(i.pointee.rm)[Int(k >> 2)] >> ((k & 3) * 16)) & 0xFFFF)
         case 0xD7:
             setReg(d, 2, UInt64(PackedInteger.moveMask(xmm(i.pointee.rm))))
+        case 0xF7:
+            try maskedStore(i, data: xmm(d), mask: xmm(i.pointee.rm), bytes: 16)
         case 0x70:
             setXMM(d, PackedInteger.shuffle(p, UInt8(truncatingIfNeeded: i.pointee.imm), try sseSource(i)))
         case 0x71, 0x72, 0x73:

@@ -217,10 +217,6 @@ extension X86CPU {
         let s = st
         if s.pointee.cr0 & (CR0.em | CR0.ts) != 0 { throw X86Exception(X86Exception.deviceNotAvailable) }
         let group = i.pointee.sub, m = UInt8(truncatingIfNeeded: i.pointee.imm)
-        if group == 8 {
-            fpu.pointee.ftw = 0
-            return
-        }
         let reg = (m >> 3) & 7
         if i.pointee.isMem {
             let la = linearAddress(i)
