@@ -50,7 +50,7 @@ extension X86CPU {
         if size == 1 {
             try probeWrite(la, 14)
             try writeLinear(la, 1, UInt64(f.pointee.fcw))
-            try writeLinear(la &+ 2, 1, UInt64(f.pointee.fsw))
+            try writeLinear(la &+ 2, 1, UInt64(reportedFSW))
             try writeLinear(la &+ 4, 1, UInt64(fullTagWord()))
             try writeLinear(la &+ 6, 1, f.pointee.fip & 0xFFFF)
             try writeLinear(la &+ 8, 1, UInt64(f.pointee.fcs))
@@ -60,7 +60,7 @@ extension X86CPU {
         }
         try probeWrite(la, 28)
         try writeLinear(la, 2, 0xFFFF_0000 | UInt64(f.pointee.fcw))
-        try writeLinear(la &+ 4, 2, 0xFFFF_0000 | UInt64(f.pointee.fsw))
+        try writeLinear(la &+ 4, 2, 0xFFFF_0000 | UInt64(reportedFSW))
         try writeLinear(la &+ 8, 2, 0xFFFF_0000 | UInt64(fullTagWord()))
         try writeLinear(la &+ 12, 2, f.pointee.fip & 0xFFFF_FFFF)
         try writeLinear(la &+ 16, 2, UInt64(f.pointee.fcs) | (UInt64(f.pointee.fop & 0x7FF) << 16))
@@ -143,7 +143,7 @@ extension X86CPU {
         let f = fpu
         try probeWrite(la, 512)
         try writeLinear(la, 1, UInt64(f.pointee.fcw))
-        try writeLinear(la &+ 2, 1, UInt64(f.pointee.fsw))
+        try writeLinear(la &+ 2, 1, UInt64(reportedFSW))
         try writeLinear(la &+ 4, 1, UInt64(f.pointee.ftw))
         try writeLinear(la &+ 6, 1, UInt64(f.pointee.fop & 0x7FF))
         if wide {

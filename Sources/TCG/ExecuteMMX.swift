@@ -7,13 +7,19 @@ extension X86CPU {
     /// (SDM Vol. 1 §8.6): any exception flag whose FCW mask bit is clear.
     var x87ExceptionPending: Bool { fpu.pointee.fsw & ~fpu.pointee.fcw & 0x3F != 0 }
 
+    /// FSW as FNSTSW, FNSTENV and FXSAVE show it: ES (and B, which mirrors it) summarise the
+    /// pending exceptions.
+    var reportedFSW: UInt16 {
+        (fpu.pointee.fsw & ~(FSW.es | 0x8000)) | (x87ExceptionPending ? FSW.es | 0x8000 : 0)
+    }
+
     /// #MF for a pending x87 exception when CR0.NE selects native reporting (with NE clear the
     /// legacy FERR# path is not modelled and the instruction proceeds).
     @inline(__always) func checkPendingX87() throws(X86Exception) {
         if x87ExceptionPending && st.pointee.cr0 & CR0.ne != 0 { throw X86Exception(X86Exception.x87) }
     }
 
-    /// MMX instructions (SDM Vol. 3 Table 23-?/Vol. 2 MMX pages): CR0.EM #UD, CR0.TS #NM, then a
+    /// MMX instructions (SDM Vol. 2, the MMX instruction pages): CR0.EM #UD, CR0.TS #NM, then a
     /// pending x87 exception #MF.
     @inline(__always) func checkMMX() throws(X86Exception) {
         let cr0 = st.pointee.cr0

@@ -3,7 +3,8 @@ import Glibc
 /// The x87 FPU (SDM Vol. 1 ch. 8): the register stack with tags, loads and stores of the real,
 /// integer and extended formats, arithmetic, comparisons (FCOM/FUCOM/FCOMI), FCMOVcc, constants
 /// and the transcendental instructions, computed with the host's 80-bit extended precision.
-/// Exceptions are always treated as masked (no #MF): the status word records them.
+/// Exceptions are always answered as masked (the masked response is stored): the status word
+/// records them, and an unmasked one raises #MF at the next waiting x87 or MMX instruction.
 extension X86CPU {
     @inline(__always) var fpuTop: Int { Int((fpu.pointee.fsw >> 11) & 7) }
 
@@ -218,6 +219,7 @@ extension X86CPU {
         if s.pointee.cr0 & (CR0.em | CR0.ts) != 0 { throw X86Exception(X86Exception.deviceNotAvailable) }
         let group = i.pointee.sub, m = UInt8(truncatingIfNeeded: i.pointee.imm)
         let reg = (m >> 3) & 7
+        if !Self.isNonWaiting(group, m, isMem: i.pointee.isMem) { try checkPendingX87() }
         if i.pointee.isMem {
             let la = linearAddress(i)
             // Control instructions (FLDCW, FNSTCW, FNSTSW, environment) leave FIP/FDP/FOP alone.
@@ -234,6 +236,14 @@ extension X86CPU {
             }
             try x87Register(group, m)
         }
+    }
+
+    /// FNINIT, FNCLEX, FNSTSW, FNSTCW, FNSTENV, FNSAVE (and the 8087 FNENI/FNDISI/FNSETPM)
+    /// do not first take a pending unmasked exception; every other x87 instruction does (SDM
+    /// Vol. 1 §8.3.11, §8.6).
+    @inline(__always) static func isNonWaiting(_ group: UInt8, _ m: UInt8, isMem: Bool) -> Bool {
+        if isMem { return (group == 1 || group == 5) && (m >> 3) & 7 >= 6 }
+        return (group == 3 && m >= 0xE0 && m <= 0xE4) || (group == 7 && m == 0xE0)
     }
 
     func x87Memory(_ i: UnsafeMutablePointer<Instruction>, _ group: UInt8, _ reg: UInt8, _ la: UInt64) throws(X86Exception) {
@@ -300,7 +310,7 @@ extension X86CPU {
             if reg == 3 { fpuPop() }
         case (5, 4): try restoreState(la, size: i.pointee.size)
         case (5, 6): try saveState(la, size: i.pointee.size)
-        case (5, 7): try writeLinear(la, 1, UInt64(fpu.pointee.fsw))
+        case (5, 7): try writeLinear(la, 1, UInt64(reportedFSW))
         case (7, 0): fpuPush(Float80(Int16(truncatingIfNeeded: try readLinear(la, 1))))
         case (7, 1), (7, 2), (7, 3):
             try writeLinear(la, 1, x87ToInteger(stReg(0), bytes: 2, truncate: reg == 1))
@@ -385,7 +395,7 @@ extension X86CPU {
             case 0:
                 // FFREEP (undocumented, used by some code as "free and pop").
                 fpu.pointee.ftw &= ~(1 << UInt8((fpuTop + k) & 7)); fpuPop()
-            case 4 where m == 0xE0: setReg(Reg.rax, 1, UInt64(fpu.pointee.fsw))
+            case 4 where m == 0xE0: setReg(Reg.rax, 1, UInt64(reportedFSW))
             case 5, 6:
                 noteCompareExceptions(stReg(0), stReg(k), quiet: reg == 5)
                 setCompareFlags(stReg(0), stReg(k))
@@ -498,9 +508,10 @@ extension X86CPU {
         setConditionCodes(c)
     }
 
-    /// FWAIT: with CR0.MP and CR0.TS, #NM (SDM Vol. 3 Table 2-2); no pending exceptions to raise.
+    /// FWAIT: with CR0.MP and CR0.TS, #NM (SDM Vol. 3 Table 2-2); then a pending exception's #MF.
     func fwait() throws(X86Exception) {
         let cr0 = st.pointee.cr0
         if cr0 & CR0.mp != 0 && cr0 & CR0.ts != 0 { throw X86Exception(X86Exception.deviceNotAvailable) }
+        try checkPendingX87()
     }
 }

@@ -38,6 +38,21 @@ extension FPUSystemTests {
         cpu.fpu.pointee.fsw = 0
     }
 
+    func testUnmaskedX87ExceptionIsPendingUntilTheNextWaitingInstruction() throws {
+        cpu.st.pointee.cr0 |= CR0.ne
+        try emu.memory.store(UInt16(0x037B), at: Self.data)  // ZE unmasked
+        // fninit; fldcw [rbx]; fld1; fldz; fdivp; fnstsw ax (non-waiting: no #MF, ES and B set)
+        let divide: [UInt8] = [0xDB, 0xE3, 0xD9, 0x2B, 0xD9, 0xE8, 0xD9, 0xEE, 0xDE, 0xF9, 0xDF, 0xE0]
+        XCTAssertNil(try run(divide, regs: [3: Self.data]))
+        XCTAssertEqual(cpu.gpr[0] & 0x80BF, 0x8084, "ZE with ES and B")
+        XCTAssertEqual(try run(divide + [0x9B], regs: [3: Self.data]), 16, "FWAIT takes the pending #MF")
+        XCTAssertEqual(try run(divide + [0xD9, 0xE8], regs: [3: Self.data]), 16, "so does the next x87 instruction")
+        XCTAssertEqual(try run(divide + [0x0F, 0x6F, 0xC1], regs: [3: Self.data]), 16, "and an MMX instruction")
+        // fnclex clears the flag: nothing pending; fninit too.
+        XCTAssertNil(try run(divide + [0xDB, 0xE2, 0x9B, 0xD9, 0xE8, 0x0F, 0x77], regs: [3: Self.data]))
+        XCTAssertNil(try run(divide + [0xDB, 0xE3, 0x9B], regs: [3: Self.data]))
+    }
+
     func testMMXAliasesTheX87RegistersAndTagWord() throws {
         let m = emu.memory, base = Self.data
         // fninit; fld1; movq mm1, rax; fxsave [rdi]; fnstenv [rsi]
