@@ -13,10 +13,10 @@ extension X86CPU {
         (fpu.pointee.fsw & ~(FSW.es | 0x8000)) | (x87ExceptionPending ? FSW.es | 0x8000 : 0)
     }
 
-    /// #MF for a pending x87 exception when CR0.NE selects native reporting (with NE clear the
-    /// legacy FERR# path is not modelled and the instruction proceeds).
+    /// #MF for a pending x87 exception. With CR0.NE clear a PC would signal FERR# to the
+    /// interrupt controller instead; that path is not modelled, so #MF is raised either way.
     @inline(__always) func checkPendingX87() throws(X86Exception) {
-        if x87ExceptionPending && st.pointee.cr0 & CR0.ne != 0 { throw X86Exception(X86Exception.x87) }
+        if x87ExceptionPending { throw X86Exception(X86Exception.x87) }
     }
 
     /// MMX instructions (SDM Vol. 2, the MMX instruction pages): CR0.EM #UD, CR0.TS #NM, then a
@@ -148,6 +148,18 @@ extension X86CPU {
         }
     }
 
+    /// A double to int32 as CVT(T)PS2PI/CVT(T)PD2PI do, with MXCSR's IE for NaN or out of range
+    /// (the integer indefinite results) and PE for an inexact conversion.
+    func convertToInt32(_ x: Double, _ rule: FloatingPointRoundingRule) -> UInt64 {
+        let r = x.rounded(rule)
+        if r.isNaN || r >= 0x1p31 || r < -0x1p31 {
+            fpu.pointee.mxcsr |= 0x01
+        } else if r != x {
+            fpu.pointee.mxcsr |= 0x20
+        }
+        return Self.toInteger(x, rule, bits64: false)
+    }
+
     /// MOVQ2DQ, MOVDQ2Q and the conversions between MMX integers and packed singles/doubles.
     func mmxWithXMM(_ i: UnsafeMutablePointer<Instruction>, _ op: UInt8, _ p: UInt8) throws(X86Exception) {
         let d = i.pointee.reg, mem = i.pointee.isMem
@@ -162,7 +174,10 @@ extension X86CPU {
             if !mem { enterMMX() }
             let lo = Int32(truncatingIfNeeded: v), hi = Int32(truncatingIfNeeded: v >> 32)
             if p == 0 {
-                setXMMLow(d, UInt64(Float(lo).bitPattern) | UInt64(Float(hi).bitPattern) << 32)
+                let a = Float(lo), b = Float(hi)
+                // PE when a 32-bit integer has more significant bits than a single holds.
+                if Double(a) != Double(lo) || Double(b) != Double(hi) { fpu.pointee.mxcsr |= 0x20 }
+                setXMMLow(d, UInt64(a.bitPattern) | UInt64(b.bitPattern) << 32)
             } else {
                 setXMM(d, SIMD2(Double(lo).bitPattern, Double(hi).bitPattern))
             }
@@ -179,7 +194,7 @@ extension X86CPU {
                 a = Double(bitPattern: v[0]); b = Double(bitPattern: v[1])
             }
             enterMMX()
-            setMM(d, Self.toInteger(a, rule, bits64: false) | Self.toInteger(b, rule, bits64: false) << 32)
+            setMM(d, convertToInt32(a, rule) | convertToInt32(b, rule) << 32)
         }
     }
 }

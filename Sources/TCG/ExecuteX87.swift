@@ -88,7 +88,7 @@ extension X86CPU {
 
     /// C3 C2 C0 after comparing a with b (unordered: all three).
     static func compareCodes(_ a: Float80, _ b: Float80) -> UInt16 {
-        if a.isNaN || b.isNaN { return FSW.c3 | FSW.c2 | FSW.c0 }
+        if a.isNaN || b.isNaN || isUnsupported(a) || isUnsupported(b) { return FSW.c3 | FSW.c2 | FSW.c0 }
         if a < b { return FSW.c0 }
         return a == b ? FSW.c3 : 0
     }
@@ -96,7 +96,10 @@ extension X86CPU {
     /// The exceptions of a comparison: IE for any NaN (FCOM, FCOMI, FTST) or only for a
     /// signaling one (FUCOM, FUCOMI); otherwise DE for a denormal operand.
     func noteCompareExceptions(_ a: Float80, _ b: Float80, quiet: Bool) {
-        if a.isNaN || b.isNaN {
+        if Self.isUnsupported(a) || Self.isUnsupported(b) {
+            // Unnormals, pseudo-NaNs and pseudo-infinities are invalid operands even to FUCOM.
+            fpu.pointee.fsw |= FSW.ie
+        } else if a.isNaN || b.isNaN {
             if !quiet || a.isSignalingNaN || b.isSignalingNaN { fpu.pointee.fsw |= FSW.ie }
         } else if a.isSubnormal || b.isSubnormal {
             fpu.pointee.fsw |= FSW.de
@@ -110,7 +113,7 @@ extension X86CPU {
     /// FCOMI/FUCOMI: ZF, PF, CF from the comparison; OF, SF, AF cleared.
     func setCompareFlags(_ a: Float80, _ b: Float80) {
         let f: UInt64
-        if a.isNaN || b.isNaN { f = RFlags.zf | RFlags.pf | RFlags.cf } else if a < b { f = RFlags.cf } else { f = a == b ? RFlags.zf : 0 }
+        if a.isNaN || b.isNaN || Self.isUnsupported(a) || Self.isUnsupported(b) { f = RFlags.zf | RFlags.pf | RFlags.cf } else if a < b { f = RFlags.cf } else { f = a == b ? RFlags.zf : 0 }
         st.pointee.setStatusFlags(f)
         // C1 is left as it was: measured on this host (AMD Zen) by DifferentialKVMTests.
     }
@@ -227,12 +230,13 @@ extension X86CPU {
             if !control {
                 fpu.pointee.fop = (UInt16(group) << 8) | UInt16(m)
                 fpu.pointee.fip = s.pointee.currentRIP; fpu.pointee.fdp = la
+                fpu.pointee.fcs = s.pointee.cs.selector; fpu.pointee.fds = segment(i.pointee.seg).selector
             }
             try x87Memory(i, group, reg, la)
         } else {
             if !(group == 3 && (m == 0xE2 || m == 0xE3)) && !(group == 7 && m == 0xE0) {
                 fpu.pointee.fop = (UInt16(group) << 8) | UInt16(m)
-                fpu.pointee.fip = s.pointee.currentRIP
+                fpu.pointee.fip = s.pointee.currentRIP; fpu.pointee.fcs = s.pointee.cs.selector
             }
             try x87Register(group, m)
         }
@@ -494,16 +498,24 @@ extension X86CPU {
         }
     }
 
-    /// FXAM: the class of ST(0) in C3 C2 C0, its sign in C1.
+    /// An encoding the 387 and later reject as an operand (SDM Vol. 1 §8.2.2, Table 8-3): a
+    /// nonzero exponent with the integer bit clear (unnormal, pseudo-NaN, pseudo-infinity).
+    static func isUnsupported(_ v: Float80) -> Bool {
+        let (sig, se) = bits80(v)
+        return se & 0x7FFF != 0 && sig >> 63 == 0
+    }
+
+    /// FXAM: the class of ST(0) in C3 C2 C0, its sign in C1, from the register's bits (SDM Vol.
+    /// 2 FXAM): unsupported encodings are class 000; pseudo-denormals are denormals.
     func fxam() {
         let k = fpuTop
-        let v = loadPhysical(k)
-        var c: UInt16 = v.sign == .minus ? FSW.c1 : 0
+        let (sig, se) = physicalBits(k)
+        let e = se & 0x7FFF, integer = sig >> 63 != 0
+        var c: UInt16 = se & 0x8000 != 0 ? FSW.c1 : 0
         if fpu.pointee.ftw & (1 << UInt8(k)) == 0 { c |= FSW.c3 | FSW.c0 }
-        else if v.isNaN { c |= FSW.c0 }
-        else if v.isInfinite { c |= FSW.c2 | FSW.c0 }
-        else if v == 0 { c |= FSW.c3 }
-        else if v.isSubnormal { c |= FSW.c3 | FSW.c2 }
+        else if e == 0 { c |= sig == 0 ? FSW.c3 : FSW.c3 | FSW.c2 }
+        else if !integer { }
+        else if e == 0x7FFF { c |= sig << 1 == 0 ? FSW.c2 | FSW.c0 : FSW.c0 }
         else { c |= FSW.c2 }
         setConditionCodes(c)
     }

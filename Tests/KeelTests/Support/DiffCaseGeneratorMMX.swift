@@ -100,7 +100,14 @@ extension DiffCaseGenerator {
         case 0: code += [0x0F, 0x77]
         case 1: code += [0x0F, 0x77, 0xD9, 0xE8]                                   // emms; fld1
         case 2: code += [0xD9, 0xE8]                                               // fld1 onto valid tags: overflow
-        case 3: code += X86Encoder.encode(opcode: [0xD9], reg: 6, rm: mem(x))      // fnstenv: the full tag word
+        case 3:  // fnstenv: the full tag word
+            let m = mem(x)
+            code += X86Encoder.encode(opcode: [0xD9], reg: 6, rm: m)
+            if case .mem(let b, let i, let sc, let d, let rip) = m {
+                // Then clear the image's FCS: PVM runs guest ring 3 with the host's CS selector
+                // (0x33, the guest's is 0x2b), so the stored selector differs by construction.
+                code += X86Encoder.encode(size: .w16, opcode: [0xC7], reg: 0, rm: .mem(base: b, index: i, scale: sc, disp: d + 16, ripRelative: rip), imm: [0, 0])
+            }
         case 4: if !x.reserved.contains(0) { code += [0xDF, 0xE0] }                // fnstsw ax
         default: break
         }
