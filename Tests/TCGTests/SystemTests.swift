@@ -78,6 +78,19 @@ final class SystemTests: XCTestCase {
         XCTAssertEqual(cpu.st.pointee.rflags & RFlags.tf, 0, "TF clear in the handler")
     }
 
+    /// MOV SS with TF set: the single-step trap waits for the next instruction (SDM Vol. 3
+    /// §6.8.3), so one #DB follows the instruction after it.
+    func testTrapFlagAfterMovSSWaitsOneInstruction() throws {
+        // push 0x102 ; popf ; mov ss, ax ; nop ; nop
+        XCTAssertEqual(try run([0x68, 0x02, 0x01, 0x00, 0x00, 0x9D, 0x8E, 0xD0, 0x90, 0x90], regs: [0: 0x10]), .haltedForever)
+        XCTAssertEqual(cpu.st.pointee.rip, handler(1))
+        XCTAssertEqual(try stack(0), EmulatedRunner.codeAddress + 9, "trap after the nop that follows mov ss")
+        XCTAssertEqual(cpu.st.pointee.dr6 & 0x4000, 0x4000, "DR6.BS")
+        // Any other instruction traps right after itself: mov ds, ax.
+        XCTAssertEqual(try run([0x68, 0x02, 0x01, 0x00, 0x00, 0x9D, 0x8E, 0xD8, 0x90, 0x90], regs: [0: 0x10]), .haltedForever)
+        XCTAssertEqual(try stack(0), EmulatedRunner.codeAddress + 8)
+    }
+
     func testNotPresentPageFaultPushesErrorCodeAndSetsCR2() throws {
         // mov rax, [0x40000010] (PDPT[1] is empty)
         XCTAssertEqual(try run([0x48, 0x8B, 0x04, 0x25, 0x10, 0x00, 0x00, 0x40]), .haltedForever)
