@@ -227,12 +227,20 @@ extension X86CPU {
             let la = linearAddress(i)
             // Control instructions (FLDCW, FNSTCW, FNSTSW, environment) leave FIP/FDP/FOP alone.
             let control = (group == 1 && reg >= 4) || (group == 5 && reg >= 4)
+            // A store that faults (#PF, #AC) after the value was converted leaves the status
+            // word (and the pointers) as they were: the instruction did not happen.
+            let f = fpu, saved = (f.pointee.fsw, f.pointee.fop, f.pointee.fip, f.pointee.fdp, f.pointee.fcs, f.pointee.fds)
             if !control {
-                fpu.pointee.fop = (UInt16(group) << 8) | UInt16(m)
-                fpu.pointee.fip = s.pointee.currentRIP; fpu.pointee.fdp = la
-                fpu.pointee.fcs = s.pointee.cs.selector; fpu.pointee.fds = segment(i.pointee.seg).selector
+                f.pointee.fop = (UInt16(group) << 8) | UInt16(m)
+                f.pointee.fip = s.pointee.currentRIP; f.pointee.fdp = la
+                f.pointee.fcs = s.pointee.cs.selector; f.pointee.fds = segment(i.pointee.seg).selector
             }
-            try x87Memory(i, group, reg, la)
+            do {
+                try x87Memory(i, group, reg, la)
+            } catch {
+                (f.pointee.fsw, f.pointee.fop, f.pointee.fip, f.pointee.fdp, f.pointee.fcs, f.pointee.fds) = saved
+                throw error
+            }
         } else {
             if !(group == 3 && (m == 0xE2 || m == 0xE3)) && !(group == 7 && m == 0xE0) {
                 fpu.pointee.fop = (UInt16(group) << 8) | UInt16(m)

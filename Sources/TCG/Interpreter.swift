@@ -18,6 +18,7 @@ extension X86CPU {
             }
             let shadow = s.pointee.interruptShadow
             s.pointee.interruptShadow = false
+            updateAlignmentCheck()
             if let apicRef, apicRef._withUnsafeGuaranteedRef({ $0.hasPendingEvent }), let apic {
                 if !serviceEvents(apic, shadow: shadow) { return .tripleFault }
             }

@@ -169,6 +169,38 @@ final class SystemTests: XCTestCase {
         XCTAssertEqual(try stack(0), 0, "#GP(0)")
     }
 
+    /// Ring 3 with RFLAGS.AC under CR0.AM: a misaligned data access raises #AC(0) (SDM Vol. 3
+    /// §6.15, interrupt 17); aligned ones, ring 0, or AM clear do not (the user hlt then #GPs).
+    func testAlignmentCheckInRing3() throws {
+        let user: UInt64 = 0x11000, data: UInt64 = 0x21000
+        func enterUser(_ code: [UInt8], rflags: UInt64, regs: [Int: UInt64]) throws -> UInt64 {
+            try emu.memory.write(code + [0xF4], at: user)
+            cpu.invalidateCode(physical: user)
+            let frame: [UInt64] = [user, 0x23, rflags, Self.userStack, 0x1B]
+            let sp = Self.kernelStack - 0x100 - 40
+            for (k, v) in frame.enumerated() { try emu.memory.store(v, at: sp + UInt64(8 * k)) }
+            var r = regs
+            r[4] = sp
+            XCTAssertEqual(try run([0x48, 0xCF], regs: r), .haltedForever)
+            return (cpu.st.pointee.rip - Self.handlers - 1) / 16
+        }
+        let load: [UInt8] = [0x8B, 0x43, 0x01]  // mov eax, [rbx+1]
+        cpu.st.pointee.cr0 |= CR0.am
+        XCTAssertEqual(try enterUser(load, rflags: 0x202, regs: [3: data]), 13, "AC clear: the load runs, hlt #GPs")
+        XCTAssertEqual(try enterUser(load, rflags: 0x4_0202, regs: [3: data]), 17, "AC set: #AC")
+        XCTAssertEqual(try stack(0), 0, "#AC error code")
+        XCTAssertEqual(try stack(1), user, "a fault: RIP of the load")
+        XCTAssertEqual(try enterUser(load, rflags: 0x4_0202, regs: [3: data - 1]), 13, "aligned: no #AC")
+        XCTAssertEqual(try enterUser([0x89, 0x43, 0x02], rflags: 0x4_0202, regs: [3: data]), 17, "a misaligned store")
+        XCTAssertEqual(try enterUser([0x66, 0x89, 0x43, 0x02], rflags: 0x4_0202, regs: [3: data]), 13, "a word at 2 is aligned")
+        XCTAssertEqual(try enterUser([0x53], rflags: 0x4_0202, regs: [3: data]), 13, "push onto an aligned stack")
+        // popf setting AC in ring 3, then a misaligned load in the same run.
+        XCTAssertEqual(try enterUser([0x68, 0x02, 0x02, 0x04, 0x00, 0x9D] + load, rflags: 0x202, regs: [3: data]), 17)
+        XCTAssertEqual(try stack(1), user + 6)
+        cpu.st.pointee.cr0 &= ~CR0.am
+        XCTAssertEqual(try enterUser(load, rflags: 0x4_0202, regs: [3: data]), 13, "CR0.AM clear: no #AC")
+    }
+
     func testSyscallAndSysret() throws {
         let s = cpu.st
         s.pointee.star = (UInt64(0x10) << 48) | (UInt64(0x08) << 32)
