@@ -9,7 +9,8 @@ import Loop
 /// worker pool and complete on the back-end's own event loop (its main thread).
 public enum VhostUserBlockBackend {
     public struct Options: Equatable {
-        public var socketPath = ""
+        public var socketPath: String { endpointFlags.socketPath }
+        var endpointFlags = VhostUserEndpointFlags()
         public var blockFile = ""
         public var readOnly = false
         public var queueCount = 1
@@ -17,15 +18,16 @@ public enum VhostUserBlockBackend {
     }
 
     public static let usage = """
-    usage: keel vhost-user-blk --socket-path=PATH --blk-file=FILE [--read-only] [--num-queues=N] [--serial=S]
-    Serves FILE (raw or qcow2) as a vhost-user-blk back-end on a unix socket listening at PATH.
+    usage: keel vhost-user-blk --socket-path=PATH [--client] | --fd=N --blk-file=FILE [--read-only] [--num-queues=N] [--serial=S]
+    Serves FILE (raw or qcow2) as a vhost-user-blk back-end on a unix socket listening at PATH
+    (--client: connecting to PATH, where the front-end listens; --fd: on a connected socket).
     """
 
     public static func parse(_ args: [String]) throws -> Options {
         var o = Options()
         var flags = VhostUserBackendArguments(args)
         while let a = flags.next() {
-            if let v = try flags.value(a, "--socket-path", "-s") { o.socketPath = v }
+            if try o.endpointFlags.take(a, from: &flags) {}
             else if let v = try flags.value(a, "--blk-file", "-b") { o.blockFile = v }
             else if let v = try flags.value(a, "--num-queues", "-n") {
                 guard let n = Int(v), (1...64).contains(n) else { throw VhostUserError("--num-queues=\(v): 1 to 64") }
@@ -36,37 +38,24 @@ public enum VhostUserBlockBackend {
             } else if a == "--read-only" || a == "-r" { o.readOnly = true }
             else { throw VhostUserError("\(a): unknown option") }
         }
-        guard !o.socketPath.isEmpty else { throw VhostUserError("--socket-path=PATH is required") }
+        _ = try o.endpointFlags.endpoint()
         guard !o.blockFile.isEmpty else { throw VhostUserError("--blk-file=FILE is required") }
         return o
     }
 
     public static func main(_ args: [String]) -> Int32 {
-        if args.contains("-h") || args.contains("--help") { print(usage); return 0 }
-        do {
+        VhostUserBackendProgram.run("vhost-user-blk", usage: usage, args) { loop in
             let o = try parse(args)
             let image: BlockDevice
             do { image = try openImage(path: o.blockFile, options: ImageOpenOptions(readOnly: o.readOnly)) }
             catch { throw VhostUserError("--blk-file=\(o.blockFile): \(error)") }
-            let loop = try EventLoop()
-            let pool = WorkerPool(threads: 4)
             var c = VirtioBlock.Configuration()
             c.queueCount = o.queueCount
             c.queueSize = 1024
             c.readOnly = o.readOnly
             c.serial = o.serial
-            let device = VirtioBlock(backend: image, configuration: c, executor: WorkerPoolExecutor(pool: pool, loop: loop))
-            let server = try VhostUserBackendServer(device: device, socketPath: o.socketPath, loop: loop)
-            try server.start()
-            server.log("serving \(o.blockFile) at \(o.socketPath)")
-            // SIGPIPE would end the back-end when a front-end vanishes mid-send.
-            signal(SIGPIPE, SIG_IGN)
-            loop.run()
-            return 0
-        } catch {
-            let line = "keel vhost-user-blk: \(error)\n"
-            line.withCString { _ = write(2, $0, strlen($0)) }
-            return 1
+            let device = VirtioBlock(backend: image, configuration: c, executor: WorkerPoolExecutor(pool: WorkerPool(threads: 4), loop: loop))
+            return (device, o.endpointFlags, o.blockFile)
         }
     }
 }

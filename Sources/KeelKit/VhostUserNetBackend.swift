@@ -10,22 +10,24 @@ import Net
 /// control-queue features are not offered here.
 public enum VhostUserNetBackend {
     public struct Options: Equatable {
-        public var socketPath = ""
+        public var socketPath: String { endpointFlags.socketPath }
+        var endpointFlags = VhostUserEndpointFlags()
         public var tap = ""
         public var queuePairs = 1
         public var mac: [UInt8] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56]
     }
 
     public static let usage = """
-    usage: keel vhost-user-net --socket-path=PATH --tap=IFNAME [--queues=1] [--mac=52:54:00:12:34:56]
-    Serves a virtio-net device on tap IFNAME as a vhost-user-net back-end on a unix socket listening at PATH.
+    usage: keel vhost-user-net --socket-path=PATH [--client] | --fd=N --tap=IFNAME [--queues=1] [--mac=52:54:00:12:34:56]
+    Serves a virtio-net device on tap IFNAME as a vhost-user-net back-end on a unix socket listening at PATH
+    (--client: connecting to PATH, where the front-end listens; --fd: on a connected socket).
     """
 
     public static func parse(_ args: [String]) throws -> Options {
         var o = Options()
         var flags = VhostUserBackendArguments(args)
         while let a = flags.next() {
-            if let v = try flags.value(a, "--socket-path", "-s") { o.socketPath = v }
+            if try o.endpointFlags.take(a, from: &flags) {}
             else if let v = try flags.value(a, "--tap") { o.tap = v }
             else if let v = try flags.value(a, "--queues") {
                 // Several pairs need the control queue's VQ_PAIRS_SET, which stays in the front-end.
@@ -35,7 +37,7 @@ public enum VhostUserNetBackend {
                 o.mac = try parseMAC(v)
             } else { throw VhostUserError("\(a): unknown option") }
         }
-        guard !o.socketPath.isEmpty else { throw VhostUserError("--socket-path=PATH is required") }
+        _ = try o.endpointFlags.endpoint()
         guard !o.tap.isEmpty else { throw VhostUserError("--tap=IFNAME is required") }
         return o
     }
@@ -46,27 +48,16 @@ public enum VhostUserNetBackend {
     }
 
     public static func main(_ args: [String]) -> Int32 {
-        if args.contains("-h") || args.contains("--help") { print(usage); return 0 }
-        do {
+        VhostUserBackendProgram.run("vhost-user-net", usage: usage, args) { loop in
             let o = try parse(args)
             let taps: [TapBackend]
             do { taps = try TapBackend.open(ifname: o.tap, queues: o.queuePairs, vnetHeader: true) }
             catch { throw VhostUserError("--tap=\(o.tap): \(error)") }
-            let loop = try EventLoop()
             var c = VirtioNet.Configuration(mac: o.mac)
             c.multiqueue = false
             c.queueSize = 1024
             let net = try VirtioNet(backends: taps, configuration: c, loop: loop)
-            let server = try VhostUserBackendServer(device: VhostUserNetRings(net), socketPath: o.socketPath, loop: loop)
-            try server.start()
-            server.log("serving tap \(o.tap) at \(o.socketPath)")
-            signal(SIGPIPE, SIG_IGN)
-            loop.run()
-            return 0
-        } catch {
-            let line = "keel vhost-user-net: \(error)\n"
-            line.withCString { _ = write(2, $0, strlen($0)) }
-            return 1
+            return (VhostUserNetRings(net), o.endpointFlags, "tap \(o.tap)")
         }
     }
 }

@@ -10,9 +10,11 @@ import SCSI
 /// contrib/vhost-user-blk spelling.
 public enum VhostUserSCSIMain {
     public static let usage = """
-    usage: keel vhost-user-scsi --socket-path=PATH --blk-file=IMAGE [--blk-file=IMAGE...]
+    usage: keel vhost-user-scsi --socket-path=PATH [--client] | --fd=N --blk-file=IMAGE [--blk-file=IMAGE...]
                                [--read-only] [--format=raw|qcow2] [--serial=S] [--num-queues=N]
       -s, --socket-path   unix socket to listen on for the vhost-user front-end
+          --client        connect to --socket-path instead (the front-end's chardev has server=on)
+          --fd            a socket already connected to the front-end, instead of --socket-path
       -b, --blk-file      a raw or qcow2 image; the n-th becomes LUN n-1 of target 0
       -r, --read-only     every LUN is write-protected
           --format        image format of every --blk-file (default: probed)
@@ -21,7 +23,8 @@ public enum VhostUserSCSIMain {
     """
 
     struct Options {
-        var socketPath = ""
+        var endpointFlags = VhostUserEndpointFlags()
+        var socketPath: String { endpointFlags.socketPath }
         var files: [String] = []
         var readOnly = false
         var format: ImageFormat?
@@ -44,7 +47,12 @@ public enum VhostUserSCSIMain {
             let name = parts.first ?? a, inline = parts.count > 1 ? parts[1] : nil
             switch name {
             case "-h", "--help": return nil
-            case "-s", "--socket-path": o.socketPath = try value(name, inline)
+            case "-s", "--socket-path": o.endpointFlags.socketPath = try value(name, inline)
+            case "--client": o.endpointFlags.client = true
+            case "--fd":
+                let v = try value(name, inline)
+                guard let n = Int32(v), n >= 0 else { throw ConfigurationErrorText("vhost-user-scsi: --fd=\(v): expected a file descriptor number") }
+                o.endpointFlags.fd = n
             case "-b", "--blk-file": o.files.append(try value(name, inline))
             case "-r", "--read-only": o.readOnly = true
             case "--format":
@@ -61,7 +69,7 @@ public enum VhostUserSCSIMain {
             }
             i += 1
         }
-        guard !o.socketPath.isEmpty else { throw ConfigurationErrorText("vhost-user-scsi: --socket-path= is required") }
+        do { _ = try o.endpointFlags.endpoint() } catch { throw ConfigurationErrorText("vhost-user-scsi: \(error)") }
         guard !o.files.isEmpty else { throw ConfigurationErrorText("vhost-user-scsi: at least one --blk-file= is required") }
         return o
     }
@@ -102,9 +110,10 @@ public enum VhostUserSCSIMain {
             var c = VirtioSCSI.Configuration()
             c.queueCount = options.queueCount
             let device = VirtioSCSI(targets: [0: target], configuration: c, executor: WorkerPoolExecutor(pool: pool, loop: loop))
-            let server = try VhostUserBackendServer(device: device, socketPath: options.socketPath, loop: loop)
+            let server = try VhostUserBackendServer(device: device, endpoint: options.endpointFlags.endpoint(), loop: loop)
             try server.start()
-            _ = fail("listening on \(options.socketPath) (\(options.files.count) LUN\(options.files.count == 1 ? "" : "s"))")
+            if case .connected = server.endpoint { server.onDisconnect = { _ in loop.stop() } }
+            _ = fail("serving at \(options.endpointFlags.description) (\(options.files.count) LUN\(options.files.count == 1 ? "" : "s"))")
             loop.run()
             server.stop()
         } catch {

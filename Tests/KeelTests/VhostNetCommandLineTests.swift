@@ -45,7 +45,12 @@ final class VhostNetCommandLineTests: XCTestCase {
         XCTAssertEqual(o.socketPath, "/tmp/s")
         XCTAssertEqual(o.tap, "tap3")
         XCTAssertEqual(o.mac, [2, 0, 0, 0, 0, 1])
-        for (args, message) in [(["--tap=t"], "--socket-path=PATH is required"), (["--socket-path=/s"], "--tap=IFNAME is required"),
+        XCTAssertEqual(try o.endpointFlags.endpoint(), .listen("/tmp/s"))
+        XCTAssertEqual(try VhostUserNetBackend.parse(["-s", "/tmp/c", "--client", "--tap=t"]).endpointFlags.endpoint(), .connect("/tmp/c"))
+        XCTAssertEqual(try VhostUserNetBackend.parse(["--fd", "5", "--tap=t"]).endpointFlags.endpoint(), .connected(5))
+        for (args, message) in [(["--tap=t"], "--socket-path=PATH (or --fd=N) is required"),
+                                (["--fd=3", "--socket-path=/s", "--tap=t"], "--fd=3 and --socket-path/--client exclude each other"),
+                                (["--fd=-1", "--tap=t"], "--fd=-1"), (["--socket-path=/s"], "--tap=IFNAME is required"),
                                 (["--socket-path=/s", "--tap=t", "--queues=2"], "--queues=2"),
                                 (["--socket-path=/s", "--tap=t", "--mac=zz"], "--mac=zz"), (["--bogus"], "--bogus")] {
             XCTAssertThrowsError(try VhostUserNetBackend.parse(args)) { XCTAssertTrue("\($0)".contains(message), "\(args): \($0)") }

@@ -144,21 +144,45 @@ final class VhostUserLinuxTests: XCTestCase {
         XCTAssertEqual(r.status, 0, r.stderr)
     }
 
+    /// Keel's front-end listens (`server=on,wait=off`, as QEMU users write it) and Keel's back-end
+    /// connects (`--client`); the back-end is killed after the guest's first write and a new one
+    /// connects: Keel accepts it without reconnect= and the guest's later I/O completes.
+    func testFrontendServerOnBackendConnectsAndReconnects() throws {
+        let (disk, data) = try makeDisk(bytes: 2 << 20, seed: 12)
+        let socket = scratch.appendingPathComponent("keel-listens.sock").path
+        let arguments = ["-object", "memory-backend-memfd,id=mem,size=512M,share=on", "-machine", "memory-backend=mem",
+                         "-chardev", "socket,id=c0,path=\(socket),server=on,wait=off",
+                         "-device", "vhost-user-blk-pci,chardev=c0"]
+        // Keel creates the socket and waits in accept for the back-end's connection.
+        try restartBackendWhileGuestRuns(disk: disk, data: data, fill: "Q", arguments: arguments, firstBackend: nil) {
+            try self.startBackend(self.keel, ["vhost-user-blk", "--socket-path=\(socket)", "--client", "--blk-file=\(disk.path)"], socket: socket)
+        }
+    }
+
     /// The back-end is killed (SIGKILL) after the guest's first write and started again; Keel
     /// reconnects (reconnect=1) and the guest's later reads and writes complete.
     func testBackendKilledAndRestartedWhileGuestRuns() throws {
         let (disk, data) = try makeDisk(bytes: 2 << 20, seed: 10)
         let socket = scratch.appendingPathComponent("keel.sock").path
         let first = try keelBackend(socket, disk)
+        try restartBackendWhileGuestRuns(disk: disk, data: data, fill: "K", arguments: vhostArguments(socket: socket, reconnect: 1),
+                                         firstBackend: first) { try self.keelBackend(socket, disk) }
+    }
+
+    /// Boots with `arguments`; once the guest's first write reaches `disk`, SIGKILLs the first
+    /// back-end (`firstBackend`, or the first `startBackend` made while the guest boots) and
+    /// starts another; the guest's later read and `fill` write must complete through it.
+    func restartBackendWhileGuestRuns(disk: URL, data: Data, fill: Character, arguments: [String], firstBackend: Process?,
+                                      startBackend: @escaping () throws -> Process) throws {
         let commands = Self.commands + [
             "sleep 6",
             "echo b=$(dd if=/dev/vda bs=4096 skip=64 count=4 2>/dev/null | md5sum)",
-            "dd if=/dev/zero bs=4096 count=4 | tr '\\000' K > /tmp/k",
-            "dd if=/tmp/k of=/dev/vda bs=4096 seek=100 conv=notrunc,fsync; echo wb=$?",
+            "dd if=/dev/zero bs=4096 count=4 | tr '\\000' \(fill) > /tmp/fill",
+            "dd if=/tmp/fill of=/dev/vda bs=4096 seek=100 conv=notrunc,fsync; echo wb=$?",
         ]
         let marker = Data(Self.pattern.utf8)
-        let r = try boot(KeelRunner(emulator: .keel(binary: keel), keelAccel: "tcg"), vhostArguments(socket: socket, reconnect: 1),
-                         commands: commands) {
+        let r = try boot(KeelRunner(emulator: .keel(binary: keel), keelAccel: "tcg"), arguments, commands: commands) {
+            let first = try firstBackend ?? startBackend()
             // The guest's first write reaching the file says the guest is in its sleep.
             let deadline = Date().addingTimeInterval(180)
             while Date() < deadline {
@@ -168,11 +192,11 @@ final class VhostUserLinuxTests: XCTestCase {
             kill(first.processIdentifier, SIGKILL)
             first.waitUntilExit()
             usleep(500_000)
-            try self.keelBackend(socket, disk)
+            _ = try startBackend()
         }
         try checkData(r, disk: disk, original: {
             var d = data
-            d.replaceSubrange(409_600..<(409_600 + 16384), with: Data(repeating: UInt8(ascii: "K"), count: 16384))
+            d.replaceSubrange(409_600..<(409_600 + 16384), with: Data(repeating: fill.asciiValue ?? 0, count: 16384))
             return d
         }())
         let context = "\n" + r.stdout.suffix(3000) + "\n" + r.stderr.suffix(1500)

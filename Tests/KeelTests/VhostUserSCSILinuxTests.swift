@@ -66,6 +66,6 @@ extension VirtioLinuxTests {
         var expected = data
         expected.replaceSubrange(40 * 512..<(40 * 512 + pattern.utf8.count), with: Data(pattern.utf8))
         XCTAssertEqual(try Data(contentsOf: disk), expected, "the image must hold exactly the guest's write", file: file, line: line)
-        XCTAssertTrue(((try? String(contentsOf: log)) ?? "").contains("listening on"), context, file: file, line: line)
+        XCTAssertTrue(((try? String(contentsOf: log)) ?? "").contains("serving at \(socket) (1 LUN)"), context, file: file, line: line)
     }
 }

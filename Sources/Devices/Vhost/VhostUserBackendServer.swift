@@ -2,16 +2,34 @@ import Glibc
 import Loop
 import Memory
 
-/// The back-end side of vhost-user: serves any `VirtioDevice` (blk, scsi...) over a listening
-/// unix socket, one front-end at a time, on one event loop. The front-end's memory table is
+/// The back-end side of vhost-user: serves any `VirtioDevice` (blk, scsi...) over a unix socket
+/// it listens at, connects to, or is handed, one front-end at a time, on one event loop. The front-end's memory table is
 /// mapped into a `GuestMemory` view, so the device walks the same checked `SplitVirtqueue`s it
 /// walks inside Keel; kicks arrive as eventfds on the loop and completions signal the call
 /// eventfds. Every message is checked (size, fd count, queue index); a bad one ends that
-/// connection with a one-line error and the server waits for the next front-end.
+/// connection with a one-line error and the server waits for the next front-end (or connects again).
 public final class VhostUserBackendServer: VirtioTransport {
+    /// How the back-end meets its front-end (the vhost-user spec's backend program conventions).
+    public enum Endpoint: Equatable, Sendable {
+        /// Listen at the path (`--socket-path`); serve front-ends one after another.
+        case listen(String)
+        /// Connect to a front-end listening at the path (its chardev has server=on); connect
+        /// again, once a second, whenever the connection ends or is refused.
+        case connect(String)
+        /// A socket already connected to the front-end (`--fd`); serve it once.
+        case connected(Int32)
+    }
+
     public let device: VirtioDevice
     public let loop: EventLoop
-    public let socketPath: String
+    public let endpoint: Endpoint
+    /// Where the back-end listens or connects (empty with `.connected`).
+    public var socketPath: String {
+        switch endpoint {
+        case .listen(let p), .connect(let p): return p
+        case .connected: return ""
+        }
+    }
     /// Called with the reason whenever a connection ends (nil: the front-end closed it cleanly).
     public var onDisconnect: ((VhostUserError?) -> Void)?
     /// Called when a front-end connects.
@@ -29,6 +47,8 @@ public final class VhostUserBackendServer: VirtioTransport {
     public let offeredProtocolFeatures: UInt64
 
     var listenFD: Int32 = -1
+    var connectTimer: Timer?
+    var refusedLogged = false
     var channel: VhostUserChannel?
     var protocolFeatures: UInt64 = 0
     var memoryTable: [VhostUserMemoryRegion] = []
@@ -43,10 +63,14 @@ public final class VhostUserBackendServer: VirtioTransport {
     var inflight: BackendInflightRegion?
 
     /// `device`'s queue sizes are the maxima the front-end may choose.
-    public init(device: VirtioDevice, socketPath: String, loop: EventLoop) throws {
+    public convenience init(device: VirtioDevice, socketPath: String, loop: EventLoop) throws {
+        try self.init(device: device, endpoint: .listen(socketPath), loop: loop)
+    }
+
+    public init(device: VirtioDevice, endpoint: Endpoint, loop: EventLoop) throws {
         self.device = device
         self.loop = loop
-        self.socketPath = socketPath
+        self.endpoint = endpoint
         memory = try GuestMemory(mapping: [])
         queues = device.queueMaxSizes.map { SplitVirtqueue(maxSize: $0) }
         rings = queues.map { _ in BackendRing() }
@@ -60,13 +84,43 @@ public final class VhostUserBackendServer: VirtioTransport {
         stop()
     }
 
-    /// Listens at `socketPath` and serves front-ends on the loop.
+    /// Listens, connects or adopts the socket, and serves front-ends on the loop.
     public func start() throws {
-        listenFD = try VhostUserChannel.listen(path: socketPath)
-        try loop.addReadable(fd: listenFD) { [unowned self] _ in self.acceptConnection() }
+        switch endpoint {
+        case .listen(let path):
+            listenFD = try VhostUserChannel.listen(path: path)
+            try loop.addReadable(fd: listenFD) { [unowned self] _ in self.acceptConnection() }
+        case .connect:
+            connectTimer = try loop.makeTimer { [unowned self] in self.connectToFrontend() }
+            connectToFrontend()
+        case .connected(let fd):
+            guard fcntl(fd, F_GETFD) >= 0 else { throw VhostUserError("--fd=\(fd) is not an open file descriptor") }
+            var type: Int32 = 0
+            var len = socklen_t(MemoryLayout<Int32>.size)
+            guard getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0, type == Int32(SOCK_STREAM.rawValue) else {
+                throw VhostUserError("--fd=\(fd) is not a stream socket")
+            }
+            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+            adopt(VhostUserChannel(fd: fd))
+        }
+    }
+
+    /// `.connect`: one attempt now, the next in a second if the front-end is not there.
+    func connectToFrontend() {
+        guard channel == nil, case .connect(let path) = endpoint else { return }
+        do throws(VhostUserError) {
+            let c = try VhostUserChannel.connect(path: path)
+            refusedLogged = false
+            adopt(c)
+        } catch {
+            if !refusedLogged { log("\(error); retrying every second"); refusedLogged = true }
+            connectTimer?.arm(afterNanoseconds: 1_000_000_000)
+        }
     }
 
     public func stop() {
+        connectTimer?.disarm()
+        connectTimer = nil
         disconnect(nil, quiet: true)
         if listenFD >= 0 {
             loop.remove(fd: listenFD)
@@ -88,7 +142,11 @@ public final class VhostUserBackendServer: VirtioTransport {
             close(fd)
             return
         }
-        let c = VhostUserChannel(fd: fd)
+        adopt(VhostUserChannel(fd: fd))
+    }
+
+    func adopt(_ c: VhostUserChannel) {
+        let fd = c.fd
         channel = c
         do {
             try loop.addReadable(fd: fd) { [unowned self] _ in self.readMessage() }
@@ -131,6 +189,7 @@ public final class VhostUserBackendServer: VirtioTransport {
         inflight?.unmap()
         inflight = nil
         if !quiet { onDisconnect?(why) }
+        if !quiet, case .connect = endpoint { connectTimer?.arm(afterNanoseconds: 1_000_000_000) }
     }
 
     func retire(_ m: GuestMemory) {

@@ -7,8 +7,8 @@ import Memory
 /// at DRIVER_OK the memory table, ring addresses and the kick/call eventfds are handed over, and
 /// Keel only relays kicks (a notify write signals the kick eventfd) and calls (the call eventfd
 /// raises the queue's MSI-X vector). A reset or stop asks for each ring's base (GET_VRING_BASE).
-/// When the back-end dies, `reconnectSeconds` > 0 retries on the loop and replays the setup from
-/// the used ring's index, so requests the guest made meanwhile are served by the new back-end.
+/// When the back-end dies, `reconnectSeconds` > 0 retries on the loop (with server=on, the
+/// listening socket accepts it again) and replays the setup from the used ring's index, so requests the guest made meanwhile are served by the new back-end.
 public final class VhostUserDevice: VirtioDevice {
     public let deviceType: UInt16
     public let pciClassCode: UInt32
@@ -42,6 +42,8 @@ public final class VhostUserDevice: VirtioDevice {
     var activated = false
     var reconnectTimer: Timer?
     var watchedFD: Int32 = -1
+    /// server=on: the listening socket is on the loop, waiting for the back-end to come back.
+    var listenerWatched = false
     /// The back-end's inflight region (INFLIGHT_SHMFD): kept across back-end restarts, dropped at a reset.
     var inflightFD: Int32 = -1
     var inflight: VhostUserInflight?
@@ -84,6 +86,7 @@ public final class VhostUserDevice: VirtioDevice {
     deinit {
         for c in calls { loop.remove(fd: c.fd) }
         if watchedFD >= 0 { loop.remove(fd: watchedFD) }
+        if listenerWatched { loop.remove(fd: frontend.listenFD) }
         if inflightFD >= 0 { close(inflightFD) }
     }
 

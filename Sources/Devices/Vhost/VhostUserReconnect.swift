@@ -38,11 +38,31 @@ extension VhostUserDevice {
     }
 
     func scheduleReconnect() {
+        if case .listen = frontend.endpoint, frontend.listenFD >= 0 {
+            // server=on: the back-end reconnects to us, as to QEMU's server chardev; accept it
+            // whenever it does, reconnect= or not.
+            watchListener()
+            return
+        }
         guard reconnectSeconds > 0 else { return }
         if reconnectTimer == nil {
             reconnectTimer = try? loop.makeTimer { [unowned self] in self.tryReconnect() }
         }
         reconnectTimer?.arm(afterNanoseconds: reconnectSeconds * 1_000_000_000)
+    }
+
+    func watchListener() {
+        guard !listenerWatched else { return }
+        do {
+            try loop.addReadable(fd: frontend.listenFD) { [unowned self] _ in
+                self.loop.remove(fd: self.frontend.listenFD)
+                self.listenerWatched = false
+                self.tryReconnect()
+            }
+            listenerWatched = true
+        } catch {
+            log("cannot watch the listening socket: \(error)")
+        }
     }
 
     func tryReconnect() {
