@@ -8,6 +8,8 @@ extension X86CPU {
     /// SYSCALL/SYSRET, MOV CR0, events), so once per block is often enough.
     @inline(__always) func updateAlignmentCheck() {
         let s = st
+        // Kernel code (most of what a Linux guest runs) pays one compare.
+        guard s.pointee.cpl == 3 || s.pointee.alignmentCheck else { return }
         let on = s.pointee.cpl == 3 && s.pointee.cr0 & CR0.am != 0 && s.pointee.rflags & RFlags.ac != 0
         if on != s.pointee.alignmentCheck {
             s.pointee.alignmentCheck = on

@@ -1,8 +1,9 @@
 import Foundation
 
-/// Alignment-check cases for the diff-runner (which runs with CR0.AM set): RFLAGS.AC is set
-/// through PUSHF/POPF, then a few instructions with memory operands at whatever alignment the
-/// generator picks (and the stack as the case left it), so #AC against the real CPU is compared.
+/// Cases that set RFLAGS.AC or TF through PUSHF/POPF. Alignment checks (the diff-runner runs with
+/// CR0.AM set): a few instructions with memory operands at whatever alignment the generator picks
+/// (and the stack as the case left it), so #AC is compared with the real CPU. Single steps: the
+/// #DB after the first instruction, or after the second when the first is MOV SS.
 extension DiffCaseGenerator {
     mutating func alignmentCheck(_ x: inout Context) -> [UInt8] {
         // pushfq; or qword [rsp], 0x40000; popfq; mov qword [rsp-8], 0: the pushed image holds
@@ -22,5 +23,14 @@ extension DiffCaseGenerator {
             }
         }
         return code
+    }
+
+    mutating func singleStep(_ x: inout Context) -> [UInt8] {
+        // mov eax, ss; push 0x102; popfq (TF, from a constant image: PVM reports IOPL and IF
+        // differently); mov ss, eax, which holds the trap back one instruction; xor eax, eax, after
+        // which #DB comes (EAX is cleared because PVM's ring-3 SS selector is the host's).
+        guard !x.reserved.contains(0) else { return alu(x) }
+        let next: [UInt8] = rng.pick([[], [0x90], [0xF8]])
+        return [0x8C, 0xD0, 0x68, 0x02, 0x01, 0x00, 0x00, 0x9D, 0x8E, 0xD0, 0x31, 0xC0] + next
     }
 }
