@@ -46,6 +46,12 @@ extension X86CPU {
         return loadPhysical(k)
     }
 
+    /// Stack underflow: an arithmetic instruction with an empty operand register stores the
+    /// real indefinite (masked response), whatever the other operand holds.
+    @inline(__always) func isEmptyST(_ i: Int) -> Bool {
+        fpu.pointee.ftw & (1 << UInt8((fpuTop + i) & 7)) == 0
+    }
+
     @inline(__always) func setSTReg(_ i: Int, _ v: Float80) {
         let k = (fpuTop + i) & 7
         storePhysical(k, v)
@@ -167,8 +173,13 @@ extension X86CPU {
 
     /// An arithmetic result with the host's exception flags and C1.
     func x87ArithFlags(_ op: UInt8, _ dst: Float80, _ src: Float80) -> Float80 {
-        if (dst.isSubnormal || src.isSubnormal) && !dst.isNaN && !src.isNaN { fpu.pointee.fsw |= FSW.de }
+        let before = fpu.pointee.fsw
         let r = withHostFPFlags { x87Arith(op, dst, src) }
+        // DE ranks below invalid operation and divide-by-zero (SDM Vol. 1 §4.9.2): a denormal
+        // divided by zero is ZE alone (measured).
+        if (dst.isSubnormal || src.isSubnormal) && !dst.isNaN && !src.isNaN && (fpu.pointee.fsw & ~before) & (FSW.ie | FSW.ze) == 0 {
+            fpu.pointee.fsw |= FSW.de
+        }
         guard r.isFinite, dst.isFinite, src.isFinite else { fpu.pointee.fsw &= ~FSW.c1; return r }
         let err: Float80
         switch op {
@@ -279,7 +290,10 @@ extension X86CPU {
                 setConditionCodes(Self.compareCodes(a, v))
                 if reg == 3 { fpuPop() }
             default:
-                setSTReg(0, x87ArithFlags(reg, a, v))
+                let before = fpu.pointee.fsw
+                setSTReg(0, isEmptyST(0) ? Self.indefinite : x87ArithFlags(reg, a, v))
+                // The memory operand's DE (set as it loaded) yields to IE and ZE as well.
+                if (fpu.pointee.fsw & ~before) & (FSW.ie | FSW.ze) != 0 { fpu.pointee.fsw = (fpu.pointee.fsw & ~FSW.de) | deBefore }
             }
         case (1, 0):
             let b = UInt32(truncatingIfNeeded: try readLinear(la, 2))
@@ -347,7 +361,7 @@ extension X86CPU {
                 setConditionCodes(Self.compareCodes(a, b))
                 if reg == 3 { fpuPop() }
             } else {
-                setSTReg(0, x87ArithFlags(reg, a, b))
+                setSTReg(0, isEmptyST(0) || isEmptyST(k) ? Self.indefinite : x87ArithFlags(reg, a, b))
             }
         case 4, 6:
             if reg == 2 || reg == 3 {
@@ -361,7 +375,7 @@ extension X86CPU {
             }
             let op = reg >= 4 ? reg ^ 1 : reg
             let (d, t) = (stReg(k), stReg(0))
-            setSTReg(k, x87ArithFlags(op, d, t))
+            setSTReg(k, isEmptyST(0) || isEmptyST(k) ? Self.indefinite : x87ArithFlags(op, d, t))
             if group == 6 { fpuPop() }
         case 1: try x87D9(m)
         case 2, 3:
