@@ -64,6 +64,9 @@ extension X86CPU {
         if fpu.pointee.ftw & (1 << UInt8(t)) != 0 {
             fpu.pointee.fsw |= FSW.ie | FSW.sf | FSW.c1
             value = Self.indefinite
+        } else {
+            // Loads clear C1 unless the stack overflowed (SDM Vol. 2 FLD, FILD, FLD1...).
+            fpu.pointee.fsw &= ~FSW.c1
         }
         setFPUTop(t)
         storePhysical(t, value)

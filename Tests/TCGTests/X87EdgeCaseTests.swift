@@ -51,4 +51,13 @@ extension FPUSystemTests {
         XCTAssertNil(try run([0xDB, 0xE3, 0xD9, 0xE8, 0xD8, 0x33, 0xDF, 0xE0], regs: [3: Self.data]))
         XCTAssertEqual(cpu.gpr[0] & 0x06, 0x02, "DE")
     }
+
+    func testLoadsClearC1() throws {
+        try emu.memory.store(Double(3).bitPattern, at: Self.data)
+        // fninit; fld1; fdiv qword [rbx] (1/3 rounds up: C1); fldpi; fnstsw ax
+        XCTAssertNil(try run([0xDB, 0xE3, 0xD9, 0xE8, 0xDC, 0x33, 0xDF, 0xE0], regs: [3: Self.data]))
+        XCTAssertEqual(cpu.gpr[0] & 0x200, 0x200)
+        XCTAssertNil(try run([0xDB, 0xE3, 0xD9, 0xE8, 0xDC, 0x33, 0xD9, 0xEB, 0xDF, 0xE0], regs: [3: Self.data]))
+        XCTAssertEqual(cpu.gpr[0] & 0x200, 0, "FLDPI clears C1")
+    }
 }
