@@ -174,6 +174,8 @@ extension X86CPU {
         case (0x2A, _):
             // CVTPI2PS (low quadword of xmm, the high one kept) / CVTPI2PD.
             let v = try mmSource(i)
+            // Only an MMX register source leaves x87 mode (measured on this host, an AMD Zen, by
+            // MMXDifferentialTests; the SDM's pages say both forms do).
             if !mem { enterMMX() }
             let lo = Int32(truncatingIfNeeded: v), hi = Int32(truncatingIfNeeded: v >> 32)
             if p == 0 {

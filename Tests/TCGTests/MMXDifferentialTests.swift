@@ -128,4 +128,32 @@ final class MMXDifferentialTests: XCTestCase {
             }
         }
     }
+
+    /// Which instructions leave x87 mode: fld1 (TOP 7); the instruction; fnstsw ax; emms.
+    /// CVTPI2PS/PD read their m64 source through RIP (the code bytes after them, the same on
+    /// both sides).
+    func testX87ToMMXTransition() throws {
+        let probes: [[UInt8]] = [
+            [0x0F, 0x2A, 0x0D, 0, 0, 0, 0],        // cvtpi2ps xmm1, [rip]
+            [0x66, 0x0F, 0x2A, 0x0D, 0, 0, 0, 0],  // cvtpi2pd xmm1, [rip]
+            [0x0F, 0x2A, 0xCA],                    // cvtpi2ps xmm1, mm2
+            [0x0F, 0x2D, 0xC1],                    // cvtps2pi mm0, xmm1
+            [0xF3, 0x0F, 0xD6, 0xCA],              // movq2dq xmm1, mm2
+            [0x0F, 0x7E, 0xC3],                    // movd ebx, mm0
+            [0x0F, 0xC5, 0xD8, 0x01],              // pextrw ebx, mm0, 1
+            [0x0F, 0x6F, 0x05, 0, 0, 0, 0],        // movq mm0, [rip]
+        ]
+        for p in probes {
+            // The prologue sets MM0, MM2 and XMM1; emms; fninit (contents stay); fld1 (into R7).
+            let code: [UInt8] = Self.prologue + [0x0F, 0x77, 0xDB, 0xE3, 0xD9, 0xE8] + p + [0xDF, 0xE0, 0x0F, 0x77, 0x66, 0x48, 0x0F, 0x7E, 0xCA]
+            let input = state()
+            let expected = native.run(code, input)
+            let (got, exit) = try emu.run(code, input, budget: 1000)
+            XCTAssertEqual(exit, .haltedForever)
+            let hex = p.map { String(format: "%02x", $0) }.joined(separator: " ")
+            XCTAssertEqual(got.gpr[0] & 0xFFFF, expected.gpr[0] & 0xFFFF, "[\(hex)] FSW (TOP) after it")
+            XCTAssertEqual(got.gpr[2], expected.gpr[2], "[\(hex)] xmm1")
+            XCTAssertEqual(got.gpr[3], expected.gpr[3], "[\(hex)] rbx")
+        }
+    }
 }
