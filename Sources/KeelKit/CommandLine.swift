@@ -239,6 +239,7 @@ public enum KeelCommandLine {
       -device virtio-serial-pci -device virtconsole,chardev=ID
       -object iothread,id=ID
       -netdev tap,id=ID[,ifname=NAME][,script=no,downscript=no][,fd=N|fds=N:M][,queues=N][,vnet_hdr=on|off]
+                 [,vhost=on[,vhostfd=N]]  the frames moved by the host's /dev/vhost-net (1 queue pair)
       -netdev user,id=ID[,net=ADDR/MASK][,host=][,dns=][,hostfwd=tcp::HOSTPORT-:GUESTPORT][,restrict=on|off]
       -netdev socket,id=ID,listen=[HOST]:PORT|connect=HOST:PORT
       -netdev stream,id=ID,server=on|off,addr.type=inet,addr.host=H,addr.port=P (or addr.type=unix,addr.path=)
@@ -256,6 +257,8 @@ public enum KeelCommandLine {
       -device vhost-user-scsi-pci,chardev=ID[,num_queues=N]
                                           virtio-scsi served by a vhost-user back-end
                                           (e.g. keel vhost-user-scsi --socket-path=PATH --blk-file=FILE)
+      -device vhost-vsock-pci,guest-cid=N[,vhostfd=N]
+                                          AF_VSOCK to the guest's CID (3 or more) by /dev/vhost-vsock
       -device help                        list devices
 
     Monitors:
@@ -291,6 +294,7 @@ public enum KeelCommandLine {
     name "virtconsole", bus virtio-serial-bus, desc "console port (hvc) on the last virtio-serial-pci, chardev=ID"
     name "virtio-scsi-pci", bus PCI, desc "virtio SCSI host adapter (modern), id=ID gives bus ID.0"
     name "vhost-user-scsi-pci", bus PCI, desc "virtio SCSI host adapter served by a vhost-user back-end, chardev=ID"
+    name "vhost-vsock-pci", bus PCI, desc "virtio vsock served by the host's /dev/vhost-vsock, guest-cid=N"
     name "scsi-hd", bus SCSI, desc "SCSI disk on a virtio-scsi bus, drive=ID[,scsi-id=][,lun=][,serial=]"
     """
 }

@@ -35,7 +35,8 @@ enum NetCommandLine {
     /// Returns false if `driver` is not a network device type.
     static func parseDevice(_ driver: String, _ o: inout OptionList, _ value: String, into c: inout MachineConfiguration) throws -> Bool {
         if driver == "vhost-vsock-pci" {
-            throw ConfigurationErrorText(VhostKernel.unavailable(device: VhostKernel.vsockDevice, option: "-device vhost-vsock-pci"))
+            try VhostKernel.parseVsock(&o, value, into: &c)
+            return true
         }
         guard driver == "virtio-net-pci" else { return false }
         guard let netdev = o.take("netdev") else { throw ConfigurationErrorText("-device \(value): netdev= is required") }
@@ -125,9 +126,7 @@ enum NetCommandLine {
             t.queues = t.fds.count
         }
         if let v = try o.takeBool("vnet_hdr") { t.vnetHeader = v }
-        if try o.takeBool("vhost") == true || o.take("vhostfd") != nil || o.take("vhostfds") != nil || o.take("vhostforce").map({ $0 != "off" }) == true {
-            throw ConfigurationErrorText(VhostKernel.unavailable(device: VhostKernel.netDevice, option: "\(option) tap,vhost=on"))
-        }
+        try VhostKernel.parseTapOptions(&o, &t, option: option)
         _ = o.take("sndbuf"); _ = o.take("poll-us")
         return t
     }

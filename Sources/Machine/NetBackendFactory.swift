@@ -15,9 +15,6 @@ func openNetBackends(_ netdev: NetdevConfiguration, queuePairs: Int) throws -> [
 }
 
 func openTapBackends(_ t: TapNetdevConfiguration, id: String, queuePairs: Int) throws -> [NetBackend] {
-    guard !t.vhost else {
-        throw ConfigurationError("-netdev tap,id=\(id),vhost=on: /dev/vhost-net is not available on this host (use vhost=off)")
-    }
     do {
         if !t.fds.isEmpty {
             guard t.fds.count >= queuePairs else {

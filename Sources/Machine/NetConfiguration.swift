@@ -35,7 +35,7 @@ public enum NetdevBackendConfiguration: Sendable, Equatable {
     }
 }
 
-/// `-netdev tap,id=,ifname=,script=no,downscript=no[,fd=|fds=][,queues=][,vnet_hdr=][,vhost=]`.
+/// `-netdev tap,id=,ifname=,script=no,downscript=no[,fd=|fds=][,queues=][,vnet_hdr=][,vhost=on[,vhostfd=]]`.
 public struct TapNetdevConfiguration: Sendable, Equatable {
     /// The interface to create or attach to; nil lets the kernel choose (tapN).
     public var ifname: String?
@@ -44,8 +44,10 @@ public struct TapNetdevConfiguration: Sendable, Equatable {
     public var queues = 1
     /// IFF_VNET_HDR (QEMU's vnet_hdr=; on by default when the kernel has it).
     public var vnetHeader = true
-    /// vhost=on: the kernel's vhost-net data path (issue 8; refused until then).
+    /// vhost=on: the kernel's vhost-net data path (/dev/vhost-net moves the frames).
     public var vhost = false
+    /// `vhostfd=N` / `vhostfds=N:M`: /dev/vhost-net already open, one per queue pair.
+    public var vhostFDs: [Int32] = []
     public init(ifname: String? = nil) { self.ifname = ifname }
 }
 
@@ -166,6 +168,7 @@ extension MachineConfiguration {
         for n in netdevs {
             guard ids.insert(n.id).inserted else { throw ConfigurationError("-netdev id=\(n.id): duplicate netdev id") }
             guard (1...64).contains(n.queues) else { throw ConfigurationError("-netdev \(n.backend.typeName),id=\(n.id),queues=\(n.queues): 1 to 64 queues") }
+            if case .tap(let t) = n.backend, t.vhost { try t.validateVhost(id: n.id) }
         }
         var used: Set<String> = []
         for case .virtioNet(let v) in pciDevices {

@@ -83,6 +83,7 @@ public final class PCBoard: @unchecked Sendable {
     /// Power-on state again: RAM zeroed and returned to the host, devices reset (CMOS keeps its
     /// NVRAM, as a PC's battery-backed CMOS does), interrupt lines low. Call with vCPUs stopped.
     public func reset() {
+        lock.withLock { pci.stopVhostBackendsLocked() }
         pci.drainRequests()
         memory.discardAll()
         interrupts.forgetLevels()

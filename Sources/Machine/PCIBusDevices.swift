@@ -89,6 +89,11 @@ final class PCIBusDevices {
                         model = try Self.vhostUserNet(u, nic: n, board: board)
                         break
                     }
+                    if case .tap(let t) = netdev.backend, t.vhost {
+                        ioeventfd = true
+                        model = try Self.vhostKernelNet(t, id: netdev.id, nic: n, board: board)
+                        break
+                    }
                     let backends = try openNetBackends(netdev, queuePairs: netdev.queues)
                     var v = VirtioNet.Configuration(mac: n.mac)
                     v.multiqueue = n.multiqueue
@@ -101,6 +106,9 @@ final class PCIBusDevices {
                     model = try Self.vhostUserBlock(v, board: board)
                 case .vhostUserSCSI(let v):
                     model = try Self.vhostUserSCSI(v, board: board)
+                case .vhostVsock(let v):
+                    ioeventfd = true
+                    model = try Self.vhostVsock(v, board: board)
                 }
                 let dev = VirtioPCIDevice(device: model, memory: board.memory, msiController: msi)
                 if let iothread { dev.assign(to: VirtioIOThreadContext(iothread: iothread, bigLock: board.lock, mainLoop: board.loop)) }
@@ -182,7 +190,7 @@ final class PCIBusDevices {
             let rings = try VhostUserDevice(deviceType: 1, pciClassCode: 0x02_00_00, configSize: 12, configOverrides: [(0, nic.mac)],
                                             queueCount: 2 * u.queues, queueSize: nic.queueSize, frontend: frontend,
                                             memory: board.memory, loop: board.loop, reconnectSeconds: u.reconnectSeconds)
-            return VhostUserNetDevice(rings: rings, mac: nic.mac)
+            return VhostNetDevice(rings: rings, mac: nic.mac)
         } catch {
             throw ConfigurationError("-netdev vhost-user,chardev=\(u.chardev): \(error)")
         }
@@ -237,6 +245,15 @@ final class PCIBusDevices {
     func drainRequests() {
         for dev in virtio where dev.ioThreadContext != nil { dev.quiesce() }
         for d in drains { d() }
+    }
+
+    /// A vhost back-end (the kernel's vhost-net or vhost-vsock, a vhost-user process) writes
+    /// guest RAM on its own: its rings are stopped before a machine reset discards that RAM, so
+    /// nothing lands in the next boot's memory. The device resets again with the bus. Big lock held.
+    func stopVhostBackendsLocked() {
+        for dev in virtio where dev.device is VhostKernelDevice || dev.device is VhostNetDevice || dev.device is VhostUserDevice {
+            dev.device.reset()
+        }
     }
 
     /// QMP stop/cont: device queue processing stops and resumes with the vCPUs. Big lock held.

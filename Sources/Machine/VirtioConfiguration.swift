@@ -33,6 +33,8 @@ public enum PCIDeviceConfiguration: Sendable, Equatable {
     /// `-device vhost-user-scsi-pci,chardev=`: virtio-scsi served by a vhost-user back-end
     /// (queueCount counts request queues, as num_queues does).
     case vhostUserSCSI(VhostUserBlockConfiguration)
+    /// `-device vhost-vsock-pci,guest-cid=`: virtio-vsock served by /dev/vhost-vsock.
+    case vhostVsock(VhostVsockConfiguration)
 }
 
 /// A virtio-serial controller and its console ports (port 0 becomes the guest's hvc0).
@@ -86,6 +88,7 @@ extension MachineConfiguration {
             }
         }
         try validateSCSI(usedDrives: &used)
+        try validateVhostKernel()
         for case .virtioSerial(let s) in pciDevices {
             guard !s.ports.isEmpty else { throw ConfigurationError("-device virtio-serial-pci: no -device virtconsole,chardev=... port on it") }
             guard s.ports.count <= 31 else { throw ConfigurationError("-device virtio-serial-pci: \(s.ports.count) ports, at most 31") }

@@ -167,10 +167,10 @@ extension VhostUserTests {
         let (device, dev, drv) = try makeFrontend()
         let accel = RecordingIOEventAccelerator()
         dev.ioEvents = VirtioNotifyAcceleration(accelerator: accel, loop: device.loop)
-        XCTAssertEqual(accel.ioEvents.map(\.fd), [device.kicks[0].fd])
+        XCTAssertEqual(accel.ioEvents.map(\.fd), [device.vhostRings.kicks[0].fd])
         XCTAssertEqual(accel.ioEvents.first?.address, dev.notifyAddress(queue: 0))
         let head = try addRead(drv, slot: 0, sector: 0, sectors: 1)
-        device.kicks[0].signal()   // what kvm does on the guest's notify write
+        device.vhostRings.kicks[0].signal()   // what kvm does on the guest's notify write
         waitUntil("the back-end to take the request") { self.executor.queued.count == 1 }
         onBackend { self.executor.runAll() }
         XCTAssertEqual(try drv.queues[0].harvest().map(\.0), [head])
@@ -197,18 +197,18 @@ extension VhostUserTests {
         dev.ioEvents = VirtioNotifyAcceleration(accelerator: accel, loop: device.loop)
         guard let irqfd = dev.interruptEventFD(queue: 0) else { return XCTFail("queue 0's vector has no irqfd") }
         XCTAssertEqual(accel.routes[irqfd.fd], 0x41, "queue 0 uses vector 1")
-        irqfd.consume(); device.calls[0].consume()
-        XCTAssertEqual(device.givenCalls[0], irqfd.fd)
+        irqfd.consume(); device.vhostRings.calls[0].consume()
+        XCTAssertEqual(device.vhostRings.givenCalls[0], irqfd.fd)
         _ = try addRead(drv, slot: 0, sector: 0, sectors: 1)
-        device.kicks[0].signal()
+        device.vhostRings.kicks[0].signal()
         waitUntil("the back-end to take the request") { self.executor.queued.count == 1 }
         onBackend { self.executor.runAll() }
         XCTAssertEqual(irqfd.consume(), 1, "the back-end raised the vector through the irqfd")
-        XCTAssertEqual(device.calls[0].consume(), 0, "Keel's relay was not used")
+        XCTAssertEqual(device.vhostRings.calls[0].consume(), 0, "Keel's relay was not used")
         // Mask vector 1: the route goes, the back-end is told to call Keel instead.
         let entry = drv.msixTable + 16
         mmio.out(entry + 12, width: 4, 1)
         XCTAssertNil(dev.interruptEventFD(queue: 0))
-        XCTAssertEqual(device.givenCalls[0], device.calls[0].fd)
+        XCTAssertEqual(device.vhostRings.givenCalls[0], device.vhostRings.calls[0].fd)
     }
 }

@@ -102,4 +102,29 @@ static const int CKEEL_IFF_MULTI_QUEUE = IFF_MULTI_QUEUE;
 int ckeel_tun_set_iff(int fd, char *name, int flags);
 int ckeel_tun_get_iff(int fd, char *name, int *flags);
 
+// vhost-kernel (/dev/vhost-net, /dev/vhost-vsock): ioctl numbers from <linux/vhost.h>; the structs
+// (vhost_vring_state, vhost_vring_file, vhost_vring_addr, vhost_memory_region) import as they are.
+#include <linux/vhost.h>
+static const unsigned long CKEEL_VHOST_GET_FEATURES = VHOST_GET_FEATURES;
+static const unsigned long CKEEL_VHOST_SET_FEATURES = VHOST_SET_FEATURES;
+static const unsigned long CKEEL_VHOST_SET_OWNER = VHOST_SET_OWNER;
+static const unsigned long CKEEL_VHOST_RESET_OWNER = VHOST_RESET_OWNER;
+static const unsigned long CKEEL_VHOST_SET_MEM_TABLE = VHOST_SET_MEM_TABLE;
+static const unsigned long CKEEL_VHOST_SET_VRING_NUM = VHOST_SET_VRING_NUM;
+static const unsigned long CKEEL_VHOST_SET_VRING_ADDR = VHOST_SET_VRING_ADDR;
+static const unsigned long CKEEL_VHOST_SET_VRING_BASE = VHOST_SET_VRING_BASE;
+static const unsigned long CKEEL_VHOST_GET_VRING_BASE = VHOST_GET_VRING_BASE;
+static const unsigned long CKEEL_VHOST_SET_VRING_KICK = VHOST_SET_VRING_KICK;
+static const unsigned long CKEEL_VHOST_SET_VRING_CALL = VHOST_SET_VRING_CALL;
+static const unsigned long CKEEL_VHOST_SET_VRING_ERR = VHOST_SET_VRING_ERR;
+static const unsigned long CKEEL_VHOST_GET_BACKEND_FEATURES = VHOST_GET_BACKEND_FEATURES;
+static const unsigned long CKEEL_VHOST_SET_BACKEND_FEATURES = VHOST_SET_BACKEND_FEATURES;
+static const unsigned long CKEEL_VHOST_NET_SET_BACKEND = VHOST_NET_SET_BACKEND;
+static const unsigned long CKEEL_VHOST_VSOCK_SET_GUEST_CID = VHOST_VSOCK_SET_GUEST_CID;
+static const unsigned long CKEEL_VHOST_VSOCK_SET_RUNNING = VHOST_VSOCK_SET_RUNNING;
+static const int CKEEL_VHOST_NET_F_VIRTIO_NET_HDR = VHOST_NET_F_VIRTIO_NET_HDR;
+static const int CKEEL_VHOST_F_LOG_ALL = VHOST_F_LOG_ALL;
+// struct vhost_memory ends in a flexible array: its header size, where regions[] starts.
+static const unsigned long CKEEL_VHOST_MEMORY_HEADER_SIZE = sizeof(struct vhost_memory);
+
 #endif

@@ -31,14 +31,9 @@ public final class VhostUserDevice: VirtioDevice {
     var config: [UInt8]
     let configSize: Int
     let configOverrides: [(offset: Int, bytes: [UInt8])]
-    weak var transport: VirtioPCIDevice?
-    let kicks: [EventFD]
-    let calls: [EventFD]
-    var running: [Bool]
-    /// The call fd each running ring was given: Keel's relay eventfd, or the vector's irqfd.
-    var givenCalls: [Int32]
-    /// Where each ring resumes: SET_VRING_BASE's value at the next start.
-    var bases: [UInt16]
+    /// The rings, their kick and call eventfds and where each resumes.
+    let vhostRings: VhostRings<VhostUserFrontend>
+    var transport: VirtioPCIDevice? { vhostRings.transport }
     var activated = false
     var reconnectTimer: Timer?
     var watchedFD: Int32 = -1
@@ -63,28 +58,17 @@ public final class VhostUserDevice: VirtioDevice {
         self.memory = memory
         self.loop = loop
         self.reconnectSeconds = reconnectSeconds
-        kicks = try (0..<queueCount).map { _ in try EventFD() }
-        calls = try (0..<queueCount).map { _ in try EventFD() }
-        running = Array(repeating: false, count: queueCount)
-        givenCalls = Array(repeating: -1, count: queueCount)
-        bases = Array(repeating: 0, count: queueCount)
+        vhostRings = try VhostRings(rings: (0..<queueCount).map { .init(backend: frontend, index: UInt32($0)) }, loop: loop)
         deviceFeatures = 0; transportFeatures = 0; config = []
         if !frontend.isConnected { try frontend.connect() }
         guard frontend.backendQueueCount >= UInt64(queueCount) else {
             throw VhostUserError("num-queues=\(queueCount) but the back-end has \(frontend.backendQueueCount) queues")
         }
         try readBackendView()
-        for (i, c) in calls.enumerated() {
-            try loop.addReadable(fd: c.fd) { [unowned self, c] _ in
-                c.consume()
-                self.transport?.backendCalled(queue: i)
-            }
-        }
         watchConnection()
     }
 
     deinit {
-        for c in calls { loop.remove(fd: c.fd) }
         if watchedFD >= 0 { loop.remove(fd: watchedFD) }
         if listenerWatched { loop.remove(fd: frontend.listenFD) }
         if inflightFD >= 0 { close(inflightFD) }
@@ -102,12 +86,7 @@ public final class VhostUserDevice: VirtioDevice {
         config = c
     }
 
-    public func readConfig(offset: Int, data: UnsafeMutableRawBufferPointer) {
-        for i in 0..<data.count {
-            let o = offset + i
-            data[i] = o >= 0 && o < config.count ? config[o] : 0
-        }
-    }
+    public func readConfig(offset: Int, data: UnsafeMutableRawBufferPointer) { readConfigBytes(config, offset: offset, into: data) }
 
     public func writeConfig(offset: Int, data: UnsafeRawBufferPointer) {
         guard offset >= 0, data.count <= configSize, offset <= configSize - data.count else { return }
@@ -119,45 +98,27 @@ public final class VhostUserDevice: VirtioDevice {
     }
 
     public func activate(_ transport: VirtioTransport) {
-        self.transport = transport as? VirtioPCIDevice
+        vhostRings.transport = transport as? VirtioPCIDevice
         activated = true
         guard frontend.isConnected else { return }
         do { try handOver() } catch { connectionLost(error) }
     }
 
-    /// Under kvm with the vector routed, the back-end signals the irqfd itself; otherwise Keel
-    /// relays its call eventfd (and PCIMSIX keeps the pending bit of a masked vector).
-    func callFD(queue i: Int) -> Int32 { transport?.interruptEventFD(queue: i)?.fd ?? calls[i].fd }
-
     public func interruptRoutesChanged() {
         guard frontend.isConnected else { return }
-        do throws(VhostUserError) {
-            for i in running.indices where running[i] {
-                let call = callFD(queue: i)
-                guard call != givenCalls[i] else { continue }
-                try frontend.send(VhostUserMessage(.setVringCall, payload: .le64Bytes(UInt64(i))), fds: [call])
-                givenCalls[i] = call
-                // An interrupt raised on the old fd in between is not lost, only maybe repeated.
-                transport?.backendCalled(queue: i)
-            }
-        } catch { connectionLost(error) }
+        do { try vhostRings.interruptRoutesChanged() } catch { connectionLost(error) }
     }
 
-    public func queueNotifyEventFD(_ index: Int) -> EventFD? { index >= 0 && index < kicks.count ? kicks[index] : nil }
+    public func queueNotifyEventFD(_ index: Int) -> EventFD? { vhostRings.queueNotifyEventFD(index) }
 
-    public func queueNotified(_ index: Int) {
-        guard index >= 0, index < kicks.count else { return }
-        kicks[index].signal()
-    }
+    public func queueNotified(_ index: Int) { vhostRings.notify(index) }
 
     public func reset() {
         if frontend.isConnected {
-            do throws(VhostUserError) {
-                for i in running.indices where running[i] { _ = try frontend.vringBase(i) }
-            } catch { connectionLost(error) }
+            do { try vhostRings.stop() } catch { connectionLost(error) }
         }
         activated = false
-        for i in running.indices { running[i] = false; bases[i] = 0 }
+        vhostRings.forget()
         if inflightFD >= 0 { close(inflightFD); inflightFD = -1 }
         inflight = nil
     }
@@ -183,31 +144,16 @@ public final class VhostUserDevice: VirtioDevice {
         // Bits the front-end answers itself (virtio-net's control queue) are not the back-end's.
         let features = (t.driverFeatures & frontend.backendFeatures) | (frontend.backendFeatures & VhostUser.featureProtocolFeatures)
         try frontend.send(VhostUserMessage(.setFeatures, payload: .le64Bytes(features)))
-        let table = memory.regions.map {
-            VhostUserMemoryRegion(guestAddress: $0.guestAddress, size: $0.size, userAddress: UInt64(UInt(bitPattern: $0.host)), mmapOffset: $0.fileOffset)
-        }
+        let table = VhostMemoryRegion.regions(of: memory)
         try frontend.send(VhostUserMessage(.setMemTable, payload: VhostUserMemoryRegion.tableBytes(table)),
                           fds: Array(repeating: memory.fd, count: table.count))
         // Queues past this device's own (virtio-net's control queue) stay with the front-end.
-        for (i, q) in t.queues.enumerated() where q.isReady && i < running.count {
-            guard let desc = memory.hostPointer(q.descriptorTable, length: 16 * UInt64(q.size)),
-                  let avail = memory.hostPointer(q.driverArea, length: 6 + 2 * UInt64(q.size)),
-                  let used = memory.hostPointer(q.deviceArea, length: 6 + 8 * UInt64(q.size)) else { continue }
-            let index = UInt32(i)
-            try frontend.send(VhostUserMessage(.setVringNum, payload: .vringState(index, UInt32(q.size))))
-            try frontend.send(VhostUserMessage(.setVringBase, payload: .vringState(index, UInt32(bases[i]))))
-            let a = VhostUserVringAddress(index: index, descriptor: UInt64(UInt(bitPattern: desc)),
-                                          used: UInt64(UInt(bitPattern: used)), available: UInt64(UInt(bitPattern: avail)))
-            try frontend.send(VhostUserMessage(.setVringAddr, payload: a.bytes))
-            // The call fd first: a ring starts at its kick and may complete work at once.
-            let call = callFD(queue: i)
-            try frontend.send(VhostUserMessage(.setVringCall, payload: .le64Bytes(UInt64(i))), fds: [call])
-            givenCalls[i] = call
-            try frontend.send(VhostUserMessage(.setVringKick, payload: .le64Bytes(UInt64(i))), fds: [kicks[i].fd])
-            if frontend.backendFeatures & VhostUser.featureProtocolFeatures != 0 {
-                try frontend.send(VhostUserMessage(.setVringEnable, payload: .vringState(index, 1)))
-            }
-            running[i] = true
-        }
+        try vhostRings.start(t, memory: memory)
+    }
+}
+
+extension VhostUserDevice: VhostNetRings {
+    public func setStationAddress(_ mac: [UInt8]) {
+        for (i, b) in mac.prefix(6).enumerated() where VirtioNetConfig.macOffset + i < config.count { config[VirtioNetConfig.macOffset + i] = b }
     }
 }

@@ -125,11 +125,41 @@ public final class VhostUserFrontend {
         return r.bytes
     }
 
+}
+
+/// The ring requests of the vhost-user protocol (shared ring handover: `VhostRings`).
+extension VhostUserFrontend: VhostRingBackend {
+    public func setVringNum(_ index: UInt32, _ num: UInt32) throws(VhostUserError) {
+        try send(VhostUserMessage(.setVringNum, payload: .vringState(index, num)))
+    }
+
+    public func setVringBase(_ index: UInt32, _ base: UInt32) throws(VhostUserError) {
+        try send(VhostUserMessage(.setVringBase, payload: .vringState(index, base)))
+    }
+
+    public func setVringAddress(_ a: VhostVringAddress) throws(VhostUserError) {
+        try send(VhostUserMessage(.setVringAddr, payload: a.bytes))
+    }
+
+    public func setVringCall(_ index: UInt32, fd: Int32) throws(VhostUserError) {
+        try send(VhostUserMessage(.setVringCall, payload: .le64Bytes(UInt64(index))), fds: [fd])
+    }
+
+    public func setVringKick(_ index: UInt32, fd: Int32) throws(VhostUserError) {
+        try send(VhostUserMessage(.setVringKick, payload: .le64Bytes(UInt64(index))), fds: [fd])
+    }
+
+    /// Rings start disabled only when VHOST_USER_F_PROTOCOL_FEATURES is negotiated.
+    public func enableVring(_ index: UInt32) throws(VhostUserError) {
+        guard backendFeatures & VhostUser.featureProtocolFeatures != 0 else { return }
+        try send(VhostUserMessage(.setVringEnable, payload: .vringState(index, 1)))
+    }
+
     /// GET_VRING_BASE: stops the ring and returns the back-end's next available index.
-    public func vringBase(_ index: Int) throws(VhostUserError) -> UInt16 {
-        let r = try request(VhostUserMessage(.getVringBase, payload: .vringState(UInt32(index), 0)))
+    public func vringBase(_ index: UInt32) throws(VhostUserError) -> UInt16 {
+        let r = try request(VhostUserMessage(.getVringBase, payload: .vringState(index, 0)))
         let (i, num) = try r.vringState()
-        guard i == UInt32(index), num <= UInt32(UInt16.max) else { throw VhostUserError("GET_VRING_BASE answer (\(i), \(num)) for queue \(index)") }
+        guard i == index, num <= UInt32(UInt16.max) else { throw VhostUserError("GET_VRING_BASE answer (\(i), \(num)) for queue \(index)") }
         return UInt16(num)
     }
 }

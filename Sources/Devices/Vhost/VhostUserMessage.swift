@@ -89,19 +89,11 @@ public struct VhostUserMessage {
     }
 }
 
-/// vhost_vring_addr: ring addresses in the front-end's virtual address space.
-public struct VhostUserVringAddress: Equatable, Sendable {
-    public var index: UInt32
-    public var flags: UInt32
-    public var descriptor: UInt64
-    public var used: UInt64
-    public var available: UInt64
-    public var log: UInt64
-    public static let size = 40
+/// vhost_vring_addr on the wire (SET_VRING_ADDR's 40-byte payload).
+public typealias VhostUserVringAddress = VhostVringAddress
 
-    public init(index: UInt32, flags: UInt32 = 0, descriptor: UInt64, used: UInt64, available: UInt64, log: UInt64 = 0) {
-        self.index = index; self.flags = flags; self.descriptor = descriptor; self.used = used; self.available = available; self.log = log
-    }
+extension VhostVringAddress {
+    public static let size = 40
 
     public init(_ b: [UInt8]) throws(VhostUserError) {
         guard b.count == Self.size else { throw VhostUserError("SET_VRING_ADDR: payload of \(b.count) bytes, expected 40") }
@@ -115,17 +107,10 @@ public struct VhostUserVringAddress: Equatable, Sendable {
     }
 }
 
-/// One entry of SET_MEM_TABLE: a guest-physical range, where the front-end mapped it, and the
-/// offset into the fd that goes with it.
-public struct VhostUserMemoryRegion: Equatable, Sendable {
-    public var guestAddress: UInt64
-    public var size: UInt64
-    public var userAddress: UInt64
-    public var mmapOffset: UInt64
-    public init(guestAddress: UInt64, size: UInt64, userAddress: UInt64, mmapOffset: UInt64) {
-        self.guestAddress = guestAddress; self.size = size; self.userAddress = userAddress; self.mmapOffset = mmapOffset
-    }
+/// One entry of SET_MEM_TABLE, with the offset into the fd that goes with it.
+public typealias VhostUserMemoryRegion = VhostMemoryRegion
 
+extension VhostMemoryRegion {
     /// Parses the memory table (u32 count, u32 padding, 32-byte regions); the count must match
     /// the payload and the fds that came with it.
     public static func table(_ b: [UInt8], fdCount: Int) throws(VhostUserError) -> [VhostUserMemoryRegion] {

@@ -29,9 +29,10 @@ extension VhostUserDevice {
         if watchedFD >= 0 { loop.remove(fd: watchedFD); watchedFD = -1 }
         frontend.disconnect()
         if let t = transport {
-            for i in running.indices where running[i] && i < t.queues.count {
-                bases[i] = (try? t.queues[i].usedIndex(memory)) ?? bases[i]
-                running[i] = false
+            let r = vhostRings
+            for i in r.running.indices where r.running[i] && i < t.queues.count {
+                r.bases[i] = (try? t.queues[i].usedIndex(memory)) ?? r.bases[i]
+                r.running[i] = false
             }
         }
         scheduleReconnect()

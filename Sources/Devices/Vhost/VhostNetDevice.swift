@@ -1,13 +1,21 @@
 import Loop
 import Memory
 
-/// virtio-net-pci over `-netdev vhost-user`: the receive/transmit rings go to the back-end (the
-/// handover of `VhostUserDevice`), while the control queue stays here, as QEMU keeps it in the
+/// The half of a vhost net device that carries the receive/transmit rings: a vhost-user
+/// back-end (`VhostUserDevice`) or Linux's vhost-net (`VhostKernelDevice`). Its config space
+/// is virtio-net's (§5.1.4), the station address included.
+public protocol VhostNetRings: VirtioDevice {
+    /// Writes `mac` into the config space's mac field.
+    func setStationAddress(_ mac: [UInt8])
+}
+
+/// virtio-net-pci over `-netdev vhost-user` or `-netdev tap,vhost=on`: the receive/transmit
+/// rings go to the back-end, while the control queue stays here, as QEMU keeps it in the
 /// front-end when the back-end does not carry it. The station address lives in this config
 /// space: `mac=` at creation, VIRTIO_NET_CTRL_MAC_ADDR_SET afterwards. The back-end's own
 /// receive filter stays promiscuous, so only address changes are offered over this queue.
-public final class VhostUserNetDevice: VirtioDevice {
-    public let rings: VhostUserDevice
+public final class VhostNetDevice: VirtioDevice {
+    public let rings: any VhostNetRings
     let mac: [UInt8]
     weak var transport: VirtioTransport?
     /// Control commands answered VIRTIO_NET_ERR (tests, debugging).
@@ -16,7 +24,7 @@ public final class VhostUserNetDevice: VirtioDevice {
     static let controlFeatures = VirtioNetFeature.controlQueue | VirtioNetFeature.controlMACAddress
     static let controlQueueSize: UInt16 = 64
 
-    public init(rings: VhostUserDevice, mac: [UInt8]) {
+    public init(rings: any VhostNetRings, mac: [UInt8]) {
         precondition(mac.count == 6)
         self.rings = rings
         self.mac = mac
@@ -63,9 +71,7 @@ public final class VhostUserNetDevice: VirtioDevice {
         setConfigMAC(mac)
     }
 
-    func setConfigMAC(_ m: [UInt8]) {
-        for i in 0..<6 where VirtioNetConfig.macOffset + i < rings.config.count { rings.config[VirtioNetConfig.macOffset + i] = m[i] }
-    }
+    func setConfigMAC(_ m: [UInt8]) { rings.setStationAddress(m) }
 
     func processControlQueue() {
         guard let t = transport else { return }
