@@ -104,9 +104,12 @@ extension DiffCaseGenerator {
             let m = mem(x)
             code += X86Encoder.encode(opcode: [0xD9], reg: 6, rm: m)
             if case .mem(let b, let i, let sc, let d, let rip) = m {
-                // Then clear the image's FCS: PVM runs guest ring 3 with the host's CS selector
-                // (0x33, the guest's is 0x2b), so the stored selector differs by construction.
-                code += X86Encoder.encode(size: .w16, opcode: [0xC7], reg: 0, rm: .mem(base: b, index: i, scale: sc, disp: d + 16, ripRelative: rip), imm: [0, 0])
+                // Then clear the image's FCS and FDS: PVM runs guest ring 3 with the host's
+                // selectors (CS 0x33, DS 0; the guest's are 0x2b, 0x23), so they differ by
+                // construction.
+                for field: Int32 in [16, 24] {
+                    code += X86Encoder.encode(size: .w16, opcode: [0xC7], reg: 0, rm: .mem(base: b, index: i, scale: sc, disp: d + field, ripRelative: rip), imm: [0, 0])
+                }
             }
         case 4: if !x.reserved.contains(0) { code += [0xDF, 0xE0] }                // fnstsw ax
         default: break
