@@ -1,3 +1,5 @@
+import Glibc
+
 /// A block backend: what a disk's bytes live in on the host (a raw file, a qcow2 image, a chain
 /// of them). Positional and synchronous: the worker pool (or an iothread) calls it, never a
 /// loop callback. Implementations are safe to call from several threads at once.
@@ -8,6 +10,9 @@ public protocol BlockDevice: AnyObject {
     /// Reads `buffer.count` bytes at `offset`; past the end is an error, holes read as zeroes.
     func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(BlockError)
     func write(_ data: UnsafeRawBufferPointer, at offset: UInt64) throws(BlockError)
+    /// One request over several buffers (a virtio-blk chain's segments), in order from `offset`.
+    func readVectored(into segments: [UnsafeMutableRawBufferPointer], at offset: UInt64) throws(BlockError)
+    func writeVectored(_ segments: [UnsafeMutableRawBufferPointer], at offset: UInt64) throws(BlockError)
     /// Makes every completed write durable (fdatasync on the files underneath).
     func flush() throws(BlockError)
     /// The range's contents become undefined (zero where the format can say so cheaply).
@@ -44,6 +49,22 @@ public struct BlockError: Error, Equatable, CustomStringConvertible {
 }
 
 extension BlockDevice {
+    public func readVectored(into segments: [UnsafeMutableRawBufferPointer], at offset: UInt64) throws(BlockError) {
+        var at = offset
+        for s in segments {
+            try read(into: s, at: at)
+            at &+= UInt64(s.count)
+        }
+    }
+
+    public func writeVectored(_ segments: [UnsafeMutableRawBufferPointer], at offset: UInt64) throws(BlockError) {
+        var at = offset
+        for s in segments {
+            try write(UnsafeRawBufferPointer(s), at: at)
+            at &+= UInt64(s.count)
+        }
+    }
+
     /// Backends that cannot tell report everything as data.
     public func blockStatus(offset: UInt64, length: UInt64) throws(BlockError) -> BlockStatus {
         BlockStatus(isZero: false, length: length)
@@ -56,4 +77,92 @@ extension BlockDevice {
             throw BlockError(.outOfRange, "request [\(offset), +\(length)) is past the end of the \(size)-byte device")
         }
     }
+}
+
+/// A backend whose data requests can map onto one host file without format work (qcow2's
+/// allocated clusters): an asynchronous engine (io_uring) then issues the transfers itself.
+public protocol DirectMappedBlockDevice: BlockDevice {
+    var dataFile: RawFileDevice { get }
+    /// Maps [offset, offset + length) onto `dataFile` when that needs no metadata change and no
+    /// format work (no allocation, backing file or compressed cluster); false otherwise, and the
+    /// caller takes the synchronous path. After true, the caller issues the transfers and then
+    /// calls `endDirectIO()` exactly once.
+    func beginDirectIO(offset: UInt64, length: Int, isWrite: Bool, into extents: inout [BlockHostExtent]) -> Bool
+    func endDirectIO()
+}
+
+/// Part of a request on the host file: `length` bytes from `requestOffset` in the request's
+/// buffers at `hostOffset`, or (reads only, hostOffset nil) bytes that read as zeroes.
+public struct BlockHostExtent: Sendable, Equatable {
+    public var requestOffset: Int
+    public var length: Int
+    public var hostOffset: UInt64?
+    public init(requestOffset: Int, length: Int, hostOffset: UInt64?) {
+        self.requestOffset = requestOffset; self.length = length; self.hostOffset = hostOffset
+    }
+}
+
+/// The total length of a request's buffers, nil on overflow.
+public func totalLength(_ segments: [UnsafeMutableRawBufferPointer]) -> Int? {
+    var total = 0
+    for s in segments {
+        let (t, o) = total.addingReportingOverflow(s.count)
+        if o { return nil }
+        total = t
+    }
+    return total
+}
+
+/// Appends iovecs for bytes [start, start + count) of the concatenated `segments`.
+public func appendIOVecs(_ segments: [UnsafeMutableRawBufferPointer], from start: Int, count: Int,
+                         to v: inout [iovec]) {
+    var skip = start, left = count
+    for s in segments where left > 0 {
+        if skip >= s.count { skip -= s.count; continue }
+        let n = min(s.count - skip, left)
+        v.append(iovec(iov_base: s.baseAddress.map { $0 + skip }, iov_len: n))
+        left -= n
+        skip = 0
+    }
+}
+
+/// Zeroes bytes [start, start + count) of the concatenated `segments`.
+public func zeroSegments(_ segments: [UnsafeMutableRawBufferPointer], from start: Int, count: Int) {
+    var skip = start, left = count
+    for s in segments where left > 0 {
+        if skip >= s.count { skip -= s.count; continue }
+        let n = min(s.count - skip, left)
+        if let b = s.baseAddress { memset(b + skip, 0, n) }
+        left -= n
+        skip = 0
+    }
+}
+
+/// Copies between a contiguous buffer and bytes [start, start + buffer.count) of `segments`.
+func copySegments(_ segments: [UnsafeMutableRawBufferPointer], from start: Int,
+                  _ buffer: UnsafeMutableRawBufferPointer, toSegments: Bool) {
+    var skip = start, done = 0
+    for s in segments where done < buffer.count {
+        if skip >= s.count { skip -= s.count; continue }
+        let n = min(s.count - skip, buffer.count - done)
+        if let sb = s.baseAddress, let bb = buffer.baseAddress {
+            if toSegments { memcpy(sb + skip, bb + done, n) } else { memcpy(bb + done, sb + skip, n) }
+        }
+        done += n
+        skip = 0
+    }
+}
+
+/// The buffers covering bytes [start, start + count) of `segments`.
+func sliceSegments(_ segments: [UnsafeMutableRawBufferPointer], from start: Int, count: Int) -> [UnsafeMutableRawBufferPointer] {
+    var out: [UnsafeMutableRawBufferPointer] = []
+    var skip = start, left = count
+    for s in segments where left > 0 {
+        if skip >= s.count { skip -= s.count; continue }
+        let n = min(s.count - skip, left)
+        if let b = s.baseAddress { out.append(UnsafeMutableRawBufferPointer(start: b + skip, count: n)) }
+        left -= n
+        skip = 0
+    }
+    return out
 }

@@ -5,8 +5,9 @@ import Glibc
 /// L2 tables, barrier, L1 entries, then the frees that the new L2 entries made possible. A crash
 /// at any point leaves an image whose every reference is counted (at worst, leaked clusters),
 /// and data is always written before the L2 entry that points to it.
-/// One mutex covers each request; the backing device has its own.
-public final class Qcow2Image: BlockDevice, @unchecked Sendable {
+/// One mutex covers each request's metadata work; data transfers run outside it
+/// (Qcow2DataPath.swift). The backing device has its own.
+public final class Qcow2Image: DirectMappedBlockDevice, @unchecked Sendable {
     static let offsetMask: UInt64 = 0x00ff_ffff_ffff_fe00
     static let copied: UInt64 = 1 << 63
     static let compressed: UInt64 = 1 << 62
@@ -47,6 +48,12 @@ public final class Qcow2Image: BlockDevice, @unchecked Sendable {
     var lastDecompressed: (entry: UInt64, data: [UInt8])? = nil
     let lock = BlockLock()
     var closed = false
+    /// Guest cluster ranges of writes whose new clusters are being written outside the lock:
+    /// another write or zeroing touching them waits (their L2 entries change at the end).
+    var allocationsInFlight: [ClosedRange<UInt64>] = []
+    /// Data transfers running outside the lock; freed clusters are not reused while any runs,
+    /// so a transfer mapped before a discard never lands in a cluster given to other data.
+    var transfersInFlight = 0
 
     final class L2Table { var entries: [UInt64]; var dirty = false; var lastUse: UInt64 = 0
         init(_ e: [UInt64]) { entries = e } }
@@ -114,6 +121,7 @@ public final class Qcow2Image: BlockDevice, @unchecked Sendable {
     public func close() {
         lock.lock(); defer { lock.unlock() }
         if closed { return }
+        while !allocationsInFlight.isEmpty { lock.wait() }
         closed = true
         if !isReadOnly { try? flushLocked() }
         file.close()
@@ -145,11 +153,11 @@ public final class Qcow2Image: BlockDevice, @unchecked Sendable {
         return max(f, highWater) << UInt64(cb)
     }
 
-    func validateHost(_ host: UInt64, _ what: String) throws(BlockError) {
-        guard host & UInt64(cs - 1) == 0 else { throw BlockError.corrupt("'\(path)': \(what) at host offset \(host) is not cluster-aligned") }
-        guard host >= UInt64(cs) else { throw BlockError.corrupt("'\(path)': \(what) at host offset \(host) overlaps the header") }
+    func validateHost(_ host: UInt64, _ what: @autoclosure () -> String) throws(BlockError) {
+        guard host & UInt64(cs - 1) == 0 else { throw BlockError.corrupt("'\(path)': \(what()) at host offset \(host) is not cluster-aligned") }
+        guard host >= UInt64(cs) else { throw BlockError.corrupt("'\(path)': \(what()) at host offset \(host) overlaps the header") }
         let (end, o) = host.addingReportingOverflow(UInt64(cs))
-        guard !o, end <= fileEnd else { throw BlockError.corrupt("'\(path)': \(what) at host offset \(host) is past the end of the file (\(fileEnd) bytes)") }
+        guard !o, end <= fileEnd else { throw BlockError.corrupt("'\(path)': \(what()) at host offset \(host) is past the end of the file (\(fileEnd) bytes)") }
     }
 
     /// The L2 table for L1 index `i`, loaded through the cache; nil when unallocated.
@@ -187,53 +195,7 @@ public final class Qcow2Image: BlockDevice, @unchecked Sendable {
     // MARK: Read
 
     public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(BlockError) {
-        try checkRange(offset: offset, length: UInt64(buffer.count))
-        guard let base = buffer.baseAddress else { return }
-        lock.lock(); defer { lock.unlock() }
-        guard !closed else { throw BlockError(.io, "'\(path)' is closed") }
-        var done = 0
-        while done < buffer.count {
-            let off = offset + UInt64(done)
-            let inCluster = Int(off & UInt64(cs - 1))
-            let (i1, i2) = indexes(off)
-            let table = try l2Table(i1)
-            let kind = classify(table?.entries[i2] ?? 0)
-            // Extend over following clusters of the same kind (contiguous for data).
-            var length = min(buffer.count - done, cs - inCluster)
-            var j = i2 + 1
-            if let t = table {
-                while done + length < buffer.count, j < l2Entries {
-                    let k = classify(t.entries[j])
-                    switch (kind, k) {
-                    case (.normal(let a), .normal(let b)) where b == a + UInt64((j - i2) * cs): break
-                    case (.unallocated, .unallocated), (.zero, .zero), (.zero, .zeroAllocated), (.zeroAllocated, .zero),
-                         (.zeroAllocated, .zeroAllocated): break
-                    default: j = l2Entries; continue
-                    }
-                    length += min(cs, buffer.count - done - length); j += 1
-                }
-            } else {
-                // A whole L2 table's range is unallocated.
-                let rest = UInt64(l2Entries - i2) * UInt64(cs) - UInt64(inCluster)
-                length = Int(min(UInt64(buffer.count - done), rest))
-            }
-            let dst = UnsafeMutableRawBufferPointer(start: base + done, count: length)
-            switch kind {
-            case .normal(let host):
-                try validateHost(host, "data cluster for guest offset \(off)")
-                let last = host + UInt64(inCluster + length - 1) / UInt64(cs) * UInt64(cs)
-                try validateHost(last, "data cluster for guest offset \(off)")
-                try file.pread(into: dst, at: host + UInt64(inCluster))
-            case .zero, .zeroAllocated:
-                memset(dst.baseAddress!, 0, length)
-            case .unallocated:
-                try readBacking(into: dst, at: off)
-            case .compressed:
-                let data = try decompressedCluster(table!.entries[i2], guestOffset: off)
-                data.withUnsafeBytes { dst.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[inCluster..<(inCluster + length)])) }
-            }
-            done += length
-        }
+        try readVectored(into: [buffer], at: offset)
     }
 
     func readBacking(into dst: UnsafeMutableRawBufferPointer, at off: UInt64) throws(BlockError) {

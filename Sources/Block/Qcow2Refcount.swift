@@ -240,7 +240,7 @@ extension Qcow2Image {
             }
             dirtyL1.removeAll()
         }
-        if !pendingFree.isEmpty {
+        if !pendingFree.isEmpty && transfersInFlight == 0 {
             // The L2 entries that dropped these references must be durable before the clusters
             // can be reused.
             if l2Dirty || refDirty || l1Dirty { try file.sync() }

@@ -6,11 +6,7 @@ import Glibc
 /// zeroes), and the old cluster released once the new L2 entry is on disk.
 extension Qcow2Image {
     public func write(_ data: UnsafeRawBufferPointer, at offset: UInt64) throws(BlockError) {
-        guard !isReadOnly else { throw BlockError(.readOnly, "'\(path)' is opened read-only") }
-        try checkRange(offset: offset, length: UInt64(data.count))
-        lock.lock(); defer { lock.unlock() }
-        guard !closed else { throw BlockError(.io, "'\(path)' is closed") }
-        try writeLocked(data, at: offset)
+        try writeVectored([UnsafeMutableRawBufferPointer(mutating: data)], at: offset)
     }
 
     func needsAllocation(_ e: UInt64) -> Bool {
@@ -18,6 +14,7 @@ extension Qcow2Image {
         return true
     }
 
+    /// The whole write under the lock (zeroing's partial clusters), after `waitForAllocationsLocked`.
     func writeLocked(_ data: UnsafeRawBufferPointer, at offset: UInt64) throws(BlockError) {
         var done = 0
         while done < data.count {
@@ -148,6 +145,7 @@ extension Qcow2Image {
         guard !isReadOnly else { throw BlockError(.readOnly, "'\(path)' is opened read-only") }
         try checkRange(offset: offset, length: length)
         lock.lock(); defer { lock.unlock() }
+        waitForAllocationsLocked(offset, length)
         guard !closed else { throw BlockError(.io, "'\(path)' is closed") }
         try forEachCluster(offset, length, partial: { (off, n) throws(BlockError) in try writeZeroBytes(off, n) }) {
             (off, table, i2) throws(BlockError) in
@@ -174,6 +172,7 @@ extension Qcow2Image {
         guard !isReadOnly else { throw BlockError(.readOnly, "'\(path)' is opened read-only") }
         try checkRange(offset: offset, length: length)
         lock.lock(); defer { lock.unlock() }
+        waitForAllocationsLocked(offset, length)
         guard !closed else { throw BlockError(.io, "'\(path)' is closed") }
         // Partial clusters keep their data (discard is advisory).
         try forEachCluster(offset, length, partial: { (_, _) throws(BlockError) in }) { (_, table, i2) throws(BlockError) in

@@ -91,6 +91,31 @@ public final class RawFileDevice: BlockDevice, @unchecked Sendable {
 
     public func flush() throws(BlockError) { try sync() }
 
+    public func readVectored(into segments: [UnsafeMutableRawBufferPointer], at offset: UInt64) throws(BlockError) {
+        guard let total = totalLength(segments) else { throw BlockError(.outOfRange, "request length overflows") }
+        try checkRange(offset: offset, length: UInt64(total))
+        var v: [iovec] = []
+        v.reserveCapacity(segments.count)
+        appendIOVecs(segments, from: 0, count: total, to: &v)
+        try v.withUnsafeMutableBufferPointer { (p) throws(BlockError) in try preadv(p, at: offset) }
+    }
+
+    public func writeVectored(_ segments: [UnsafeMutableRawBufferPointer], at offset: UInt64) throws(BlockError) {
+        guard !isReadOnly else { throw BlockError(.readOnly, "'\(path)' is read-only") }
+        if guardsFormatProbe && offset == 0 {
+            // write() checks the magic a probed image may not get.
+            var at = offset
+            for s in segments { try write(UnsafeRawBufferPointer(s), at: at); at &+= UInt64(s.count) }
+            return
+        }
+        guard let total = totalLength(segments) else { throw BlockError(.outOfRange, "request length overflows") }
+        try checkRange(offset: offset, length: UInt64(total))
+        var v: [iovec] = []
+        v.reserveCapacity(segments.count)
+        appendIOVecs(segments, from: 0, count: total, to: &v)
+        try v.withUnsafeMutableBufferPointer { (p) throws(BlockError) in try pwritev(p, at: offset) }
+    }
+
     public func discard(offset: UInt64, length: UInt64) throws(BlockError) {
         guard !isReadOnly else { throw BlockError(.readOnly, "'\(path)' is read-only") }
         try checkRange(offset: offset, length: length)
@@ -162,6 +187,81 @@ public final class RawFileDevice: BlockDevice, @unchecked Sendable {
             try rawWrite(base, data.count, offset)
         }
         if cache.syncEachWrite { try datasync() }
+    }
+
+    /// `pread` over several buffers with one preadv per IOV_MAX of them (the iovecs are consumed).
+    /// Unaligned O_DIRECT buffers go one at a time through the bounce path.
+    public func preadv(_ v: UnsafeMutableBufferPointer<iovec>, at offset: UInt64) throws(BlockError) {
+        try vectored(v, at: offset, isWrite: false)
+    }
+
+    /// `pwrite` over several buffers (the iovecs are consumed).
+    public func pwritev(_ v: UnsafeMutableBufferPointer<iovec>, at offset: UInt64) throws(BlockError) {
+        try vectored(v, at: offset, isWrite: true)
+        if cache.syncEachWrite { try datasync() }
+    }
+
+    private func vectored(_ v: UnsafeMutableBufferPointer<iovec>, at offset: UInt64, isWrite: Bool) throws(BlockError) {
+        var total = 0
+        var aligned = offset % UInt64(Self.directAlignment) == 0
+        for e in v {
+            let (t, o) = total.addingReportingOverflow(e.iov_len)
+            guard !o else { throw BlockError(.outOfRange, "request length overflows") }
+            total = t
+            if let b = e.iov_base { aligned = aligned && Self.isAligned(UnsafeRawPointer(b), 0, e.iov_len) } else { aligned = false }
+        }
+        guard offset <= UInt64(Int.max) - UInt64(total) else {
+            throw BlockError(.outOfRange, "offset \(offset) is beyond what a file can address")
+        }
+        if cache.direct && !aligned {
+            var at = offset
+            for e in v {
+                guard let b = e.iov_base else { continue }
+                if isWrite { try pwriteNoSync(UnsafeRawBufferPointer(start: b, count: e.iov_len), at: at) }
+                else { try pread(into: UnsafeMutableRawBufferPointer(start: b, count: e.iov_len), at: at) }
+                at += UInt64(e.iov_len)
+            }
+            return
+        }
+        var i = 0, done = 0
+        while i < v.count {
+            let n = min(v.count - i, 1024)   // UIO_MAXIOV
+            let r = isWrite ? Glibc.pwritev(fd, v.baseAddress! + i, Int32(n), Int(offset) + done)
+                            : Glibc.preadv(fd, v.baseAddress! + i, Int32(n), Int(offset) + done)
+            if r < 0 {
+                if errno == EINTR { continue }
+                throw BlockError.errno("\(isWrite ? "write" : "read") of \(total) bytes at \(offset) \(isWrite ? "to" : "from") '\(path)'")
+            }
+            if r == 0 {
+                if isWrite { throw BlockError(.io, "write to '\(path)' made no progress at \(offset + UInt64(done))") }
+                // End of file: the rest reads as zeroes.
+                for k in i..<v.count where v[k].iov_len > 0 { memset(v[k].iov_base, 0, v[k].iov_len) }
+                return
+            }
+            done += r
+            var left = r
+            while left > 0 && i < v.count {
+                if v[i].iov_len <= left { left -= v[i].iov_len; i += 1 }
+                else { v[i].iov_base = v[i].iov_base.map { $0 + left }; v[i].iov_len -= left; left = 0 }
+            }
+            while i < v.count && v[i].iov_len == 0 { i += 1 }
+        }
+        if isWrite && !isBlockDevice {
+            let end = offset + UInt64(done)
+            sizeLock.lock(); if end > cachedSize { cachedSize = end }; sizeLock.unlock()
+        }
+    }
+
+    private func pwriteNoSync(_ data: UnsafeRawBufferPointer, at offset: UInt64) throws(BlockError) {
+        guard data.count > 0, let base = data.baseAddress else { return }
+        if cache.direct && !Self.isAligned(base, offset, data.count) {
+            try bounced(offset: offset, count: data.count) { (bounce, skip) throws(BlockError) in
+                UnsafeMutableRawBufferPointer(start: bounce + skip, count: data.count).copyMemory(from: data)
+                return true
+            }
+        } else {
+            try rawWrite(base, data.count, offset)
+        }
     }
 
     /// fdatasync unless the cache mode is unsafe.

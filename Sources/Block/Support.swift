@@ -3,10 +3,17 @@ import Glibc
 /// A plain pthread mutex: the backends' metadata lock (Block depends on nothing but the C shim).
 final class BlockLock: @unchecked Sendable {
     private let m: UnsafeMutablePointer<pthread_mutex_t>
-    init() { m = .allocate(capacity: 1); pthread_mutex_init(m, nil) }
-    deinit { pthread_mutex_destroy(m); m.deallocate() }
+    private let c: UnsafeMutablePointer<pthread_cond_t>
+    init() {
+        m = .allocate(capacity: 1); pthread_mutex_init(m, nil)
+        c = .allocate(capacity: 1); pthread_cond_init(c, nil)
+    }
+    deinit { pthread_mutex_destroy(m); m.deallocate(); pthread_cond_destroy(c); c.deallocate() }
     @inline(__always) func lock() { pthread_mutex_lock(m) }
     @inline(__always) func unlock() { pthread_mutex_unlock(m) }
+    /// With the lock held: sleeps until `broadcast` (or spuriously); the caller re-checks.
+    func wait() { pthread_cond_wait(c, m) }
+    func broadcast() { pthread_cond_broadcast(c) }
 }
 
 extension BlockError {

@@ -131,7 +131,7 @@ public enum KeelCommandLine {
                     throw ConfigurationErrorText("-device \(value): unknown device type '\(o.implied ?? "")' (see -device help)")
                 }
             case "drive": try VirtioCommandLine.parseDrive(value, into: &c)
-            case "object": try VirtioCommandLine.parseObject(value, iothreads: &iothreads, vhost: &vhost)
+            case "object": try VirtioCommandLine.parseObject(value, iothreads: &iothreads, iothreadPolling: &c.iothreadPolling, vhost: &vhost)
             case "netdev": try NetCommandLine.parseNetdev(value, into: &c)
             case "nic": try NetCommandLine.parseNic(value, into: &c)
             case "numa": try vhost.parseNUMA(value)

@@ -1,3 +1,4 @@
+import Loop
 import Machine
 
 /// -drive, the virtio -device types and -object iothread, kept apart from the rest of the
@@ -87,8 +88,10 @@ enum VirtioCommandLine {
         return true
     }
 
-    /// -object iothread,id=NAME: recorded; devices naming it are checked against it.
-    static func parseObject(_ value: String, iothreads: inout [String], vhost: inout VhostCommandLine) throws {
+    /// -object iothread,id=NAME[,poll-max-ns=,poll-grow=,poll-shrink=]: recorded; devices naming
+    /// it are checked against it.
+    static func parseObject(_ value: String, iothreads: inout [String], iothreadPolling: inout [String: PollParameters],
+                            vhost: inout VhostCommandLine) throws {
         var o = try OptionList(option: "-object", value, impliedKey: "qom-type")
         if let t = o.implied, t.hasPrefix("memory-backend-") {
             try vhost.parseObject(&o, value)
@@ -98,9 +101,18 @@ enum VirtioCommandLine {
             throw ConfigurationErrorText("-object \(value): unknown object type '\(o.implied ?? "")' (Keel has iothread)")
         }
         guard let id = o.take("id") else { throw ConfigurationErrorText("-object \(value): id= is required") }
-        _ = o.take("poll-max-ns"); _ = o.take("poll-grow"); _ = o.take("poll-shrink")
+        var polling = PollParameters()
+        for (key, field) in [("poll-max-ns", \PollParameters.maxNanoseconds), ("poll-grow", \.grow), ("poll-shrink", \.shrink)] {
+            guard let v = o.take(key) else { continue }
+            // QEMU takes 0 ... INT64_MAX.
+            guard let n = UInt64(v), n <= UInt64(Int64.max) else {
+                throw ConfigurationErrorText("-object \(value): \(key)=\(v) is not a number of 0 or more")
+            }
+            polling[keyPath: field] = n
+        }
         try o.rejectUnused(value)
         iothreads.append(id)
+        iothreadPolling[id] = polling
     }
 
     /// Attaches each virtconsole to its `-chardev` (stdio, or a listening unix socket).

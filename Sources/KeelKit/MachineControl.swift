@@ -52,7 +52,7 @@ extension VirtualMachineInstance: MachineControl {
     }
 
     public var iothreads: [IOThreadInfo] {
-        board.iothreads.map { IOThreadInfo(id: $0.id, threadID: $0.threadID) }
+        board.iothreads.map { IOThreadInfo(id: $0.id, threadID: $0.threadID, polling: $0.polling) }
     }
 
     public var chardevs: [ChardevInfo] {

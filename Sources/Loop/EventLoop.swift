@@ -1,5 +1,6 @@
 import CKeel
 import Glibc
+import Synchronization
 
 /// Keel's event loop (the main loop, and later each iothread's): epoll over registered fds,
 /// timers (timerfd) and bottom halves (work posted from any thread, run on this loop).
@@ -11,9 +12,20 @@ public final class EventLoop: @unchecked Sendable {
     private var handlers: [Int32: Handler] = [:]
     private let bottomHalfDoorbell: EventFD
     private let posted = Mutex<[() -> Void]>([])
+    /// Set by `post`, so a polling loop notices bottom halves without looking at its fds.
+    let postedPending = Atomic<Bool>(false)
     private var stopping = false
     /// Held around every callback when set (the main loop holds the big lock while dispatching).
     public let lock: BigLock?
+    /// Adaptive polling (QEMU's AioContext polling; EventLoopPolling.swift), loop thread only.
+    var pollers: [Int: Poller] = [:]
+    var nextPollerID = 0
+    /// Pollers currently in polling mode (their notifications suppressed).
+    var pollingStarted = false
+    public internal(set) var pollStatistics = PollStatistics()
+    private let pollConfiguration = Mutex<PollParameters>(PollParameters(maxNanoseconds: 0))
+    /// The current polling window (grows and shrinks between 0 and maxNanoseconds).
+    public internal(set) var pollNanoseconds: UInt64 = 0
 
     public init(lock: BigLock? = nil) throws {
         let e = epoll_create1(Int32(EPOLL_CLOEXEC))
@@ -54,11 +66,13 @@ public final class EventLoop: @unchecked Sendable {
     /// Runs `work` on this loop's thread soon. Safe to call from any thread (a bottom half).
     public func post(_ work: @escaping () -> Void) {
         posted.withLock { $0.append(work) }
+        postedPending.store(true, ordering: .releasing)
         bottomHalfDoorbell.signal()
     }
 
     private func runBottomHalves() {
         bottomHalfDoorbell.consume()
+        postedPending.store(false, ordering: .relaxed)
         let work = posted.withLock { q -> [() -> Void] in let w = q; q.removeAll(); return w }
         for w in work { w() }
     }
@@ -73,6 +87,13 @@ public final class EventLoop: @unchecked Sendable {
         return t
     }
 
+    /// The polling parameters (`-object iothread,poll-max-ns=,poll-grow=,poll-shrink=`); safe
+    /// from any thread, taken at the next iteration.
+    public var pollParameters: PollParameters {
+        get { pollConfiguration.withLock { $0 } }
+        set { pollConfiguration.withLock { $0 = newValue } }
+    }
+
     /// Asks `run()` to return after the current iteration. Safe from any thread.
     public func stop() {
         post { [unowned self] in self.stopping = true }
@@ -83,7 +104,19 @@ public final class EventLoop: @unchecked Sendable {
         stopping = false
         var events = [epoll_event](repeating: epoll_event(), count: 32)
         while !stopping {
-            let n = events.withUnsafeMutableBufferPointer { epoll_wait(epfd, $0.baseAddress, 32, -1) }
+            var params = pollers.isEmpty ? nil : pollConfiguration.withLock { $0 }
+            if params?.maxNanoseconds == 0 { params = nil; pollNanoseconds = 0 }
+            let start = params == nil ? 0 : monotonicNanoseconds()
+            var timeout: Int32 = -1
+            if let params {
+                lock?.lock()
+                if pollBeforeBlocking(params) { timeout = 0 }
+                lock?.unlock()
+            } else if pollingStarted {
+                lock?.lock(); if endPolling() { timeout = 0 }; lock?.unlock()
+            }
+            let n = events.withUnsafeMutableBufferPointer { epoll_wait(epfd, $0.baseAddress, 32, timeout) }
+            if let params { adjustPolling(params, blocked: monotonicNanoseconds() &- start) }
             if n < 0 {
                 if errno == EINTR { continue }
                 fatalError("epoll_wait: \(String(cString: strerror(errno)))")

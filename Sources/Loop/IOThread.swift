@@ -17,9 +17,11 @@ public final class IOThread: @unchecked Sendable {
     private var running = false
     private let started: UnsafeMutablePointer<sem_t>
 
-    public init(id: String) throws {
+    /// `polling`: QEMU's iothread defaults (poll-max-ns 32768, grow and shrink 0) unless given.
+    public init(id: String, polling: PollParameters = PollParameters()) throws {
         self.id = id
         loop = try EventLoop(lock: nil)
+        loop.pollParameters = polling
         threadName = String(decoding: Array("iothread \(id)".utf8.prefix(15)), as: UTF8.self)
         started = .allocate(capacity: 1)
         sem_init(started, 0, 0)

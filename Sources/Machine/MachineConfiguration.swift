@@ -1,5 +1,6 @@
 import Devices
 import Glibc
+import Loop
 
 /// What the guest sees and what backs it on the host, built by the command line or the Swift API
 /// and validated before anything starts (Virtualization.framework's configuration shape).
@@ -44,6 +45,9 @@ public struct MachineConfiguration: Sendable {
     public var netdevs: [NetdevConfiguration] = []
     /// `-machine memory-backend=`: the RAM's memfd backend, shareable with vhost-user back-ends.
     public var memoryBackend: MemoryBackendConfiguration?
+    /// `-object iothread,id=,poll-max-ns=,poll-grow=,poll-shrink=`: each iothread's polling, by id
+    /// (an iothread a device names without an entry polls with QEMU's defaults).
+    public var iothreadPolling: [String: PollParameters] = [:]
 
     public init() {}
 

@@ -108,7 +108,7 @@ public final class PCBoard: @unchecked Sendable {
     }
 
     /// The `-object iothread` threads running devices: id and host thread ID.
-    public var iothreads: [(id: String, threadID: Int32)] { pci?.iothreadThreads ?? [] }
+    public var iothreads: [(id: String, threadID: Int32, polling: PollParameters)] { pci?.iothreadThreads ?? [] }
 
     /// Presses the ACPI power button (QMP system_powerdown). Call with the big lock held.
     public func pressPowerButtonLocked() {

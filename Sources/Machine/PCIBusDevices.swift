@@ -32,11 +32,13 @@ final class PCIBusDevices {
     private var rings: [Int: IoUringExecutor] = [:]
     /// `-object iothread` threads that own devices, by id.
     private var iothreads: [String: IOThread] = [:]
+    private var iothreadPolling: [String: PollParameters] = [:]
     /// Per device in `virtio`: the loop that owns its queues (the main loop or an iothread's).
     private var ownerLoops: [EventLoop] = []
 
     init(board: PCBoard) throws {
         let c = board.configuration
+        iothreadPolling = c.iothreadPolling
         let highEnd = PCMemoryMap.highRAMBase + board.map.highRAMSize
         let m64Base = (highEnd + PCMemoryMap.gibibyte - 1) & ~(PCMemoryMap.gibibyte - 1)
         root = PCIRootConfiguration(ecamBase: Self.ecamBase, busCount: Self.busCount, ioWindow: Self.ioWindow,
@@ -202,11 +204,12 @@ final class PCIBusDevices {
                                    memory64: root.memory64Window.map { $0.lowerBound..<$0.upperBound + 1 } ?? 0..<0)
     }
 
-    /// aio=io_uring for raw files; qcow2 (whose metadata I/O is synchronous) and aio=threads or
-    /// native use the worker pool.
+    /// aio=io_uring for raw files and qcow2 images (whose allocated clusters the ring reads and
+    /// writes directly; the rest of qcow2's work runs on the worker pool); aio=threads or native
+    /// use the worker pool.
     private func makeExecutor(_ drive: DriveConfiguration, backend: BlockDevice, pool: WorkerPool, loop: EventLoop,
                               iothread: IOThread?) throws -> VirtioRequestExecutor {
-        if drive.aio == .io_uring, backend is RawFileDevice {
+        if drive.aio == .io_uring, backend is RawFileDevice || backend is DirectMappedBlockDevice {
             do {
                 let e = try IoUringExecutor(pool: pool, loop: loop) { fd, handler in
                     var failure: Error?
@@ -226,13 +229,13 @@ final class PCIBusDevices {
     }
 
     /// The iothreads running devices, by id.
-    var iothreadThreads: [(id: String, threadID: Int32)] {
-        iothreads.values.sorted { $0.id < $1.id }.map { ($0.id, $0.threadID) }
+    var iothreadThreads: [(id: String, threadID: Int32, polling: PollParameters)] {
+        iothreads.values.sorted { $0.id < $1.id }.map { ($0.id, $0.threadID, $0.loop.pollParameters) }
     }
 
     private func startIOThread(_ id: String) throws -> IOThread {
         if let t = iothreads[id] { return t }
-        let t = try IOThread(id: id)
+        let t = try IOThread(id: id, polling: iothreadPolling[id] ?? PollParameters())
         try t.start()
         iothreads[id] = t
         return t
@@ -293,6 +296,14 @@ final class PCIBusDevices {
 
     func close() {
         for t in iothreads.values { t.stop() }
+        if !reported, getenv("KEEL_DEBUG_VIRTIO") != nil {
+            for t in iothreads.values.sorted(by: { $0.id < $1.id }) {
+                let p = t.loop.pollStatistics, w = t.loop.pollParameters
+                var line = "keel: iothread \(t.id): poll-max-ns \(w.maxNanoseconds) window \(t.loop.pollNanoseconds) ns; "
+                line += "polls that found work \(p.successes), ran out \(p.timeouts), found on re-arming \(p.foundWhenEnding)\n"
+                line.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
+            }
+        }
         iothreads.removeAll()
         reportStatistics()
         workers?.shutdown()

@@ -73,7 +73,10 @@ final class HMPCommands {
             for t in m.iothreads {
                 say("\(t.id):")
                 say("  thread_id=\(t.threadID)")
-                for k in ["poll-max-ns", "poll-grow", "poll-shrink", "aio-max-batch"] { say("  \(k)=0") }
+                say("  poll-max-ns=\(t.polling.maxNanoseconds)")
+                say("  poll-grow=\(t.polling.grow)")
+                say("  poll-shrink=\(t.polling.shrink)")
+                say("  aio-max-batch=0")
             }
         case "block", "pci": break
         case "version": say("\(monitor.version.major).\(monitor.version.minor).\(monitor.version.micro) (\(monitor.version.package))")

@@ -1,3 +1,4 @@
+import Loop
 /// What the monitor needs from the machine it controls. KeelKit's VirtualMachineInstance
 /// implements it. Every member is used from the main loop with the big lock held.
 public protocol MachineControl: AnyObject {
@@ -32,7 +33,11 @@ public struct IOThreadInfo: Sendable, Equatable {
     public var id: String
     /// Host thread ID of the iothread.
     public var threadID: Int32
-    public init(id: String, threadID: Int32) { self.id = id; self.threadID = threadID }
+    /// The adaptive-polling properties (poll-max-ns, poll-grow, poll-shrink).
+    public var polling: PollParameters
+    public init(id: String, threadID: Int32, polling: PollParameters = PollParameters()) {
+        self.id = id; self.threadID = threadID; self.polling = polling
+    }
 }
 
 /// QEMU's RunState names (qapi/run-state.json), for the states Keel can be in.

@@ -45,10 +45,11 @@ extension Monitor {
             // No PCI host bridge yet: QEMU answers [] for a machine without a PCI bus.
             QMPCommand("query-pci") { _ in [] },
             QMPCommand("query-iothreads") { _ in
-                // Keel's iothreads do not poll: the adaptive-polling knobs read 0.
                 .array(m.iothreads.map { t in
-                    .object([("id", .string(t.id)), ("thread-id", .int(Int(t.threadID))), ("poll-max-ns", .int(0)),
-                             ("poll-grow", .int(0)), ("poll-shrink", .int(0)), ("aio-max-batch", .int(0))])
+                    .object([("id", .string(t.id)), ("thread-id", .int(Int(t.threadID))),
+                             ("poll-max-ns", .int(Int(clamping: t.polling.maxNanoseconds))),
+                             ("poll-grow", .int(Int(clamping: t.polling.grow))), ("poll-shrink", .int(Int(clamping: t.polling.shrink))),
+                             ("aio-max-batch", .int(0))])
                 })
             },
             QMPCommand("query-memory-size-summary") { _ in

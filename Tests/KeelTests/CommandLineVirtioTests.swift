@@ -1,4 +1,5 @@
 @testable import KeelKit
+import Loop
 import Machine
 import XCTest
 
@@ -26,6 +27,17 @@ final class CommandLineVirtioTests: XCTestCase {
         b.queueCount = 4; b.serial = "SN1"; b.iothread = "io0"
         XCTAssertEqual(c.pciDevices, [.virtioBlock(b), .virtioRNG])
         XCTAssertNoThrow(try c.validate())
+    }
+
+    /// -object iothread's polling properties reach the configuration; bad values are named.
+    func testIOThreadPollingProperties() throws {
+        let c = try configuration(["-object", "iothread,id=io0,poll-max-ns=0", "-object", "iothread,id=io1,poll-max-ns=100000,poll-grow=4,poll-shrink=2",
+                                   "-object", "iothread,id=io2"])
+        XCTAssertEqual(c.iothreadPolling["io0"], PollParameters(maxNanoseconds: 0))
+        XCTAssertEqual(c.iothreadPolling["io1"], PollParameters(maxNanoseconds: 100_000, grow: 4, shrink: 2))
+        XCTAssertEqual(c.iothreadPolling["io2"], PollParameters(maxNanoseconds: 32768, grow: 0, shrink: 0))
+        XCTAssertTrue(error(["-object", "iothread,id=io0,poll-max-ns=-1"]).contains("poll-max-ns=-1"))
+        XCTAssertTrue(error(["-object", "iothread,id=io0,poll-grow=x"]).contains("poll-grow=x"))
     }
 
     func testDriveIfVirtioMakesItsOwnDevice() throws {

@@ -241,15 +241,15 @@ final class VirtioKVMGuestTests: XCTestCase {
         }
     }
 
-    /// QMP query-iothreads names the thread; /proc shows it as "iothread io0" and it spends CPU
-    /// time while the guest streams requests.
+    /// QMP query-iothreads names the thread and its polling properties; /proc shows it as
+    /// "iothread io0" and it spends CPU time while the guest streams requests.
     func testQueryIOThreadsAndTheThreadsCPUTime() throws {
         let raw = try makeRawImage()
         let qmp = "/tmp/keel-ioq-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sock"
         defer { unlink(qmp) }
         var reply = "", comm = "", ticks = -1
         let (r, s) = try boot(image: raw, format: "raw", machine: "pc", append: "loops=30000", device: ",iothread=io0",
-                              extra: ["-object", "iothread,id=io0", "-qmp", "unix:\(qmp),server=on,wait=off"]) {
+                              extra: ["-object", "iothread,id=io0,poll-max-ns=50000,poll-grow=3", "-qmp", "unix:\(qmp),server=on,wait=off"]) {
             let client = try UnixSocketClient(path: qmp, timeout: 20)
             _ = client.receive(until: "\"QMP\"", timeout: 10)
             try client.send(Data("{\"execute\":\"qmp_capabilities\"}\n".utf8))
@@ -268,6 +268,8 @@ final class VirtioKVMGuestTests: XCTestCase {
         }
         assertPassed(r)
         XCTAssertTrue(reply.contains("\"id\": \"io0\""), reply)
+        XCTAssertTrue(reply.contains("\"poll-max-ns\": 50000") && reply.contains("\"poll-grow\": 3") && reply.contains("\"poll-shrink\": 0"),
+                      "query-iothreads reports the polling properties: \(reply)")
         XCTAssertEqual(comm, "iothread io0", "the thread-id query-iothreads gave is not the iothread: \(reply)")
         XCTAssertGreaterThan(ticks, 0, "the iothread spent no CPU time while the guest streamed requests")
         let stats = try XCTUnwrap(s, r.stderr)
@@ -318,14 +320,26 @@ final class VirtioKVMGuestTests: XCTestCase {
         }
     }
 
-    /// qcow2 with aio=io_uring is served by the worker pool (its metadata I/O is synchronous).
-    func testIOUringWithQcow2UsesThreads() throws {
+    /// qcow2 with aio=io_uring, on the main loop and on a polling iothread, O_DIRECT: reads and
+    /// writes of allocated clusters go through the ring (the rest through the worker pool), the
+    /// guest reads back what it wrote and the image checks clean.
+    func testIOUringWithQcow2() throws {
+        let onDisk = PackagePaths.root.appendingPathComponent(".build/keel-uring-q-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: onDisk, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: onDisk) }
         let raw = try makeRawImage()
-        let qcow2 = directory.appendingPathComponent("disk.qcow2")
-        try keelImg(["convert", "-f", "raw", "-O", "qcow2", raw.path, qcow2.path])
-        let (r, s) = try boot(image: qcow2, format: "qcow2", machine: "pc", append: "loops=5", drive: ",aio=io_uring")
-        assertPassed(r)
-        XCTAssertNil(try XCTUnwrap(s, r.stderr).ringOperations)
+        for iothread in [false, true] {
+            let qcow2 = onDisk.appendingPathComponent("disk-\(iothread).qcow2")
+            try keelImg(["convert", "-f", "raw", "-O", "qcow2", raw.path, qcow2.path])
+            let (r, s) = try boot(image: qcow2, format: "qcow2", machine: "pc", append: "loops=20",
+                                  device: iothread ? ",iothread=io0" : "", drive: ",aio=io_uring,cache=none",
+                                  extra: iothread ? ["-object", "iothread,id=io0"] : [])
+            assertPassed(r)
+            XCTAssertTrue(r.lines.contains("virtio-blk: wrote, flushed and read back 8 sectors ok"), "iothread=\(iothread)\n\(r.stdout)")
+            let ops = try XCTUnwrap(try XCTUnwrap(s, r.stderr).ringOperations, "no io_uring count in \(r.stderr)")
+            XCTAssertGreaterThan(ops, 0, "iothread=\(iothread): \(r.stderr)")
+            try keelImg(["check", qcow2.path])
+        }
     }
 
     func testReadOnlyDriveRefusesWrites() throws {

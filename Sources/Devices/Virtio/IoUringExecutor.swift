@@ -6,17 +6,30 @@ import Loop
 /// aio=io_uring: a raw file's reads, writes, flushes, discards and write-zeroes go to the kernel
 /// as io_uring operations straight on guest memory, submitted and reaped on the device's loop
 /// (the main loop or its iothread); completions wake that loop through an eventfd registered
-/// with io_uring_register_eventfd. Whatever the ring cannot take as it is (qcow2 and other
-/// formats, unaligned O_DIRECT buffers that need a bounce, writethrough modes, short transfers,
+/// with io_uring_register_eventfd. A qcow2 read or write whose clusters are all allocated goes
+/// the same way, one operation per contiguous host range. Whatever the ring cannot take as it
+/// is (allocating qcow2 writes, compressed or backing-file clusters, unaligned O_DIRECT buffers that need a bounce, writethrough modes, short transfers,
 /// a full ring) runs on the worker pool as with aio=threads.
 public final class IoUringExecutor: VirtioRequestExecutor, @unchecked Sendable {
+    /// One request: one ring operation, or (a qcow2 request over several host ranges) several.
+    final class Group {
+        var remaining = 0
+        /// An operation failed outright: the request fails.
+        var failed = false
+        /// A short or interrupted transfer, or operations the ring could not take: the request
+        /// is redone whole on the synchronous path once the queued ones are back.
+        var redo = false
+        var iovecs: UnsafeMutablePointer<iovec>?
+        var direct: DirectMappedBlockDevice?
+        let work: () -> UInt8
+        let completion: (UInt8) -> Void
+        init(work: @escaping () -> UInt8, completion: @escaping (UInt8) -> Void) { self.work = work; self.completion = completion }
+    }
     struct Pending {
-        let iovecs: UnsafeMutablePointer<iovec>?
+        let group: Group
         /// Bytes a read or write must transfer; nil for the others.
         let expected: Int?
         let kind: Kind
-        let work: () -> UInt8
-        let completion: (UInt8) -> Void
     }
     enum Kind { case transfer, flush, discard, writeZeroes }
 
@@ -31,6 +44,10 @@ public final class IoUringExecutor: VirtioRequestExecutor, @unchecked Sendable {
     /// completions the kernel posted); held while submitting and reaping.
     private let inRing = Mutex<Int>(0)
     private var pending: [UInt64: Pending] = [:]
+    /// Reused by each mapped request (the loop's thread only).
+    private var extents: [BlockHostExtent] = []
+    private var scratch: [iovec] = []
+    private var bounds: [(start: Int, count: Int, host: UInt64, length: Int)] = []
     private var nextToken: UInt64 = 1
     /// Operations that went through the ring (KEEL_DEBUG_VIRTIO, tests).
     public private(set) var ringOperations: UInt64 = 0
@@ -52,6 +69,15 @@ public final class IoUringExecutor: VirtioRequestExecutor, @unchecked Sendable {
         }
         fallback = WorkerPoolExecutor(pool: pool, loop: loop)
         try register(doorbell.fd) { [weak self] _ in self?.reapCompletions() }
+        // A polling iothread reaps completions without waiting for the doorbell.
+        loop.post { [weak self, unowned loop] in
+            guard let self else { return }
+            loop.addPoller(Poller(poll: { [weak self] in
+                guard let self, self.ring.readyCompletions > 0 else { return false }
+                self.reapCompletions()
+                return true
+            }))
+        }
     }
 
     public struct IoUringUnavailable: Error, CustomStringConvertible {
@@ -65,10 +91,23 @@ public final class IoUringExecutor: VirtioRequestExecutor, @unchecked Sendable {
 
     public func execute(_ request: BlockRequest, on backend: BlockDevice, work: @escaping () -> UInt8,
                         completion: @escaping (UInt8) -> Void) {
+        if let d = backend as? DirectMappedBlockDevice {
+            return executeMapped(request, d, work: work, completion: completion)
+        }
         guard let file = backend as? RawFileDevice, file.fd >= 0,
               let (op, iovecs, expected, kind) = Self.operation(request, file) else {
             return fallback.execute(work, completion: completion)
         }
+        let group = Group(work: work, completion: completion)
+        group.iovecs = iovecs
+        if !queue(op, group, expected: expected, kind: kind) {
+            iovecs?.deallocate()
+            return fallback.execute(work, completion: completion)
+        }
+    }
+
+    /// Puts one operation of `group` in the ring; false when the ring cannot take it.
+    private func queue(_ op: IoUring.Operation, _ group: Group, expected: Int?, kind: Kind) -> Bool {
         let token = nextToken
         nextToken &+= 1
         let queued = inRing.withLock { n -> Bool in
@@ -81,12 +120,59 @@ public final class IoUringExecutor: VirtioRequestExecutor, @unchecked Sendable {
             unsubmitted += 1
             return true
         }
-        guard queued else {
-            iovecs?.deallocate()
+        guard queued else { return false }
+        ringOperations &+= 1
+        group.remaining += 1
+        pending[token] = Pending(group: group, expected: expected, kind: kind)
+        return true
+    }
+
+    /// A qcow2 read or write whose clusters are all in place: one vectored operation per
+    /// contiguous host range, straight on guest memory.
+    private func executeMapped(_ request: BlockRequest, _ d: DirectMappedBlockDevice, work: @escaping () -> UInt8,
+                               completion: @escaping (UInt8) -> Void) {
+        let segments: [UnsafeMutableRawBufferPointer], offset: UInt64, isRead: Bool
+        switch request {
+        case .read(let s, let o): segments = s; offset = o; isRead = true
+        case .write(let s, let o): segments = s; offset = o; isRead = false
+        default: return fallback.execute(work, completion: completion)
+        }
+        let file = d.dataFile
+        guard !segments.isEmpty, segments.count <= Self.maxSegments, file.fd >= 0, let total = totalLength(segments),
+              d.beginDirectIO(offset: offset, length: total, isWrite: !isRead, into: &extents) else {
             return fallback.execute(work, completion: completion)
         }
-        ringOperations &+= 1
-        pending[token] = Pending(iovecs: iovecs, expected: expected, kind: kind, work: work, completion: completion)
+        scratch.removeAll(keepingCapacity: true)
+        bounds.removeAll(keepingCapacity: true)
+        for e in extents {
+            guard let h = e.hostOffset else { zeroSegments(segments, from: e.requestOffset, count: e.length); continue }
+            let first = scratch.count
+            appendIOVecs(segments, from: e.requestOffset, count: e.length, to: &scratch)
+            bounds.append((first, scratch.count - first, h, e.length))
+        }
+        var aligned = true
+        if file.cache.direct {
+            for b in bounds where b.host % 4096 != 0 { aligned = false }
+            for v in scratch where Int(bitPattern: v.iov_base) % 4096 != 0 || v.iov_len % 4096 != 0 { aligned = false }
+        }
+        guard aligned, bounds.allSatisfy({ $0.host <= UInt64(Int64.max) }) else {
+            d.endDirectIO()
+            return fallback.execute(work, completion: completion)
+        }
+        let group = Group(work: work, completion: completion)
+        group.direct = d
+        if !scratch.isEmpty {
+            let iovecs = UnsafeMutablePointer<iovec>.allocate(capacity: scratch.count)
+            for (i, v) in scratch.enumerated() { iovecs[i] = v }
+            group.iovecs = iovecs
+            for b in bounds {
+                let op: IoUring.Operation = isRead
+                    ? .readv(fd: file.fd, iovecs: iovecs + b.start, count: b.count, offset: b.host)
+                    : .writev(fd: file.fd, iovecs: iovecs + b.start, count: b.count, offset: b.host)
+                if !queue(op, group, expected: b.length, kind: .transfer) { group.redo = true; break }
+            }
+        }
+        if group.remaining == 0 { finish(group) }
     }
 
     public func submitQueued() {
@@ -151,23 +237,35 @@ public final class IoUringExecutor: VirtioRequestExecutor, @unchecked Sendable {
         }
         for (token, result) in done {
             guard let p = pending.removeValue(forKey: token) else { continue }
-            p.iovecs?.deallocate()
+            let g = p.group
+            g.remaining -= 1
             switch p.kind {
             case .transfer:
-                if result >= 0, let e = p.expected, Int(result) == e { p.completion(VirtioBlock.statusOK) }
+                if result >= 0, let e = p.expected, Int(result) == e {}
                 // Short transfers and interrupted ones are redone whole on the synchronous path.
-                else if result >= 0 || result == -EAGAIN || result == -EINTR { fallback.execute(p.work, completion: p.completion) }
-                else { p.completion(VirtioBlock.statusIOError) }
+                else if result >= 0 || result == -EAGAIN || result == -EINTR { g.redo = true }
+                else { g.failed = true }
             case .flush:
-                p.completion(result == 0 ? VirtioBlock.statusOK : VirtioBlock.statusIOError)
+                if result != 0 { g.failed = true }
             case .discard:
                 // Advisory: a file system that cannot punch holes keeps the data, which is allowed.
-                p.completion(VirtioBlock.statusOK)
+                break
             case .writeZeroes:
                 // Without fallocate's modes the synchronous path writes zeroes.
-                if result == 0 { p.completion(VirtioBlock.statusOK) } else { fallback.execute(p.work, completion: p.completion) }
+                if result != 0 { g.redo = true }
             }
+            if g.remaining == 0 { finish(g) }
         }
+    }
+
+    /// Every operation of `g` is back.
+    private func finish(_ g: Group) {
+        g.iovecs?.deallocate()
+        g.iovecs = nil
+        g.direct?.endDirectIO()
+        if g.failed { g.completion(VirtioBlock.statusIOError) }
+        else if g.redo { fallback.execute(g.work, completion: g.completion) }
+        else { g.completion(VirtioBlock.statusOK) }
     }
 
     /// Returns once no operation touches guest memory any more (machine reset, before RAM is

@@ -25,6 +25,9 @@ public final class SplitVirtqueue {
     public var eventIndex = false
     public var indirectDescriptors = false
 
+    /// The owning loop is polling this queue with the driver's notifications suppressed: a
+    /// drain leaves them suppressed (the loop re-enables them before it sleeps).
+    public var notificationsPolled = false
     /// vhost-user's inflight record, when a back-end keeps one (nil inside Keel).
     public var inflightLog: VirtqueueInflightLog?
     public private(set) var nextAvail: UInt16 = 0
@@ -45,6 +48,7 @@ public final class SplitVirtqueue {
         descriptorTable = 0; driverArea = 0; deviceArea = 0
         msixVector = 0xFFFF
         eventIndex = false; indirectDescriptors = false
+        notificationsPolled = false
         nextAvail = 0; nextUsed = 0
         signalledUsed = 0; signalledUsedValid = false
         inflightLog = nil
@@ -87,6 +91,12 @@ public final class SplitVirtqueue {
     @inline(__always)
     private func store16(_ memory: GuestMemory, _ value: UInt16, _ address: UInt64) throws(VirtqueueError) {
         guard (try? memory.store(value, at: address)) != nil else { throw .ringNotInRAM(address) }
+    }
+
+    /// Whether the driver has made chains the device has not taken (a poller's look).
+    public func hasAvailable(_ memory: GuestMemory) -> Bool {
+        guard isReady, let idx = try? availIndex(memory) else { return false }
+        return idx != nextAvail
     }
 
     /// The driver's available index.

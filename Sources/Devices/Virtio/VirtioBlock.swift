@@ -60,6 +60,7 @@ public final class VirtioBlock: VirtioDevice {
 
     public var isReadOnly: Bool { configuration.readOnly || backend.isReadOnly }
     public var deviceType: UInt16 { 2 }
+    public var pollsQueues: Bool { true }
     public var pciClassCode: UInt32 { 0x01_8000 }   // mass storage, other
     public var queueMaxSizes: [UInt16] { Array(repeating: configuration.queueSize, count: configuration.queueCount) }
     public var deviceFeatures: UInt64 {
@@ -118,12 +119,8 @@ public final class VirtioBlock: VirtioDevice {
             let backend = self.backend
             let request: BlockRequest = isRead ? .read(segments: segments, offset: offset) : .write(segments: segments, offset: offset)
             submit(t, request) {
-                var at = offset
                 do {
-                    for s in segments {
-                        if isRead { try backend.read(into: s, at: at) } else { try backend.write(UnsafeRawBufferPointer(s), at: at) }
-                        at += UInt64(s.count)
-                    }
+                    if isRead { try backend.readVectored(into: segments, at: offset) } else { try backend.writeVectored(segments, at: offset) }
                     return Self.statusOK
                 } catch { return Self.statusIOError }
             } done: { status in finish(status, written: isRead && status == Self.statusOK ? length : 0) }

@@ -44,6 +44,9 @@ public protocol VirtioDevice: AnyObject {
     /// The transport's irqfds changed (MSI-X programmed, masked, moved): a device whose
     /// interrupts come from elsewhere (a vhost back-end's call) re-points them.
     func interruptRoutesChanged()
+    /// Whether an iothread owning the device polls its queues before sleeping (block devices;
+    /// not queues whose available buffers wait for host data, such as a receive queue).
+    var pollsQueues: Bool { get }
     /// Requests handed to another thread that still touch guest memory; a reset waits for them.
     var inflightRequests: Int { get }
     /// Forget every request and queue-derived state (the transport resets the queues themselves).
@@ -53,6 +56,7 @@ public protocol VirtioDevice: AnyObject {
 extension VirtioDevice {
     public func queueNotifyEventFD(_ index: Int) -> EventFD? { nil }
     public func interruptRoutesChanged() {}
+    public var pollsQueues: Bool { false }
     public var transportFeatures: UInt64 { Virtio.featureVersion1 | Virtio.featureIndirectDescriptors | Virtio.featureEventIndex }
 }
 
@@ -95,6 +99,11 @@ extension VirtioTransport {
         let q = queues[index]
         guard q.isReady else { return }
         do throws(VirtqueueError) {
+            if q.notificationsPolled {
+                // The loop polls this queue: notifications stay off until it sleeps.
+                while acceptsRequests, let chain = try q.pop(memory) { handle(chain) }
+                return
+            }
             var again = true
             while again && acceptsRequests {
                 try q.setNotification(memory, enabled: false)

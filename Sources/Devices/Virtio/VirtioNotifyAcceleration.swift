@@ -84,9 +84,13 @@ final class VirtioNotifyBinding {
     struct Entry { let queue: Int; let fd: EventFD; let address: UInt64 }
     let acceleration: VirtioNotifyAcceleration
     var entries: [Entry] = []
+    /// Queue pollers registered with the owning iothread's loop.
+    var pollers: [Int] = []
     init(_ a: VirtioNotifyAcceleration) { acceleration = a }
 
     func unbind() {
+        for id in pollers { acceleration.loop.removePoller(id) }
+        pollers.removeAll()
         for e in entries {
             acceleration.accelerator.removeIOEvent(fd: e.fd.fd, address: e.address, length: 2)
             acceleration.loop.remove(fd: e.fd.fd)
@@ -123,8 +127,31 @@ extension VirtioPCIDevice {
                 binding.entries.append(.init(queue: i, fd: fd, address: address))
             } catch {
                 acceleration.accelerator.removeIOEvent(fd: fd.fd, address: address, length: 2)
+                continue
             }
+            if ioThreadContext != nil && device.pollsQueues { binding.pollers.append(acceleration.loop.addPoller(queuePoller(i))) }
         }
+    }
+
+    /// The iothread polls queue `index`'s available ring before sleeping, with the driver's
+    /// notifications off meanwhile (QEMU's virtio_queue_host_notifier_aio_poll); re-enabling
+    /// them re-checks the ring (virtio 1.2 §2.7.10).
+    func queuePoller(_ index: Int) -> Poller {
+        let q = queues[index], memory = self.memory
+        return Poller(poll: { [unowned self] in
+            guard acceptsRequests, q.hasAvailable(memory) else { return false }
+            device.queueNotified(index)
+            return true
+        }, begin: { [unowned self] in
+            guard isProcessing, q.isReady else { return }
+            q.notificationsPolled = true
+            do throws(VirtqueueError) { try q.setNotification(memory, enabled: false) } catch { deviceNeedsReset(error) }
+        }, end: { [unowned self] in
+            guard q.notificationsPolled else { return false }
+            q.notificationsPolled = false
+            guard isProcessing, q.isReady else { return false }
+            do throws(VirtqueueError) { return try q.setNotification(memory, enabled: true) } catch { deviceNeedsReset(error); return false }
+        })
     }
 }
 
