@@ -62,33 +62,11 @@ def newc(dirs, files):
         out += b"\0" * (-len(out) % 4)
     return out
 
-def without_isa_needed(elf):
-    """The ELF with its GNU property "x86 ISA needed" cleared. Keel's tcg CPUID leaves out MMX
-    (leaf 1 EDX bit 23), so glibc's loader refuses objects marked x86-64-baseline ("CPU ISA level
-    is lower than required") although baseline glibc code does not execute MMX instructions. Only
-    the marker changes; both VMMs boot these same bytes."""
-    b = bytearray(elf)
-    if b[:4] != b"\x7fELF" or b[4] != 2:
-        return elf
-    phoff, phentsize, phnum = int.from_bytes(b[32:40], "little"), int.from_bytes(b[54:56], "little"), int.from_bytes(b[56:58], "little")
-    for i in range(phnum):
-        ph = phoff + i * phentsize
-        if int.from_bytes(b[ph:ph + 4], "little") != 0x6474E553:   # PT_GNU_PROPERTY
-            continue
-        off, size = int.from_bytes(b[ph + 8:ph + 16], "little"), int.from_bytes(b[ph + 32:ph + 40], "little")
-        o = off + 16   # after the note header (namesz 4, descsz 4, type 4) and "GNU\0"
-        while o + 8 <= off + size:
-            ptype, psz = int.from_bytes(b[o:o + 4], "little"), int.from_bytes(b[o + 4:o + 8], "little")
-            if ptype == 0xC0008002 and psz == 4:   # GNU_PROPERTY_X86_ISA_1_NEEDED
-                b[o + 8:o + 12] = bytes(4)
-            o += 8 + ((psz + 7) & ~7)
-    return bytes(b)
-
-files = [("usr/bin/iperf3", without_isa_needed(open("/usr/bin/iperf3", "rb").read()))]
+files = [("usr/bin/iperf3", open("/usr/bin/iperf3", "rb").read())]
 dirs = set()
 for lib in libs:
     rel = lib.lstrip("/")
-    files.append((rel, without_isa_needed(open(os.path.realpath(lib), "rb").read())))
+    files.append((rel, open(os.path.realpath(lib), "rb").read()))
     parts = rel.split("/")[:-1]
     for i in range(1, len(parts) + 1):
         dirs.add("/".join(parts[:i]))

@@ -41,7 +41,9 @@ public final class PCBoard: @unchecked Sendable {
         guard KernelLoader.detect(kernel) != nil else {
             throw ConfigurationError("kernel \(kernelPath): not a Linux bzImage or PVH ELF kernel")
         }
-        memory = try GuestMemory(layout: map.ramRegions)
+        // A memory backend object asks for a memfd another process can map; otherwise RAM is
+        // private and huge-page backed, as QEMU's default.
+        memory = try GuestMemory(layout: map.ramRegions, backing: configuration.memoryBackend == nil ? .anonymous : .memfd)
         do {
             devices = try LegacyDevices(board: self)
             pci = try PCIBusDevices(board: self)

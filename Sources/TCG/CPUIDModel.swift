@@ -32,7 +32,7 @@ public struct CPUIDModel: Sendable {
         public static let arat: UInt32 = 1 << 2, invariantTSC: UInt32 = 1 << 8
         /// CPUID.7.0:EDX[29]: IA32_ARCH_CAPABILITIES exists (read by RDMSR 0x10A).
         public static let archCapabilities: UInt32 = 1 << 29
-        public static let fpu: UInt32 = 1 << 0, fxsr: UInt32 = 1 << 24, sse: UInt32 = 1 << 25, sse2: UInt32 = 1 << 26
+        public static let fpu: UInt32 = 1 << 0, mmx: UInt32 = 1 << 23, fxsr: UInt32 = 1 << 24, sse: UInt32 = 1 << 25, sse2: UInt32 = 1 << 26
     }
 
     /// IA32_ARCH_CAPABILITIES (MSR 0x10A): an interpreter does not speculate, so Keel's CPU is not
@@ -68,7 +68,7 @@ public struct CPUIDModel: Sendable {
         let apicID = UInt32(truncatingIfNeeded: cpuIndex) & 0xFF
         var brand = regs("Keel TCG x86-64 CPU")
         while brand.count < 12 { brand.append(0) }
-        let common: UInt32 = Feature.fpu | Feature.fxsr | Feature.pse | Feature.tsc | Feature.msr | Feature.pae | Feature.cx8 | Feature.pge
+        let common: UInt32 = Feature.fpu | Feature.mmx | Feature.fxsr | Feature.pse | Feature.tsc | Feature.msr | Feature.pae | Feature.cx8 | Feature.pge
         let common2: UInt32 = Feature.cmov | Feature.pat | Feature.pse36
         let htt: UInt32 = count > 1 ? 1 << 28 : 0
         let edx1: UInt32 = common | common2 | Feature.clflush | Feature.sse | Feature.sse2 | htt | Feature.apic

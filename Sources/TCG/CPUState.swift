@@ -96,6 +96,9 @@ public struct CPUState {
     public var cpl: UInt8 = 0
     /// How code is decoded now: 16, 32 or 64-bit default sizes (from CS.L, CS.D, CR0.PE, EFER.LMA).
     public var codeMode: CodeMode = .real16
+    /// CR0.AM, RFLAGS.AC and CPL 3 together (refreshed at each block start): user data accesses
+    /// then bypass the software TLB's fast paths, and the slow path raises #AC when misaligned.
+    public var alignmentCheck: Bool = false
     /// Set by sti / mov ss / pop ss: interrupts are held off for one instruction.
     public var interruptShadow: Bool = false
     public var halted: Bool = false

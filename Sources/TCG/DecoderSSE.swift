@@ -19,11 +19,7 @@ extension Decoder {
 
     mutating func sse(_ b: UInt8) throws(DecodeFailure) {
         let p = ssePrefix
-        if b == 0x77 && p == 0 {
-            // EMMS: run by the x87 executor (marks every register empty).
-            i.op = .x87; i.sub = 8; i.imm = 0x77
-            return
-        }
+        if try mmx(b, p) { return }
         var ok: Bool
         var hasImm = false, memOnly = false, regOnly = false
         switch b {
@@ -46,6 +42,7 @@ extension Decoder {
         case 0xD6: ok = p == 1
         case 0xE6: ok = p != 0
         case 0xE7: ok = p == 1; memOnly = true
+        case 0xF7: ok = p == 1; regOnly = true
         default: ok = false
         }
         guard ok else { throw .undefined }

@@ -171,6 +171,12 @@ extension X86CPU {
         }
     }
 
+    /// MOV SS and POP SS hold back a single-step trap until the next instruction has run (SDM
+    /// Vol. 3 §6.8.3): the trap then reports both.
+    static func delaysSingleStep(_ i: UnsafeMutablePointer<Instruction>) -> Bool {
+        (i.pointee.op == .movSregRM || i.pointee.op == .popSreg) && i.pointee.reg == UInt8(SegReg.ss)
+    }
+
     static func isCanonical(_ a: UInt64) -> Bool {
         let top = Int64(bitPattern: a) >> 47
         return top == 0 || top == -1

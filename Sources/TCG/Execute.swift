@@ -166,6 +166,7 @@ extension X86CPU {
         case .nop, .fence: break
         case .pause: break
         case .sse: try executeSSE(i)
+        case .mmx: try executeMMX(i)
         case .x87: try executeX87(i)
         case .fwait: try fwait()
         case .fxsave, .fxrstor, .ldmxcsr, .stmxcsr: try executeFXState(i)

@@ -2,6 +2,19 @@
 /// Figures 8-9/8-10, 32-bit protected-mode format), FXSAVE/FXRSTOR (SDM Vol. 2 FXSAVE, Table
 /// 3-53/3-56: the 512-byte image) and LDMXCSR/STMXCSR.
 extension X86CPU {
+    /// A physical register's 80 bits as stored, without passing through a host x87 register (an
+    /// MMX value is any bit pattern).
+    @inline(__always) func physicalBits(_ k: Int) -> (UInt64, UInt16) {
+        let p = x87Slots + (k & 7) &* 16
+        return (p.loadUnaligned(as: UInt64.self), p.loadUnaligned(fromByteOffset: 8, as: UInt16.self))
+    }
+
+    @inline(__always) func setPhysicalBits(_ k: Int, _ significand: UInt64, _ signExponent: UInt16) {
+        let p = x87Slots + (k & 7) &* 16
+        p.storeBytes(of: significand, as: UInt64.self)
+        p.storeBytes(of: UInt64(signExponent), toByteOffset: 8, as: UInt64.self)
+    }
+
     /// The full 16-bit tag word (2 bits per physical register: valid, zero, special, empty).
     func fullTagWord() -> UInt16 {
         var w: UInt16 = 0
@@ -10,7 +23,7 @@ extension X86CPU {
             if fpu.pointee.ftw & (1 << UInt8(k)) == 0 {
                 t = 3
             } else {
-                let (sig, se) = Self.bits80(loadPhysical(k))
+                let (sig, se) = physicalBits(k)
                 let e = se & 0x7FFF
                 if e == 0 && sig == 0 { t = 1 } else if e == 0x7FFF || e == 0 || sig >> 63 == 0 { t = 2 } else { t = 0 }
             }
@@ -37,7 +50,7 @@ extension X86CPU {
         if size == 1 {
             try probeWrite(la, 14)
             try writeLinear(la, 1, UInt64(f.pointee.fcw))
-            try writeLinear(la &+ 2, 1, UInt64(f.pointee.fsw))
+            try writeLinear(la &+ 2, 1, UInt64(reportedFSW))
             try writeLinear(la &+ 4, 1, UInt64(fullTagWord()))
             try writeLinear(la &+ 6, 1, f.pointee.fip & 0xFFFF)
             try writeLinear(la &+ 8, 1, UInt64(f.pointee.fcs))
@@ -47,7 +60,7 @@ extension X86CPU {
         }
         try probeWrite(la, 28)
         try writeLinear(la, 2, 0xFFFF_0000 | UInt64(f.pointee.fcw))
-        try writeLinear(la &+ 4, 2, 0xFFFF_0000 | UInt64(f.pointee.fsw))
+        try writeLinear(la &+ 4, 2, 0xFFFF_0000 | UInt64(reportedFSW))
         try writeLinear(la &+ 8, 2, 0xFFFF_0000 | UInt64(fullTagWord()))
         try writeLinear(la &+ 12, 2, f.pointee.fip & 0xFFFF_FFFF)
         try writeLinear(la &+ 16, 2, UInt64(f.pointee.fcs) | (UInt64(f.pointee.fop & 0x7FF) << 16))
@@ -73,7 +86,7 @@ extension X86CPU {
         try probeWrite(la, Int(env) + 80)
         try storeEnvironment(la, size: size)
         for k in 0..<8 {
-            let (sig, se) = Self.bits80(loadPhysical((fpuTop + k) & 7))
+            let (sig, se) = physicalBits((fpuTop + k) & 7)
             let a = la &+ env &+ UInt64(10 * k)
             try writeLinear(a, 3, sig)
             try writeLinear(a &+ 8, 1, UInt64(se))
@@ -96,8 +109,8 @@ extension X86CPU {
         try loadEnvironment(la, size: size)
         withUnsafeBytes(of: &regs) { b in
             for k in 0..<8 {
-                let v = Self.float80(b.load(fromByteOffset: 16 * k, as: UInt64.self), UInt16(truncatingIfNeeded: b.load(fromByteOffset: 16 * k + 8, as: UInt64.self)))
-                storePhysical((fpuTop + k) & 7, v)
+                setPhysicalBits((fpuTop + k) & 7, b.load(fromByteOffset: 16 * k, as: UInt64.self),
+                                UInt16(truncatingIfNeeded: b.load(fromByteOffset: 16 * k + 8, as: UInt64.self)))
             }
         }
     }
@@ -130,7 +143,7 @@ extension X86CPU {
         let f = fpu
         try probeWrite(la, 512)
         try writeLinear(la, 1, UInt64(f.pointee.fcw))
-        try writeLinear(la &+ 2, 1, UInt64(f.pointee.fsw))
+        try writeLinear(la &+ 2, 1, UInt64(reportedFSW))
         try writeLinear(la &+ 4, 1, UInt64(f.pointee.ftw))
         try writeLinear(la &+ 6, 1, UInt64(f.pointee.fop & 0x7FF))
         if wide {
@@ -143,7 +156,7 @@ extension X86CPU {
         try writeLinear(la &+ 24, 2, UInt64(f.pointee.mxcsr))
         try writeLinear(la &+ 28, 2, UInt64(FPUState.mxcsrMask))
         for k in 0..<8 {
-            let (sig, se) = Self.bits80(loadPhysical((fpuTop + k) & 7))
+            let (sig, se) = physicalBits((fpuTop + k) & 7)
             let a = la &+ 32 &+ UInt64(16 * k)
             try writeLinear(a, 3, sig)
             try writeLinear(a &+ 8, 3, UInt64(se))
@@ -177,7 +190,7 @@ extension X86CPU {
         for k in 0..<8 {
             let a = la &+ 32 &+ UInt64(16 * k)
             let sig = try readLinear(a, 3), se = try readLinear(a &+ 8, 1)
-            storePhysical((fpuTop + k) & 7, Self.float80(sig, UInt16(truncatingIfNeeded: se)))
+            setPhysicalBits((fpuTop + k) & 7, sig, UInt16(truncatingIfNeeded: se))
         }
         for k in 0..<fxsaveXMMCount {
             let a = la &+ 160 &+ UInt64(16 * k)

@@ -11,11 +11,14 @@ extension X86CPU {
 
     func read128(_ la: UInt64, aligned: Bool) throws(X86Exception) -> SIMD2<UInt64> {
         if aligned && la & 15 != 0 { throw X86Exception.gp(0) }
+        // #AC takes the whole 16 bytes' alignment (measured with MOVDQU), not the halves'.
+        if st.pointee.alignmentCheck { try checkAlignment(la, 16) }
         return SIMD2(try readLinear(la, 3), try readLinear(la &+ 8, 3))
     }
 
     func write128(_ la: UInt64, _ v: SIMD2<UInt64>, aligned: Bool) throws(X86Exception) {
         if aligned && la & 15 != 0 { throw X86Exception.gp(0) }
+        if st.pointee.alignmentCheck { try checkAlignment(la, 16) }
         // Both pages are checked first so a fault leaves memory unchanged.
         if la & 0xFFF > 0xFF0 { _ = try translate(la, .write); _ = try translate(la &+ 15, .write) }
         try writeLinear(la, 3, v[0])
@@ -163,6 +166,8 @@ extension X86CPU {
             setReg(d, 2, (xmm(i.pointee.rm)[Int(k >> 2)] >> ((k & 3) * 16)) & 0xFFFF)
         case 0xD7:
             setReg(d, 2, UInt64(PackedInteger.moveMask(xmm(i.pointee.rm))))
+        case 0xF7:
+            try maskedStore(i, data: xmm(d), mask: xmm(i.pointee.rm), bytes: 16)
         case 0x70:
             setXMM(d, PackedInteger.shuffle(p, UInt8(truncatingIfNeeded: i.pointee.imm), try sseSource(i)))
         case 0x71, 0x72, 0x73:

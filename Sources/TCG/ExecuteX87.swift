@@ -3,7 +3,8 @@ import Glibc
 /// The x87 FPU (SDM Vol. 1 ch. 8): the register stack with tags, loads and stores of the real,
 /// integer and extended formats, arithmetic, comparisons (FCOM/FUCOM/FCOMI), FCMOVcc, constants
 /// and the transcendental instructions, computed with the host's 80-bit extended precision.
-/// Exceptions are always treated as masked (no #MF): the status word records them.
+/// Exceptions are always answered as masked (the masked response is stored): the status word
+/// records them, and an unmasked one raises #MF at the next waiting x87 or MMX instruction.
 extension X86CPU {
     @inline(__always) var fpuTop: Int { Int((fpu.pointee.fsw >> 11) & 7) }
 
@@ -45,6 +46,12 @@ extension X86CPU {
         return loadPhysical(k)
     }
 
+    /// Stack underflow: an arithmetic instruction with an empty operand register stores the
+    /// real indefinite (masked response), whatever the other operand holds.
+    @inline(__always) func isEmptyST(_ i: Int) -> Bool {
+        fpu.pointee.ftw & (1 << UInt8((fpuTop + i) & 7)) == 0
+    }
+
     @inline(__always) func setSTReg(_ i: Int, _ v: Float80) {
         let k = (fpuTop + i) & 7
         storePhysical(k, v)
@@ -57,6 +64,9 @@ extension X86CPU {
         if fpu.pointee.ftw & (1 << UInt8(t)) != 0 {
             fpu.pointee.fsw |= FSW.ie | FSW.sf | FSW.c1
             value = Self.indefinite
+        } else {
+            // Loads clear C1 unless the stack overflowed (SDM Vol. 2 FLD, FILD, FLD1...).
+            fpu.pointee.fsw &= ~FSW.c1
         }
         setFPUTop(t)
         storePhysical(t, value)
@@ -87,7 +97,7 @@ extension X86CPU {
 
     /// C3 C2 C0 after comparing a with b (unordered: all three).
     static func compareCodes(_ a: Float80, _ b: Float80) -> UInt16 {
-        if a.isNaN || b.isNaN { return FSW.c3 | FSW.c2 | FSW.c0 }
+        if a.isNaN || b.isNaN || isUnsupported(a) || isUnsupported(b) { return FSW.c3 | FSW.c2 | FSW.c0 }
         if a < b { return FSW.c0 }
         return a == b ? FSW.c3 : 0
     }
@@ -95,7 +105,10 @@ extension X86CPU {
     /// The exceptions of a comparison: IE for any NaN (FCOM, FCOMI, FTST) or only for a
     /// signaling one (FUCOM, FUCOMI); otherwise DE for a denormal operand.
     func noteCompareExceptions(_ a: Float80, _ b: Float80, quiet: Bool) {
-        if a.isNaN || b.isNaN {
+        if Self.isUnsupported(a) || Self.isUnsupported(b) {
+            // Unnormals, pseudo-NaNs and pseudo-infinities are invalid operands even to FUCOM.
+            fpu.pointee.fsw |= FSW.ie
+        } else if a.isNaN || b.isNaN {
             if !quiet || a.isSignalingNaN || b.isSignalingNaN { fpu.pointee.fsw |= FSW.ie }
         } else if a.isSubnormal || b.isSubnormal {
             fpu.pointee.fsw |= FSW.de
@@ -109,7 +122,7 @@ extension X86CPU {
     /// FCOMI/FUCOMI: ZF, PF, CF from the comparison; OF, SF, AF cleared.
     func setCompareFlags(_ a: Float80, _ b: Float80) {
         let f: UInt64
-        if a.isNaN || b.isNaN { f = RFlags.zf | RFlags.pf | RFlags.cf } else if a < b { f = RFlags.cf } else { f = a == b ? RFlags.zf : 0 }
+        if a.isNaN || b.isNaN || Self.isUnsupported(a) || Self.isUnsupported(b) { f = RFlags.zf | RFlags.pf | RFlags.cf } else if a < b { f = RFlags.cf } else { f = a == b ? RFlags.zf : 0 }
         st.pointee.setStatusFlags(f)
         // C1 is left as it was: measured on this host (AMD Zen) by DifferentialKVMTests.
     }
@@ -163,8 +176,13 @@ extension X86CPU {
 
     /// An arithmetic result with the host's exception flags and C1.
     func x87ArithFlags(_ op: UInt8, _ dst: Float80, _ src: Float80) -> Float80 {
-        if (dst.isSubnormal || src.isSubnormal) && !dst.isNaN && !src.isNaN { fpu.pointee.fsw |= FSW.de }
+        let before = fpu.pointee.fsw
         let r = withHostFPFlags { x87Arith(op, dst, src) }
+        // DE ranks below invalid operation and divide-by-zero (SDM Vol. 1 §4.9.2): a denormal
+        // divided by zero is ZE alone (measured).
+        if (dst.isSubnormal || src.isSubnormal) && !dst.isNaN && !src.isNaN && (fpu.pointee.fsw & ~before) & (FSW.ie | FSW.ze) == 0 {
+            fpu.pointee.fsw |= FSW.de
+        }
         guard r.isFinite, dst.isFinite, src.isFinite else { fpu.pointee.fsw &= ~FSW.c1; return r }
         let err: Float80
         switch op {
@@ -217,27 +235,41 @@ extension X86CPU {
         let s = st
         if s.pointee.cr0 & (CR0.em | CR0.ts) != 0 { throw X86Exception(X86Exception.deviceNotAvailable) }
         let group = i.pointee.sub, m = UInt8(truncatingIfNeeded: i.pointee.imm)
-        if group == 8 {
-            fpu.pointee.ftw = 0
-            return
-        }
         let reg = (m >> 3) & 7
+        if !Self.isNonWaiting(group, m, isMem: i.pointee.isMem) { try checkPendingX87() }
         if i.pointee.isMem {
             let la = linearAddress(i)
             // Control instructions (FLDCW, FNSTCW, FNSTSW, environment) leave FIP/FDP/FOP alone.
             let control = (group == 1 && reg >= 4) || (group == 5 && reg >= 4)
+            // A store that faults (#PF, #AC) after the value was converted leaves the status
+            // word (and the pointers) as they were: the instruction did not happen.
+            let f = fpu, saved = (f.pointee.fsw, f.pointee.fop, f.pointee.fip, f.pointee.fdp, f.pointee.fcs, f.pointee.fds)
             if !control {
-                fpu.pointee.fop = (UInt16(group) << 8) | UInt16(m)
-                fpu.pointee.fip = s.pointee.currentRIP; fpu.pointee.fdp = la
+                f.pointee.fop = (UInt16(group) << 8) | UInt16(m)
+                f.pointee.fip = s.pointee.currentRIP; f.pointee.fdp = la
+                f.pointee.fcs = s.pointee.cs.selector; f.pointee.fds = segment(i.pointee.seg).selector
             }
-            try x87Memory(i, group, reg, la)
+            do {
+                try x87Memory(i, group, reg, la)
+            } catch {
+                (f.pointee.fsw, f.pointee.fop, f.pointee.fip, f.pointee.fdp, f.pointee.fcs, f.pointee.fds) = saved
+                throw error
+            }
         } else {
             if !(group == 3 && (m == 0xE2 || m == 0xE3)) && !(group == 7 && m == 0xE0) {
                 fpu.pointee.fop = (UInt16(group) << 8) | UInt16(m)
-                fpu.pointee.fip = s.pointee.currentRIP
+                fpu.pointee.fip = s.pointee.currentRIP; fpu.pointee.fcs = s.pointee.cs.selector
             }
             try x87Register(group, m)
         }
+    }
+
+    /// FNINIT, FNCLEX, FNSTSW, FNSTCW, FNSTENV, FNSAVE (and the 8087 FNENI/FNDISI/FNSETPM)
+    /// do not first take a pending unmasked exception; every other x87 instruction does (SDM
+    /// Vol. 1 §8.3.11, §8.6).
+    @inline(__always) static func isNonWaiting(_ group: UInt8, _ m: UInt8, isMem: Bool) -> Bool {
+        if isMem { return (group == 1 || group == 5) && (m >> 3) & 7 >= 6 }
+        return (group == 3 && m >= 0xE0 && m <= 0xE4) || (group == 7 && m == 0xE0)
     }
 
     func x87Memory(_ i: UnsafeMutablePointer<Instruction>, _ group: UInt8, _ reg: UInt8, _ la: UInt64) throws(X86Exception) {
@@ -261,7 +293,10 @@ extension X86CPU {
                 setConditionCodes(Self.compareCodes(a, v))
                 if reg == 3 { fpuPop() }
             default:
-                setSTReg(0, x87ArithFlags(reg, a, v))
+                let before = fpu.pointee.fsw
+                setSTReg(0, isEmptyST(0) ? Self.indefinite : x87ArithFlags(reg, a, v))
+                // The memory operand's DE (set as it loaded) yields to IE and ZE as well.
+                if (fpu.pointee.fsw & ~before) & (FSW.ie | FSW.ze) != 0 { fpu.pointee.fsw = (fpu.pointee.fsw & ~FSW.de) | deBefore }
             }
         case (1, 0):
             let b = UInt32(truncatingIfNeeded: try readLinear(la, 2))
@@ -304,7 +339,7 @@ extension X86CPU {
             if reg == 3 { fpuPop() }
         case (5, 4): try restoreState(la, size: i.pointee.size)
         case (5, 6): try saveState(la, size: i.pointee.size)
-        case (5, 7): try writeLinear(la, 1, UInt64(fpu.pointee.fsw))
+        case (5, 7): try writeLinear(la, 1, UInt64(reportedFSW))
         case (7, 0): fpuPush(Float80(Int16(truncatingIfNeeded: try readLinear(la, 1))))
         case (7, 1), (7, 2), (7, 3):
             try writeLinear(la, 1, x87ToInteger(stReg(0), bytes: 2, truncate: reg == 1))
@@ -329,7 +364,7 @@ extension X86CPU {
                 setConditionCodes(Self.compareCodes(a, b))
                 if reg == 3 { fpuPop() }
             } else {
-                setSTReg(0, x87ArithFlags(reg, a, b))
+                setSTReg(0, isEmptyST(0) || isEmptyST(k) ? Self.indefinite : x87ArithFlags(reg, a, b))
             }
         case 4, 6:
             if reg == 2 || reg == 3 {
@@ -343,7 +378,7 @@ extension X86CPU {
             }
             let op = reg >= 4 ? reg ^ 1 : reg
             let (d, t) = (stReg(k), stReg(0))
-            setSTReg(k, x87ArithFlags(op, d, t))
+            setSTReg(k, isEmptyST(0) || isEmptyST(k) ? Self.indefinite : x87ArithFlags(op, d, t))
             if group == 6 { fpuPop() }
         case 1: try x87D9(m)
         case 2, 3:
@@ -389,7 +424,7 @@ extension X86CPU {
             case 0:
                 // FFREEP (undocumented, used by some code as "free and pop").
                 fpu.pointee.ftw &= ~(1 << UInt8((fpuTop + k) & 7)); fpuPop()
-            case 4 where m == 0xE0: setReg(Reg.rax, 1, UInt64(fpu.pointee.fsw))
+            case 4 where m == 0xE0: setReg(Reg.rax, 1, UInt64(reportedFSW))
             case 5, 6:
                 noteCompareExceptions(stReg(0), stReg(k), quiet: reg == 5)
                 setCompareFlags(stReg(0), stReg(k))
@@ -488,23 +523,32 @@ extension X86CPU {
         }
     }
 
-    /// FXAM: the class of ST(0) in C3 C2 C0, its sign in C1.
+    /// An encoding the 387 and later reject as an operand (SDM Vol. 1 §8.2.2, Table 8-3): a
+    /// nonzero exponent with the integer bit clear (unnormal, pseudo-NaN, pseudo-infinity).
+    static func isUnsupported(_ v: Float80) -> Bool {
+        let (sig, se) = bits80(v)
+        return se & 0x7FFF != 0 && sig >> 63 == 0
+    }
+
+    /// FXAM: the class of ST(0) in C3 C2 C0, its sign in C1, from the register's bits (SDM Vol.
+    /// 2 FXAM): unsupported encodings are class 000; pseudo-denormals are denormals.
     func fxam() {
         let k = fpuTop
-        let v = loadPhysical(k)
-        var c: UInt16 = v.sign == .minus ? FSW.c1 : 0
+        let (sig, se) = physicalBits(k)
+        let e = se & 0x7FFF, integer = sig >> 63 != 0
+        var c: UInt16 = se & 0x8000 != 0 ? FSW.c1 : 0
         if fpu.pointee.ftw & (1 << UInt8(k)) == 0 { c |= FSW.c3 | FSW.c0 }
-        else if v.isNaN { c |= FSW.c0 }
-        else if v.isInfinite { c |= FSW.c2 | FSW.c0 }
-        else if v == 0 { c |= FSW.c3 }
-        else if v.isSubnormal { c |= FSW.c3 | FSW.c2 }
+        else if e == 0 { c |= sig == 0 ? FSW.c3 : FSW.c3 | FSW.c2 }
+        else if !integer { }
+        else if e == 0x7FFF { c |= sig << 1 == 0 ? FSW.c2 | FSW.c0 : FSW.c0 }
         else { c |= FSW.c2 }
         setConditionCodes(c)
     }
 
-    /// FWAIT: with CR0.MP and CR0.TS, #NM (SDM Vol. 3 Table 2-2); no pending exceptions to raise.
+    /// FWAIT: with CR0.MP and CR0.TS, #NM (SDM Vol. 3 Table 2-2); then a pending exception's #MF.
     func fwait() throws(X86Exception) {
         let cr0 = st.pointee.cr0
         if cr0 & CR0.mp != 0 && cr0 & CR0.ts != 0 { throw X86Exception(X86Exception.deviceNotAvailable) }
+        try checkPendingX87()
     }
 }

@@ -38,6 +38,8 @@ public enum Op: UInt8 {
     // x87 (D8-DF: `sub` the opcode's low 3 bits, `imm` the ModRM byte), FWAIT, and the SSE/SSE2
     // 0F map (`sub` the second opcode byte, `imm2` the mandatory prefix: 0 none, 1 66, 2 F3, 3 F2).
     case x87, fwait, sse
+    // MMX and the SSE/SSE2 instructions with an MMX register operand (same `sub`/`imm2` as sse).
+    case mmx
 }
 
 /// Prefix bits kept in `Instruction.prefixes`.

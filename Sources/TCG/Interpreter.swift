@@ -19,6 +19,7 @@ extension X86CPU {
             }
             let shadow = s.pointee.interruptShadow
             s.pointee.interruptShadow = false
+            updateAlignmentCheck()
             if let apicRef, apicRef._withUnsafeGuaranteedRef({ $0.hasPendingEvent }), let apic {
                 if !serviceEvents(apic, shadow: shadow) { return .tripleFault }
             }
@@ -70,7 +71,7 @@ extension X86CPU {
                 }
             }
             if resuming && k > 0 { s.pointee.rflags &= ~RFlags.rf }
-            if stepping && k == 1 && !Self.deliversItsOwnEvent(insns.pointee.op) {
+            if stepping && k == 1 && !Self.deliversItsOwnEvent(insns.pointee.op) && !Self.delaysSingleStep(insns) {
                 s.pointee.dr6 |= 0x4000  // BS
                 if !deliverEvent(vector: X86Exception.debug, errorCode: nil, kind: .fault) {
                     s.pointee.instructionCount &+= UInt64(k)

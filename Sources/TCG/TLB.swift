@@ -66,6 +66,7 @@ extension X86CPU {
     // MARK: - Slow paths
 
     func readSlow(_ la: UInt64, _ n: Int, _ access: Access) throws(X86Exception) -> UInt64 {
+        if st.pointee.alignmentCheck && access != .execute { try checkAlignment(la, n) }
         if Int(la & 0xFFF) + n > 4096 {
             // Split across pages: translate both before touching either (a fault leaves no side effects).
             _ = try translate(la, access)
@@ -87,6 +88,7 @@ extension X86CPU {
     }
 
     func writeSlow(_ la: UInt64, _ n: Int, _ v: UInt64) throws(X86Exception) {
+        if st.pointee.alignmentCheck { try checkAlignment(la, n) }
         if Int(la & 0xFFF) + n > 4096 {
             _ = try translate(la, .write)
             _ = try translate(la &+ UInt64(n - 1), .write)
@@ -156,9 +158,12 @@ extension X86CPU {
         n.physicalPage = w.physicalPage
         n.host = host
         n.global = w.global
-        n.readTag = key
+        // With alignment checking on, user data accesses stay off the fast paths (see CPUState).
+        let dataTags = !(user && s.pointee.alignmentCheck)
+        if dataTags { n.readTag = key }
         // The walk for a write set D; only then may stores skip the walk.
-        if access == .write && !platform.codePages.contains(w.physicalPage) { n.writeTag = key }
+        if !dataTags { }
+        else if access == .write && !platform.codePages.contains(w.physicalPage) { n.writeTag = key }
         else if e.pointee.writeTag == key && e.pointee.physicalPage == w.physicalPage { n.writeTag = key }
         if w.executable { n.execTag = key }
         e.pointee = n

@@ -212,3 +212,25 @@ extension VhostUserTests {
         XCTAssertEqual(device.vhostRings.givenCalls[0], device.vhostRings.calls[0].fd)
     }
 }
+
+extension VhostUserTests {
+    /// A ring the guest broke (its avail index a thousand entries ahead of a 256-entry ring)
+    /// stops in the back-end, which says so on the ring's SET_VRING_ERR eventfd; the front-end
+    /// counts each report and logs only the first.
+    func testBackEndReportsABrokenRingOnItsErrorEventFD() throws {
+        let (device, _, drv) = try makeFrontend()
+        try memory.store(UInt16(1000), at: drv.queues[0].avail + 2)
+        drv.kick(0)
+        let error = device.vhostRings.errors[0]
+        var p = pollfd(fd: error.fd, events: Int16(POLLIN), revents: 0)
+        XCTAssertEqual(poll(&p, 1, 5000), 1, "the back-end did not signal the ring's error eventfd")
+        XCTAssertFalse(onBackend { self.server.isProcessing }, "the back-end stopped the broken ring")
+        var lines: [String] = []
+        device.log = { lines.append($0) }
+        error.consume()
+        device.vhostRings.errorReported?(0)
+        device.vhostRings.errorReported?(0)
+        XCTAssertEqual(device.ringErrors, 2)
+        XCTAssertEqual(lines, ["the back-end reported an error on ring 0 (the guest's ring is malformed)"])
+    }
+}

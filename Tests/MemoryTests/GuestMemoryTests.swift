@@ -47,6 +47,23 @@ final class GuestMemoryTests: XCTestCase {
         XCTAssertEqual(try m.load(UInt64.self, at: 0x800), 0)
     }
 
+    /// The default RAM of a machine without a memory backend object: private, each region on a
+    /// 2 MiB boundary (so transparent huge pages can back it), same checks, discard zeroes.
+    func testAnonymousRAMIsHugePageAlignedAndPrivate() throws {
+        let m = try GuestMemory(layout: [(0, 4 << 20), (0x1_0000_0000, 0x2000)], backing: .anonymous)
+        XCTAssertEqual(m.fd, -1)
+        for r in m.regions { XCTAssertEqual(Int(bitPattern: r.host) % (2 << 20), 0, "region at 0x\(String(r.guestAddress, radix: 16))") }
+        try m.store(UInt64(0x0102_0304_0506_0708), at: (4 << 20) - 8)
+        try m.store(UInt16(0xBEEF), at: 0x1_0000_1FFE)
+        XCTAssertEqual(try m.load(UInt64.self, at: (4 << 20) - 8), 0x0102_0304_0506_0708)
+        XCTAssertEqual(try m.load(UInt16.self, at: 0x1_0000_1FFE), 0xBEEF)
+        XCTAssertThrowsError(try m.load(UInt32.self, at: (4 << 20) - 2))
+        XCTAssertThrowsError(try m.load(UInt16.self, at: 0x1_0000_2000))
+        m.discardAll()
+        XCTAssertEqual(try m.load(UInt64.self, at: (4 << 20) - 8), 0)
+        XCTAssertEqual(try m.load(UInt16.self, at: 0x1_0000_1FFE), 0)
+    }
+
     func testBadLayoutIsAnError() {
         XCTAssertThrowsError(try GuestMemory(layout: [(0, 100)]))
     }

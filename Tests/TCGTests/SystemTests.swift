@@ -78,6 +78,19 @@ final class SystemTests: XCTestCase {
         XCTAssertEqual(cpu.st.pointee.rflags & RFlags.tf, 0, "TF clear in the handler")
     }
 
+    /// MOV SS with TF set: the single-step trap waits for the next instruction (SDM Vol. 3
+    /// §6.8.3), so one #DB follows the instruction after it.
+    func testTrapFlagAfterMovSSWaitsOneInstruction() throws {
+        // push 0x102 ; popf ; mov ss, ax ; nop ; nop
+        XCTAssertEqual(try run([0x68, 0x02, 0x01, 0x00, 0x00, 0x9D, 0x8E, 0xD0, 0x90, 0x90], regs: [0: 0x10]), .haltedForever)
+        XCTAssertEqual(cpu.st.pointee.rip, handler(1))
+        XCTAssertEqual(try stack(0), EmulatedRunner.codeAddress + 9, "trap after the nop that follows mov ss")
+        XCTAssertEqual(cpu.st.pointee.dr6 & 0x4000, 0x4000, "DR6.BS")
+        // Any other instruction traps right after itself: mov ds, ax.
+        XCTAssertEqual(try run([0x68, 0x02, 0x01, 0x00, 0x00, 0x9D, 0x8E, 0xD8, 0x90, 0x90], regs: [0: 0x10]), .haltedForever)
+        XCTAssertEqual(try stack(0), EmulatedRunner.codeAddress + 8)
+    }
+
     func testNotPresentPageFaultPushesErrorCodeAndSetsCR2() throws {
         // mov rax, [0x40000010] (PDPT[1] is empty)
         XCTAssertEqual(try run([0x48, 0x8B, 0x04, 0x25, 0x10, 0x00, 0x00, 0x40]), .haltedForever)
@@ -154,6 +167,38 @@ final class SystemTests: XCTestCase {
         XCTAssertEqual(try run([0x48, 0xCF], regs: [4: sp]), .haltedForever)
         XCTAssertEqual(cpu.st.pointee.rip, handler(13))
         XCTAssertEqual(try stack(0), 0, "#GP(0)")
+    }
+
+    /// Ring 3 with RFLAGS.AC under CR0.AM: a misaligned data access raises #AC(0) (SDM Vol. 3
+    /// §6.15, interrupt 17); aligned ones, ring 0, or AM clear do not (the user hlt then #GPs).
+    func testAlignmentCheckInRing3() throws {
+        let user: UInt64 = 0x11000, data: UInt64 = 0x21000
+        func enterUser(_ code: [UInt8], rflags: UInt64, regs: [Int: UInt64]) throws -> UInt64 {
+            try emu.memory.write(code + [0xF4], at: user)
+            cpu.invalidateCode(physical: user)
+            let frame: [UInt64] = [user, 0x23, rflags, Self.userStack, 0x1B]
+            let sp = Self.kernelStack - 0x100 - 40
+            for (k, v) in frame.enumerated() { try emu.memory.store(v, at: sp + UInt64(8 * k)) }
+            var r = regs
+            r[4] = sp
+            XCTAssertEqual(try run([0x48, 0xCF], regs: r), .haltedForever)
+            return (cpu.st.pointee.rip - Self.handlers - 1) / 16
+        }
+        let load: [UInt8] = [0x8B, 0x43, 0x01]  // mov eax, [rbx+1]
+        cpu.st.pointee.cr0 |= CR0.am
+        XCTAssertEqual(try enterUser(load, rflags: 0x202, regs: [3: data]), 13, "AC clear: the load runs, hlt #GPs")
+        XCTAssertEqual(try enterUser(load, rflags: 0x4_0202, regs: [3: data]), 17, "AC set: #AC")
+        XCTAssertEqual(try stack(0), 0, "#AC error code")
+        XCTAssertEqual(try stack(1), user, "a fault: RIP of the load")
+        XCTAssertEqual(try enterUser(load, rflags: 0x4_0202, regs: [3: data - 1]), 13, "aligned: no #AC")
+        XCTAssertEqual(try enterUser([0x89, 0x43, 0x02], rflags: 0x4_0202, regs: [3: data]), 17, "a misaligned store")
+        XCTAssertEqual(try enterUser([0x66, 0x89, 0x43, 0x02], rflags: 0x4_0202, regs: [3: data]), 13, "a word at 2 is aligned")
+        XCTAssertEqual(try enterUser([0x53], rflags: 0x4_0202, regs: [3: data]), 13, "push onto an aligned stack")
+        // popf setting AC in ring 3, then a misaligned load in the same run.
+        XCTAssertEqual(try enterUser([0x68, 0x02, 0x02, 0x04, 0x00, 0x9D] + load, rflags: 0x202, regs: [3: data]), 17)
+        XCTAssertEqual(try stack(1), user + 6)
+        cpu.st.pointee.cr0 &= ~CR0.am
+        XCTAssertEqual(try enterUser(load, rflags: 0x4_0202, regs: [3: data]), 13, "CR0.AM clear: no #AC")
     }
 
     func testSyscallAndSysret() throws {

@@ -37,7 +37,6 @@ public final class VhostKernelDevice: VirtioDevice {
     let hooks: Hooks
     let vhostRings: VhostRings<VhostKernelFD>
     /// VHOST_SET_VRING_ERR: the kernel signals a ring it could not use (a bad descriptor).
-    let errors: [EventFD]
     var config: [UInt8]
     public private(set) var started = false
     /// The queues Keel keeps (past the handed-over rings): notified here, never the kernel's.
@@ -77,20 +76,14 @@ public final class VhostKernelDevice: VirtioDevice {
         self.memory = memory
         self.hooks = hooks
         vhostRings = try VhostRings(rings: rings.map { .init(backend: vhosts[$0.vhost], index: $0.index) }, loop: loop)
-        errors = try rings.map { _ in try EventFD() }
-        for (i, r) in vhostRings.rings.enumerated() {
-            try r.backend.setVringError(r.index, fd: errors[i].fd)
-            try loop.addReadable(fd: errors[i].fd) { [unowned self] _ in
-                self.errors[i].consume()
-                self.ringErrors += 1
-                // The guest can repeat the fault at will: one line, then only the count.
-                if self.ringErrors == 1 { self.log("\(r.backend.path): ring \(r.index) (queue \(i)) reported an error (the guest's ring is malformed)") }
+        vhostRings.errorReported = { [unowned self] i in
+            self.ringErrors += 1
+            // The guest can repeat the fault at will: one line, then only the count.
+            if self.ringErrors == 1 {
+                let r = self.vhostRings.rings[i]
+                self.log("\(r.backend.path): ring \(r.index) (queue \(i)) reported an error (the guest's ring is malformed)")
             }
         }
-    }
-
-    deinit {
-        for e in errors { vhostRings.loop.remove(fd: e.fd) }
     }
 
     /// The features SET_FEATURES carries: what the driver acked among the kernel's, with Keel's
@@ -153,4 +146,7 @@ extension VhostKernelDevice: VhostNetRings {
     public func setStationAddress(_ mac: [UInt8]) {
         for (i, b) in mac.prefix(6).enumerated() where VirtioNetConfig.macOffset + i < config.count { config[VirtioNetConfig.macOffset + i] = b }
     }
+
+    /// Keel's vhost-net carries one pair: nothing to enable or disable.
+    public func setQueuePairs(usable: Int, active: Int) {}
 }

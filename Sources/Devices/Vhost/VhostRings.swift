@@ -66,8 +66,10 @@ public protocol VhostRingBackend: AnyObject {
     func setVringAddress(_ a: VhostVringAddress) throws(Failure)
     func setVringCall(_ index: UInt32, fd: Int32) throws(Failure)
     func setVringKick(_ index: UInt32, fd: Int32) throws(Failure)
+    /// The eventfd the back-end signals when it finds the ring broken.
+    func setVringError(_ index: UInt32, fd: Int32) throws(Failure)
     /// vhost-user's SET_VRING_ENABLE where negotiated; nothing for the kernel.
-    func enableVring(_ index: UInt32) throws(Failure)
+    func setVringEnabled(_ index: UInt32, _ enabled: Bool) throws(Failure)
     /// GET_VRING_BASE: stops the ring, returns the next available index it would read.
     func vringBase(_ index: UInt32) throws(Failure) -> UInt16
 }
@@ -86,11 +88,21 @@ final class VhostRings<Backend: VhostRingBackend> {
     let loop: EventLoop
     let kicks: [EventFD]
     let calls: [EventFD]
+    /// One per ring: the back-end signals it when the guest's ring is malformed.
+    let errors: [EventFD]
+    /// Called (on the loop) with the queue index each time a back-end reports a ring error.
+    var errorReported: ((Int) -> Void)?
     var running: [Bool]
     /// The call fd each running ring was given: Keel's relay eventfd, or the vector's irqfd.
     var givenCalls: [Int32]
     /// Where each ring resumes: SET_VRING_BASE's value at the next start.
     var bases: [UInt16]
+    /// Queues at or past this index are not the back-end's (virtio-net without MQ negotiated:
+    /// queue 2 is the control queue).
+    var handoverLimit = Int.max
+    /// Rings at or past this index are handed over disabled (virtio-net pairs the driver has
+    /// not turned on with VQ_PAIRS_SET).
+    var enabledLimit = Int.max
     weak var transport: VirtioPCIDevice?
 
     init(rings: [Ring], loop: EventLoop) throws {
@@ -98,6 +110,7 @@ final class VhostRings<Backend: VhostRingBackend> {
         self.loop = loop
         kicks = try rings.map { _ in try EventFD() }
         calls = try rings.map { _ in try EventFD() }
+        errors = try rings.map { _ in try EventFD() }
         running = Array(repeating: false, count: rings.count)
         givenCalls = Array(repeating: -1, count: rings.count)
         bases = Array(repeating: 0, count: rings.count)
@@ -107,10 +120,17 @@ final class VhostRings<Backend: VhostRingBackend> {
                 self.transport?.backendCalled(queue: i)
             }
         }
+        for (i, e) in errors.enumerated() {
+            try loop.addReadable(fd: e.fd) { [unowned self, e] _ in
+                e.consume()
+                self.errorReported?(i)
+            }
+        }
     }
 
     deinit {
         for c in calls { loop.remove(fd: c.fd) }
+        for e in errors { loop.remove(fd: e.fd) }
     }
 
     var count: Int { rings.count }
@@ -127,10 +147,10 @@ final class VhostRings<Backend: VhostRingBackend> {
         kicks[index].signal()
     }
 
-    /// Each ready ring among the first `count` queues: num, base, addresses, call, kick, enable.
+    /// Each ready ring among the first `count` queues: num, base, addresses, error, call, kick, enable.
     /// A ring whose structures are not in RAM is not handed over and the device needs a reset.
     func start(_ t: VirtioPCIDevice, memory: GuestMemory) throws(Backend.Failure) {
-        for (i, q) in t.queues.enumerated() where q.isReady && i < rings.count {
+        for (i, q) in t.queues.enumerated() where q.isReady && i < rings.count && i < handoverLimit {
             let r = rings[i]
             guard let a = VhostVringAddress.translate(index: r.index, size: q.size, descriptorTable: q.descriptorTable,
                                                       driverArea: q.driverArea, deviceArea: q.deviceArea, memory: memory) else {
@@ -140,13 +160,22 @@ final class VhostRings<Backend: VhostRingBackend> {
             try r.backend.setVringNum(r.index, UInt32(q.size))
             try r.backend.setVringBase(r.index, UInt32(bases[i]))
             try r.backend.setVringAddress(a)
+            try r.backend.setVringError(r.index, fd: errors[i].fd)
             // The call fd first: a ring starts at its kick and may complete work at once.
             let call = callFD(queue: i)
             try r.backend.setVringCall(r.index, fd: call)
             givenCalls[i] = call
             try r.backend.setVringKick(r.index, fd: kicks[i].fd)
-            try r.backend.enableVring(r.index)
+            try r.backend.setVringEnabled(r.index, i < enabledLimit)
             running[i] = true
+        }
+    }
+
+    /// Enables the running rings below `limit` and disables the others.
+    func setEnabledLimit(_ limit: Int) throws(Backend.Failure) {
+        enabledLimit = limit
+        for i in running.indices where running[i] {
+            try rings[i].backend.setVringEnabled(rings[i].index, i < limit)
         }
     }
 

@@ -81,7 +81,9 @@ extension VhostUserBackendServer {
                 // A ring may have completed chains while it had no call fd: one spare interrupt.
                 if rings[i].started { rings[i].signalCall() }
             default:
-                if fd >= 0 { close(fd) }   // errors are not reported on the err fd
+                // Kept across GET_VRING_BASE (a front-end may send it once, at device start).
+                if rings[i].error >= 0 { close(rings[i].error) }
+                rings[i].error = fd
             }
         case .setVringEnable:
             let (i, num) = try ringState(m, r)
@@ -191,6 +193,7 @@ extension VhostUserBackendServer {
     func refreshReady(_ i: Int) {
         let ready = rings[i].started && rings[i].enabled
         queues[i].isReady = ready
+        device.queueReadinessChanged(i)
         // Chains made while nobody ran the ring (a reconnect) are taken without waiting for a kick.
         if ready && isProcessing { device.queueNotified(i) }
     }
@@ -200,6 +203,7 @@ extension VhostUserBackendServer {
         rings[i].started = false
         rings[i].base = queues[i].nextAvail
         queues[i].isReady = false
+        device.queueReadinessChanged(i)
         if rings[i].kick >= 0 { close(rings[i].kick); rings[i].kick = -1 }
         if rings[i].call >= 0 { close(rings[i].call); rings[i].call = -1 }
     }

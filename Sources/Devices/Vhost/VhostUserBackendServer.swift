@@ -175,7 +175,10 @@ public final class VhostUserBackendServer: VirtioTransport {
         c.close()
         channel = nil
         deferredMessage = nil
-        for i in rings.indices { stopRing(i) }
+        for i in rings.indices {
+            stopRing(i)
+            if rings[i].error >= 0 { close(rings[i].error) }
+        }
         device.reset()
         activated = false
         broken = false
@@ -218,6 +221,8 @@ public final class VhostUserBackendServer: VirtioTransport {
         guard !broken else { return }
         broken = true
         log("the driver broke the virtqueue rules (\(why)); queues stopped until the front-end restarts them")
+        // The front-end learns it on each started ring's error eventfd (SET_VRING_ERR).
+        for r in rings where r.started { r.signalError() }
     }
 
     public func configChanged() {}
@@ -245,12 +250,16 @@ struct BackendRing {
     var base: UInt16 = 0
     var kick: Int32 = -1
     var call: Int32 = -1
+    var error: Int32 = -1
     var enabled = false
     var started = false
 
-    func signalCall() {
-        guard call >= 0 else { return }
+    func signalCall() { signal(call) }
+    func signalError() { signal(error) }
+
+    private func signal(_ fd: Int32) {
+        guard fd >= 0 else { return }
         var one: UInt64 = 1
-        _ = write(call, &one, 8)
+        _ = write(fd, &one, 8)
     }
 }

@@ -27,6 +27,8 @@ public final class VhostUserDevice: VirtioDevice {
     }
     /// Called after every successful (re)connection and replay; tests count them.
     public var onReconnect: (() -> Void)?
+    /// Ring errors the back-end reported on the SET_VRING_ERR eventfds (tests, debugging).
+    public private(set) var ringErrors = 0
 
     var config: [UInt8]
     let configSize: Int
@@ -66,6 +68,11 @@ public final class VhostUserDevice: VirtioDevice {
         }
         try readBackendView()
         watchConnection()
+        vhostRings.errorReported = { [unowned self] i in
+            self.ringErrors += 1
+            // QEMU logs each; the guest can repeat the fault at will, so once, then only the count.
+            if self.ringErrors == 1 { self.log("the back-end reported an error on ring \(i) (the guest's ring is malformed)") }
+        }
     }
 
     deinit {
@@ -155,5 +162,12 @@ public final class VhostUserDevice: VirtioDevice {
 extension VhostUserDevice: VhostNetRings {
     public func setStationAddress(_ mac: [UInt8]) {
         for (i, b) in mac.prefix(6).enumerated() where VirtioNetConfig.macOffset + i < config.count { config[VirtioNetConfig.macOffset + i] = b }
+    }
+
+    public func setQueuePairs(usable: Int, active: Int) {
+        vhostRings.handoverLimit = 2 * usable
+        vhostRings.enabledLimit = 2 * active
+        guard frontend.isConnected else { return }   // a reconnect's handover applies both
+        do { try vhostRings.setEnabledLimit(2 * active) } catch { connectionLost(error) }
     }
 }

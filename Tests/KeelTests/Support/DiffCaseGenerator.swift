@@ -520,7 +520,7 @@ struct DiffCaseGenerator {
         }
     }
 
-    enum Family: CaseIterable { case alu, unary, shift, mulDiv, bits, atomics, string, stack, moves, sse, sseMoves, x87, fault, sequence }
+    enum Family: CaseIterable { case alu, unary, shift, mulDiv, bits, atomics, string, stack, moves, sse, sseMoves, x87, mmx, alignment, singleStep, fault, sequence }
 
     mutating func instruction(_ f: Family, _ x: inout Context) -> [UInt8] {
         switch f {
@@ -536,6 +536,9 @@ struct DiffCaseGenerator {
         case .sse: return sse(&x)
         case .sseMoves: return sseMoves(&x)
         case .x87: return x87(&x)
+        case .mmx: return mmx(&x)
+        case .alignment: return alignmentCheck(&x)
+        case .singleStep: return singleStep(&x)
         case .fault: return faulting(&x)
         case .sequence: return []
         }
@@ -558,7 +561,7 @@ struct DiffCaseGenerator {
     /// The suite's batch: families in turn, `count` cases.
     mutating func batch(count: Int) -> [DiffCase] {
         let weights: [(Family, Int)] = [(.alu, 6), (.unary, 3), (.shift, 6), (.mulDiv, 4), (.bits, 4), (.atomics, 3),
-                                        (.string, 3), (.stack, 3), (.moves, 5), (.sse, 5), (.sseMoves, 3), (.x87, 3), (.fault, 1), (.sequence, 8)]
+                                        (.string, 3), (.stack, 3), (.moves, 5), (.sse, 5), (.sseMoves, 3), (.x87, 3), (.mmx, 4), (.alignment, 2), (.singleStep, 1), (.fault, 1), (.sequence, 8)]
         let wheel = weights.flatMap { Array(repeating: $0.0, count: $0.1) }
         return (0..<count).map { makeCase(wheel[$0 % wheel.count], number: $0) }
     }
