@@ -22,7 +22,8 @@ let package = Package(
         .systemLibrary(name: "CZlib", path: "Sources/CZlib"),
         .target(name: "CURing", path: "Sources/CURing", linkerSettings: [.linkedLibrary("uring")]),
         .target(name: "Block", dependencies: ["CKeel", "CZlib", "CURing"], swiftSettings: lean),
-        .systemLibrary(name: "CSlirp", path: "Sources/CSlirp"),
+        // libslirp is opened with dlopen by the first -netdev user (see keel_slirp.h).
+        .target(name: "CSlirp", path: "Sources/CSlirp", linkerSettings: [.linkedLibrary("dl")]),
         .target(name: "Net", dependencies: ["Loop", "CKeel", "CSlirp"], swiftSettings: lean),
         .target(name: "KeelImg", dependencies: ["Block", "CKeel"], swiftSettings: lean),
         .target(name: "SCSI", dependencies: ["Block"], swiftSettings: lean),
@@ -32,9 +33,12 @@ let package = Package(
         .target(name: "Accel", dependencies: ["Machine", "TCG", "Devices", "Memory", "Loop", "KVM", "CKeel"], swiftSettings: lean),
         .target(name: "Monitor", dependencies: ["Machine", "Devices", "Loop", "CKeel"], swiftSettings: lean),
         .target(name: "KeelKit", dependencies: ["Monitor", "Accel", "Machine", "Devices", "SCSI", "Block", "Loop", "Memory"], swiftSettings: lean),
-        // The Swift runtime linked in: an idle VMM then maps ~3 MiB less of shared libraries.
+        // The Swift runtime, the C++ runtime, the unwinder, zlib and liburing linked in (the linker
+        // scripts in linker/ point -lstdc++, -lgcc_s, -lz, -luring at the static archives; lld,
+        // because ld and gold take an archive before the Swift runtime needs it), and only the
+        // symbols other objects need exported: an idle VMM maps ~5 MiB less (BENCHMARKS.md, RSS).
         .executableTarget(name: "keel", dependencies: ["KeelKit", "KeelImg"], swiftSettings: lean,
-                          linkerSettings: [.unsafeFlags(["-static-stdlib"])]),
+                          linkerSettings: [.unsafeFlags(["-static-stdlib", "-use-ld=lld", "-Llinker", "-Xlinker", "--no-export-dynamic"])]),
         .testTarget(name: "BlockTests", dependencies: ["Block", "KeelImg"], swiftSettings: opt),
         .testTarget(name: "SCSITests", dependencies: ["SCSI", "Block"], swiftSettings: opt),
         .testTarget(name: "NetTests", dependencies: ["Net", "Loop"], swiftSettings: opt),

@@ -59,13 +59,14 @@ public final class UserBackend: NetBackend {
         cfg.vdhcp_start = r.dhcpStart.inAddr
         cfg.vnameserver = r.dns.inAddr
         cfg.vnameserver6 = r.ipv6DNS
+        if let e = keel_slirp_load() { throw NetBackendError("-netdev user: cannot load libslirp (\(String(cString: e)))") }
         // slirp_new copies the strings it keeps.
         let opaque = Unmanaged.passUnretained(self).toOpaque()
         slirp = withOptionalCString(configuration.hostname) { hostname in
             withOptionalCString(configuration.domainName) { domain in
                 cfg.vhostname = hostname
                 cfg.vdomainname = domain
-                return slirp_new(&cfg, slirpCallbacks, opaque)
+                return keel_slirp_new(&cfg, slirpCallbacks, opaque)
             }
         }
         guard let slirp else { throw NetBackendError("-netdev user: libslirp could not start (slirp_new failed)") }
@@ -81,7 +82,7 @@ public final class UserBackend: NetBackend {
 
     deinit {
         detach()
-        if let slirp { slirp_cleanup(slirp) }
+        if let slirp { keel_slirp_cleanup(slirp) }
         for t in timers { Unmanaged.passUnretained(t).release() }
     }
 
@@ -126,7 +127,7 @@ public final class UserBackend: NetBackend {
         guard total > 0, total <= 65_536 + 64 else { return .sent }
         slirpDepth += 1
         if segments.count == 1, let s = segments.first {
-            slirp_input(slirp, s.base.assumingMemoryBound(to: UInt8.self), Int32(total))
+            keel_slirp_input(slirp, s.base.assumingMemoryBound(to: UInt8.self), Int32(total))
         } else {
             if scratch.count < total { scratch = [UInt8](repeating: 0, count: total) }
             scratch.withUnsafeMutableBytes { dst in
@@ -135,7 +136,7 @@ public final class UserBackend: NetBackend {
                     dst.baseAddress.map { ($0 + at).copyMemory(from: s.base, byteCount: s.count) }
                     at += s.count
                 }
-                slirp_input(slirp, dst.baseAddress?.assumingMemoryBound(to: UInt8.self), Int32(total))
+                keel_slirp_input(slirp, dst.baseAddress?.assumingMemoryBound(to: UInt8.self), Int32(total))
             }
         }
         slirpDepth -= 1
@@ -208,7 +209,7 @@ public final class UserBackend: NetBackend {
             }
         }
         slirpDepth += 1
-        slirp_pollfds_poll(slirp, pollError, { idx, opaque in
+        keel_slirp_pollfds_poll(slirp, pollError, { idx, opaque in
             guard let opaque else { return 0 }
             return UserBackend.from(opaque).revents(index: idx)
         }, Unmanaged.passUnretained(self).toOpaque())
@@ -241,7 +242,7 @@ public final class UserBackend: NetBackend {
         guard let slirp, let loop else { return }
         pollfds.removeAll(keepingCapacity: true)
         var timeout = UInt32.max
-        slirp_pollfds_fill(slirp, &timeout, { fd, events, opaque in
+        keel_slirp_pollfds_fill(slirp, &timeout, { fd, events, opaque in
             guard let opaque else { return -1 }
             return UserBackend.from(opaque).addPoll(fd: fd, events: events)
         }, Unmanaged.passUnretained(self).toOpaque())
@@ -310,7 +311,7 @@ public final class UserBackend: NetBackend {
             t.expireMilliseconds = nil
             guard let slirp = self.slirp else { return }
             self.slirpDepth += 1
-            slirp_handle_timer(slirp, t.id, t.callbackOpaque)
+            keel_slirp_handle_timer(slirp, t.id, t.callbackOpaque)
             self.slirpDepth -= 1
             self.deliverPending()
             self.refill()
@@ -361,7 +362,7 @@ private func withOptionalCString<T>(_ s: String?, _ body: (UnsafePointer<CChar>?
 private func slirp_add_hostxfwd_ipv4(_ slirp: OpaquePointer, _ udp: Bool, _ host: in_addr, _ hostPort: UInt16,
                                      _ guest: UnsafeMutablePointer<in_addr>, _ guestPort: UInt16) -> Int32 {
     errno = 0
-    return slirp_add_hostfwd(slirp, udp ? 1 : 0, host, Int32(hostPort), guest.pointee, Int32(guestPort))
+    return keel_slirp_add_hostfwd(slirp, udp ? 1 : 0, host, Int32(hostPort), guest.pointee, Int32(guestPort))
 }
 
 /// The callback table libslirp keeps a pointer to for the life of every Slirp instance.
