@@ -7,6 +7,8 @@ import XCTest
 final class RecordingBlockExecutor: VirtioRequestExecutor {
     var requests: [BlockRequest] = []
     var failWith: UInt8?
+    var merges = true
+    var mergesSequentialRequests: Bool { merges }
     func execute(_ work: @escaping () -> UInt8, completion: @escaping (UInt8) -> Void) { completion(failWith ?? work()) }
     func execute(_ request: BlockRequest, on backend: BlockDevice, work: @escaping () -> UInt8,
                  completion: @escaping (UInt8) -> Void) {
@@ -127,5 +129,12 @@ final class VirtioBlockMergeTests: XCTestCase {
         XCTAssertEqual(try drv.queues[0].harvest().count, 40)
         XCTAssertEqual(exec.requests.count, 2)
         if case .read(let s, _) = exec.requests[0] { XCTAssertEqual(s.count, MergedTransfer.maxRequests) } else { XCTFail() }
+        // An executor that runs requests in parallel (the worker pool) gets them one by one.
+        exec.requests.removeAll()
+        exec.merges = false
+        _ = try queueRequests(drv, (0..<4).map { (0, UInt64($0), 0x300000 + 0x1000 * UInt64($0), 512) })
+        drv.kick(0)
+        XCTAssertEqual(try drv.queues[0].harvest().count, 4)
+        XCTAssertEqual(exec.requests.count, 4)
     }
 }

@@ -181,10 +181,13 @@ public final class VirtioBlock: VirtioDevice {
     }
 
     /// Queues a checked read or write, merged with the one before it when it continues it on
-    /// the disk (QEMU's virtio_blk_submit_multireq): one backend transfer (one preadv/pwritev,
-    /// one io_uring operation) for a run of sequential requests.
+    /// the disk (QEMU's virtio_blk_submit_multireq) and the executor wants that: one io_uring
+    /// operation for a run of sequential requests.
     private func enqueueTransfer(_ t: VirtioTransport, isRead: Bool, offset: UInt64, length: UInt64,
                                  segments: [UnsafeMutableRawBufferPointer], finish: @escaping (UInt8) -> Void) {
+        if !executor.mergesSequentialRequests {
+            return submitTransfer(t, MergedTransfer(isRead: isRead, offset: offset, length: length, segments: segments, finish: finish))
+        }
         if var m = merging {
             merging = nil
             if m.accepts(isRead: isRead, offset: offset, length: length, segmentCount: segments.count) {
