@@ -236,8 +236,9 @@ enum NetCommandLine {
         guard let chardev = o.take("chardev"), !chardev.isEmpty else { throw ConfigurationErrorText("-netdev \(value): chardev= is required") }
         var v = VhostUserNetdevConfiguration(chardev: chardev)
         if let q = o.take("queues") {
-            // Several pairs need VQ_PAIRS_SET from Keel's control queue reaching the back-end (not yet).
-            guard q == "1" else { throw ConfigurationErrorText("-netdev \(value): queues=\(q): vhost-user supports 1 queue pair") }
+            let n = try KeelCommandLine.checked(q, max: 64, "-netdev", "queues")
+            guard n >= 1 else { throw ConfigurationErrorText("-netdev \(value): queues=\(q): at least 1") }
+            v.queues = Int(n)
         }
         _ = o.take("vhostforce")
         return v

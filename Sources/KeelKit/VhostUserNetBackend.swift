@@ -18,7 +18,7 @@ public enum VhostUserNetBackend {
     }
 
     public static let usage = """
-    usage: keel vhost-user-net --socket-path=PATH [--client] | --fd=N --tap=IFNAME [--queues=1] [--mac=52:54:00:12:34:56]
+    usage: keel vhost-user-net --socket-path=PATH [--client] | --fd=N --tap=IFNAME [--queues=N] [--mac=52:54:00:12:34:56]
     Serves a virtio-net device on tap IFNAME as a vhost-user-net back-end on a unix socket listening at PATH
     (--client: connecting to PATH, where the front-end listens; --fd: on a connected socket).
     """
@@ -30,8 +30,8 @@ public enum VhostUserNetBackend {
             if try o.endpointFlags.take(a, from: &flags) {}
             else if let v = try flags.value(a, "--tap") { o.tap = v }
             else if let v = try flags.value(a, "--queues") {
-                // Several pairs need the control queue's VQ_PAIRS_SET, which stays in the front-end.
-                guard let n = Int(v), n == 1 else { throw VhostUserError("--queues=\(v): only 1 queue pair is supported") }
+                // One tap queue per pair; the front-end turns pairs on with SET_VRING_ENABLE.
+                guard let n = Int(v), (1...64).contains(n) else { throw VhostUserError("--queues=\(v): 1 to 64 queue pairs") }
                 o.queuePairs = n
             } else if let v = try flags.value(a, "--mac") {
                 o.mac = try parseMAC(v)
@@ -80,9 +80,7 @@ public final class VhostUserNetRings: VirtioDevice {
     public func readConfig(offset: Int, data: UnsafeMutableRawBufferPointer) { net.readConfig(offset: offset, data: data) }
     public func writeConfig(offset: Int, data: UnsafeRawBufferPointer) { net.writeConfig(offset: offset, data: data) }
     public func activate(_ transport: VirtioTransport) { net.activate(transport) }
-    public func queueNotified(_ index: Int) {
-        guard index >= 0, index < queueMaxSizes.count else { return }
-        net.queueNotified(index)
-    }
+    public func queueNotified(_ index: Int) { net.ringNotified(index) }
+    public func queueReadinessChanged(_ index: Int) { net.activePairsFollowReadyRings() }
     public func reset() { net.reset() }
 }

@@ -189,10 +189,13 @@ final class PCIBusDevices {
     static func vhostUserNet(_ u: VhostUserNetdevConfiguration, nic: VirtioNetConfiguration, board: PCBoard) throws -> VirtioDevice {
         let frontend = VhostUserFrontend(endpoint: u.server ? .listen(u.path) : .connect(u.path))
         do {
-            let rings = try VhostUserDevice(deviceType: 1, pciClassCode: 0x02_00_00, configSize: 12, configOverrides: [(0, nic.mac)],
+            // mac and max_virtqueue_pairs (§5.1.4) are the front-end's, as in QEMU.
+            let pairs = [UInt8(truncatingIfNeeded: u.queues), UInt8(truncatingIfNeeded: u.queues >> 8)]
+            let rings = try VhostUserDevice(deviceType: 1, pciClassCode: 0x02_00_00, configSize: 12,
+                                            configOverrides: [(0, nic.mac), (VirtioNetConfig.maxPairsOffset, pairs)],
                                             queueCount: 2 * u.queues, queueSize: nic.queueSize, frontend: frontend,
                                             memory: board.memory, loop: board.loop, reconnectSeconds: u.reconnectSeconds)
-            return VhostNetDevice(rings: rings, mac: nic.mac)
+            return VhostNetDevice(rings: rings, mac: nic.mac, multiqueue: nic.multiqueue)
         } catch {
             throw ConfigurationError("-netdev vhost-user,chardev=\(u.chardev): \(error)")
         }

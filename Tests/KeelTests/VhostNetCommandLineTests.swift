@@ -32,8 +32,16 @@ final class VhostNetCommandLineTests: XCTestCase {
         XCTAssertTrue(error(Self.shared + ["-netdev", "vhost-user,id=n0"]).contains("chardev= is required"))
         XCTAssertTrue(error(Self.shared + ["-netdev", "vhost-user,id=n0,chardev=c9", "-device", "virtio-net-pci,netdev=n0"])
             .contains("no -chardev with id=c9"), error(Self.shared + ["-netdev", "vhost-user,id=n0,chardev=c9"]))
-        XCTAssertTrue(error(Self.shared + ["-chardev", "socket,id=c0,path=/tmp/vu.sock", "-netdev", "vhost-user,id=n0,chardev=c0,queues=2"])
-            .contains("queues=2"))
+        XCTAssertTrue(error(Self.shared + ["-chardev", "socket,id=c0,path=/tmp/vu.sock", "-netdev", "vhost-user,id=n0,chardev=c0,queues=65"])
+            .contains("queues=65"))
+        XCTAssertTrue(error(Self.shared + ["-chardev", "socket,id=c0,path=/tmp/vu.sock", "-netdev", "vhost-user,id=n0,chardev=c0,queues=0"])
+            .contains("queues=0"))
+        // queues=N: N pairs; the NIC offers MQ with mq=on, as QEMU's.
+        let mq = try configuration(Self.shared + ["-chardev", "socket,id=c0,path=/tmp/vu.sock", "-netdev", "vhost-user,id=n0,chardev=c0,queues=2",
+                                                  "-device", "virtio-net-pci,netdev=n0,mq=on"])
+        XCTAssertEqual(mq.netdevs.first?.queues, 2)
+        guard case .virtioNet(let nic)? = mq.pciDevices.first else { return XCTFail("\(mq.pciDevices)") }
+        XCTAssertTrue(nic.multiqueue)
         // vhost-user maps guest RAM in another process: QEMU's words without share=on.
         let c = try configuration(["-chardev", "socket,id=c0,path=/tmp/vu.sock", "-netdev", "vhost-user,id=n0,chardev=c0",
                                    "-device", "virtio-net-pci,netdev=n0"])
@@ -45,13 +53,15 @@ final class VhostNetCommandLineTests: XCTestCase {
         XCTAssertEqual(o.socketPath, "/tmp/s")
         XCTAssertEqual(o.tap, "tap3")
         XCTAssertEqual(o.mac, [2, 0, 0, 0, 0, 1])
+        XCTAssertEqual(try VhostUserNetBackend.parse(["-s", "/tmp/s", "--tap=t", "--queues=4"]).queuePairs, 4)
         XCTAssertEqual(try o.endpointFlags.endpoint(), .listen("/tmp/s"))
         XCTAssertEqual(try VhostUserNetBackend.parse(["-s", "/tmp/c", "--client", "--tap=t"]).endpointFlags.endpoint(), .connect("/tmp/c"))
         XCTAssertEqual(try VhostUserNetBackend.parse(["--fd", "5", "--tap=t"]).endpointFlags.endpoint(), .connected(5))
         for (args, message) in [(["--tap=t"], "--socket-path=PATH (or --fd=N) is required"),
                                 (["--fd=3", "--socket-path=/s", "--tap=t"], "--fd=3 and --socket-path/--client exclude each other"),
                                 (["--fd=-1", "--tap=t"], "--fd=-1"), (["--socket-path=/s"], "--tap=IFNAME is required"),
-                                (["--socket-path=/s", "--tap=t", "--queues=2"], "--queues=2"),
+                                (["--socket-path=/s", "--tap=t", "--queues=65"], "--queues=65"),
+                                (["--socket-path=/s", "--tap=t", "--queues=0"], "--queues=0"),
                                 (["--socket-path=/s", "--tap=t", "--mac=zz"], "--mac=zz"), (["--bogus"], "--bogus")] {
             XCTAssertThrowsError(try VhostUserNetBackend.parse(args)) { XCTAssertTrue("\($0)".contains(message), "\(args): \($0)") }
         }

@@ -22,10 +22,10 @@ final class VhostUserNetLinuxTests: XCTestCase {
         if let s = scratch { try? FileManager.default.removeItem(at: s) }
     }
 
-    func startBackend(namespace ns: String, socket: String) throws -> (Process, URL) {
+    func startBackend(namespace ns: String, socket: String, extra: [String] = []) throws -> (Process, URL) {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: VirtioNetLinuxTests.ip)
-        p.arguments = ["netns", "exec", ns, net.keelPath, "vhost-user-net", "--socket-path=\(socket)", "--tap=tap0"]
+        p.arguments = ["netns", "exec", ns, net.keelPath, "vhost-user-net", "--socket-path=\(socket)", "--tap=tap0"] + extra
         let log = scratch.appendingPathComponent("backend.log")
         FileManager.default.createFile(atPath: log.path, contents: nil)
         let h = try FileHandle(forWritingTo: log)
@@ -52,6 +52,19 @@ final class VhostUserNetLinuxTests: XCTestCase {
             "-object", "memory-backend-memfd,id=mem,size=512M,share=on", "-machine", "memory-backend=mem",
             "-chardev", "socket,id=c0,path=\(socket)", "-netdev", "vhost-user,id=n0,chardev=c0",
             "-device", "virtio-net-pci,netdev=n0,mac=52:54:00:ab:cd:ef",
+        ]) { "back-end:\n" + ((try? String(contentsOf: backendLog, encoding: .utf8)) ?? "") }
+    }
+
+    /// queues=2 on both sides and mq=on, two vCPUs: VQ_PAIRS_SET reaches the back-end as
+    /// SET_VRING_ENABLE, and the second pair carries the second CPU's traffic.
+    func testMultiqueueTwoPairsThroughKeelBackend() throws {
+        let ns = try net.makeNamespace(multiqueue: true)
+        let socket = scratch.appendingPathComponent("net.sock").path
+        let (_, backendLog) = try startBackend(namespace: ns, socket: socket, extra: ["--queues=2"])
+        try net.checkMultiqueueTwoPairs(namespace: ns, arguments: [
+            "-object", "memory-backend-memfd,id=mem,size=512M,share=on", "-machine", "memory-backend=mem",
+            "-chardev", "socket,id=c0,path=\(socket)", "-netdev", "vhost-user,id=n0,chardev=c0,queues=2",
+            "-device", "virtio-net-pci,netdev=n0,mq=on",
         ]) { "back-end:\n" + ((try? String(contentsOf: backendLog, encoding: .utf8)) ?? "") }
     }
 }

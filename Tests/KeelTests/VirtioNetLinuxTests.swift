@@ -60,13 +60,20 @@ final class VirtioNetLinuxTests: XCTestCase {
     /// queue and transmits on the second from the second CPU.
     func testMultiqueueTwoPairs() throws {
         let ns = try makeNamespace(multiqueue: true)
+        try checkMultiqueueTwoPairs(namespace: ns, arguments: ["-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no,queues=2",
+                                                               "-device", "virtio-net-pci,netdev=n0,mq=on"])
+    }
+
+    /// Boots two vCPUs with `arguments` (a two-pair NIC, eth0 on tap0 in `ns`): both pairs exist,
+    /// a ping from the second CPU works, and the second transmit queue raised interrupts.
+    func checkMultiqueueTwoPairs(namespace ns: String, arguments: [String], otherLog: () -> String = { "" },
+                                 file: StaticString = #filePath, line: UInt = #line) throws {
         var o = MachineOptions(kernel: guest.appendingPathComponent("vmlinuz"))
         o.initrd = guest.appendingPathComponent("initrd.img")
         o.memoryMiB = 512
         o.smp = 2
         o.append = "console=ttyS0 keel.init=shell"
-        o.extraArguments = ["-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no,queues=2",
-                            "-device", "virtio-net-pci,netdev=n0,mq=on"]
+        o.extraArguments = arguments
         let commands = [
             "ip addr add 10.0.3.2/24 dev eth0; ip link set eth0 up",
             "echo q=$(ls /sys/class/net/eth0/queues)",
@@ -77,16 +84,16 @@ final class VirtioNetLinuxTests: XCTestCase {
         let input = commands.joined(separator: "\n") + "\n"
         let r = try KeelRunner.runCommand(executable: Self.ip, arguments: ["netns", "exec", ns, keelPath] + runner.arguments(for: o),
                                           timeout: 300, input: Data(input.utf8), inputAfter: "keel# ", inputLineDelay: 1.5)
-        let context = "\n\(r.stdout.suffix(3000))\n\(r.stderr)"
-        XCTAssertFalse(r.timedOut, context)
-        XCTAssertEqual(r.status, 0, context)
-        XCTAssertTrue(r.lines.contains("q=rx-0 rx-1 tx-0 tx-1"), context)
-        XCTAssertTrue(r.lines.contains("3 packets transmitted, 3 packets received, 0% packet loss"), context)
+        let context = "\n\(r.stdout.suffix(3000))\n\(r.stderr)\n\(otherLog())"
+        XCTAssertFalse(r.timedOut, context, file: file, line: line)
+        XCTAssertEqual(r.status, 0, context, file: file, line: line)
+        XCTAssertTrue(r.lines.contains("q=rx-0 rx-1 tx-0 tx-1"), context, file: file, line: line)
+        XCTAssertTrue(r.lines.contains("3 packets transmitted, 3 packets received, 0% packet loss"), context, file: file, line: line)
         // "NN:  c0  c1  PCI-MSI ...  virtio0-output.1": the second pair's transmit interrupts.
-        let line = try XCTUnwrap(r.lines.first { $0.hasSuffix("virtio0-output.1") && !$0.contains("grep") }, context)
-        let counts = line.split(separator: " ").dropFirst().prefix(2).compactMap { Int($0) }
-        XCTAssertEqual(counts.count, 2, line)
-        XCTAssertGreaterThan(counts.reduce(0, +), 0, "the second transmit queue was never used: \(line)")
+        let irq = try XCTUnwrap(r.lines.first { $0.hasSuffix("virtio0-output.1") && !$0.contains("grep") }, context, file: file, line: line)
+        let counts = irq.split(separator: " ").dropFirst().prefix(2).compactMap { Int($0) }
+        XCTAssertEqual(counts.count, 2, irq, file: file, line: line)
+        XCTAssertGreaterThan(counts.reduce(0, +), 0, "the second transmit queue was never used: \(irq)", file: file, line: line)
     }
 
     /// Options the tap netdev refuses name the problem in one line, and Keel exits before booting.

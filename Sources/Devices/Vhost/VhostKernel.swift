@@ -156,7 +156,7 @@ public final class VhostKernelFD: VhostRingBackend {
     }
 
     /// The kernel's rings run from the kick on; there is no separate enable.
-    public func enableVring(_ index: UInt32) throws(VhostKernelError) {}
+    public func setVringEnabled(_ index: UInt32, _ enabled: Bool) throws(VhostKernelError) {}
 
     // MARK: device-specific
 

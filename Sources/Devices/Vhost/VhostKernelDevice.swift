@@ -146,4 +146,7 @@ extension VhostKernelDevice: VhostNetRings {
     public func setStationAddress(_ mac: [UInt8]) {
         for (i, b) in mac.prefix(6).enumerated() where VirtioNetConfig.macOffset + i < config.count { config[VirtioNetConfig.macOffset + i] = b }
     }
+
+    /// Keel's vhost-net carries one pair: nothing to enable or disable.
+    public func setQueuePairs(usable: Int, active: Int) {}
 }

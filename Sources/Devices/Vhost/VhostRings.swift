@@ -69,7 +69,7 @@ public protocol VhostRingBackend: AnyObject {
     /// The eventfd the back-end signals when it finds the ring broken.
     func setVringError(_ index: UInt32, fd: Int32) throws(Failure)
     /// vhost-user's SET_VRING_ENABLE where negotiated; nothing for the kernel.
-    func enableVring(_ index: UInt32) throws(Failure)
+    func setVringEnabled(_ index: UInt32, _ enabled: Bool) throws(Failure)
     /// GET_VRING_BASE: stops the ring, returns the next available index it would read.
     func vringBase(_ index: UInt32) throws(Failure) -> UInt16
 }
@@ -97,6 +97,12 @@ final class VhostRings<Backend: VhostRingBackend> {
     var givenCalls: [Int32]
     /// Where each ring resumes: SET_VRING_BASE's value at the next start.
     var bases: [UInt16]
+    /// Queues at or past this index are not the back-end's (virtio-net without MQ negotiated:
+    /// queue 2 is the control queue).
+    var handoverLimit = Int.max
+    /// Rings at or past this index are handed over disabled (virtio-net pairs the driver has
+    /// not turned on with VQ_PAIRS_SET).
+    var enabledLimit = Int.max
     weak var transport: VirtioPCIDevice?
 
     init(rings: [Ring], loop: EventLoop) throws {
@@ -144,7 +150,7 @@ final class VhostRings<Backend: VhostRingBackend> {
     /// Each ready ring among the first `count` queues: num, base, addresses, error, call, kick, enable.
     /// A ring whose structures are not in RAM is not handed over and the device needs a reset.
     func start(_ t: VirtioPCIDevice, memory: GuestMemory) throws(Backend.Failure) {
-        for (i, q) in t.queues.enumerated() where q.isReady && i < rings.count {
+        for (i, q) in t.queues.enumerated() where q.isReady && i < rings.count && i < handoverLimit {
             let r = rings[i]
             guard let a = VhostVringAddress.translate(index: r.index, size: q.size, descriptorTable: q.descriptorTable,
                                                       driverArea: q.driverArea, deviceArea: q.deviceArea, memory: memory) else {
@@ -160,8 +166,16 @@ final class VhostRings<Backend: VhostRingBackend> {
             try r.backend.setVringCall(r.index, fd: call)
             givenCalls[i] = call
             try r.backend.setVringKick(r.index, fd: kicks[i].fd)
-            try r.backend.enableVring(r.index)
+            try r.backend.setVringEnabled(r.index, i < enabledLimit)
             running[i] = true
+        }
+    }
+
+    /// Enables the running rings below `limit` and disables the others.
+    func setEnabledLimit(_ limit: Int) throws(Backend.Failure) {
+        enabledLimit = limit
+        for i in running.indices where running[i] {
+            try rings[i].backend.setVringEnabled(rings[i].index, i < limit)
         }
     }
 

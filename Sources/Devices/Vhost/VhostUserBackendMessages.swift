@@ -193,6 +193,7 @@ extension VhostUserBackendServer {
     func refreshReady(_ i: Int) {
         let ready = rings[i].started && rings[i].enabled
         queues[i].isReady = ready
+        device.queueReadinessChanged(i)
         // Chains made while nobody ran the ring (a reconnect) are taken without waiting for a kick.
         if ready && isProcessing { device.queueNotified(i) }
     }
@@ -202,6 +203,7 @@ extension VhostUserBackendServer {
         rings[i].started = false
         rings[i].base = queues[i].nextAvail
         queues[i].isReady = false
+        device.queueReadinessChanged(i)
         if rings[i].kick >= 0 { close(rings[i].kick); rings[i].kick = -1 }
         if rings[i].call >= 0 { close(rings[i].call); rings[i].call = -1 }
     }

@@ -163,4 +163,11 @@ extension VhostUserDevice: VhostNetRings {
     public func setStationAddress(_ mac: [UInt8]) {
         for (i, b) in mac.prefix(6).enumerated() where VirtioNetConfig.macOffset + i < config.count { config[VirtioNetConfig.macOffset + i] = b }
     }
+
+    public func setQueuePairs(usable: Int, active: Int) {
+        vhostRings.handoverLimit = 2 * usable
+        vhostRings.enabledLimit = 2 * active
+        guard frontend.isConnected else { return }   // a reconnect's handover applies both
+        do { try vhostRings.setEnabledLimit(2 * active) } catch { connectionLost(error) }
+    }
 }

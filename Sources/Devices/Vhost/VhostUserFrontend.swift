@@ -154,9 +154,9 @@ extension VhostUserFrontend: VhostRingBackend {
     }
 
     /// Rings start disabled only when VHOST_USER_F_PROTOCOL_FEATURES is negotiated.
-    public func enableVring(_ index: UInt32) throws(VhostUserError) {
+    public func setVringEnabled(_ index: UInt32, _ enabled: Bool) throws(VhostUserError) {
         guard backendFeatures & VhostUser.featureProtocolFeatures != 0 else { return }
-        try send(VhostUserMessage(.setVringEnable, payload: .vringState(index, 1)))
+        try send(VhostUserMessage(.setVringEnable, payload: .vringState(index, enabled ? 1 : 0)))
     }
 
     /// GET_VRING_BASE: stops the ring and returns the back-end's next available index.

@@ -44,6 +44,8 @@ public protocol VirtioDevice: AnyObject {
     /// The transport's irqfds changed (MSI-X programmed, masked, moved): a device whose
     /// interrupts come from elsewhere (a vhost back-end's call) re-points them.
     func interruptRoutesChanged()
+    /// A vhost-user back-end's transport started, stopped, enabled or disabled queue `index`.
+    func queueReadinessChanged(_ index: Int)
     /// Whether an iothread owning the device polls its queues before sleeping (block devices;
     /// not queues whose available buffers wait for host data, such as a receive queue).
     var pollsQueues: Bool { get }
@@ -56,6 +58,7 @@ public protocol VirtioDevice: AnyObject {
 extension VirtioDevice {
     public func queueNotifyEventFD(_ index: Int) -> EventFD? { nil }
     public func interruptRoutesChanged() {}
+    public func queueReadinessChanged(_ index: Int) {}
     public var pollsQueues: Bool { false }
     public var transportFeatures: UInt64 { Virtio.featureVersion1 | Virtio.featureIndirectDescriptors | Virtio.featureEventIndex }
 }

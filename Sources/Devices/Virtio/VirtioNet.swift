@@ -129,6 +129,25 @@ public final class VirtioNet: VirtioDevice {
         if index % 2 == 0 { pairs[pair].receiveBuffersPosted() } else { pairs[pair].transmit() }
     }
 
+    /// A kick on pair queue `index` (2k receive, 2k+1 transmit), never the control queue: for a
+    /// vhost-user back-end, whose front-end keeps the control queue.
+    public func ringNotified(_ index: Int) {
+        guard transport != nil, index >= 0, index / 2 < maxPairs else { return }
+        if index % 2 == 0 { pairs[index / 2].receiveBuffersPosted() } else { pairs[index / 2].transmit() }
+    }
+
+    /// For a vhost-user back-end: the pairs in use are the leading ones whose two rings the
+    /// front-end has started and enabled (it turns pairs on and off for VQ_PAIRS_SET).
+    public func activePairsFollowReadyRings() {
+        guard let t = transport else { return }
+        var n = 0
+        while n < maxPairs, 2 * n + 1 < t.queues.count, t.queues[2 * n].isReady, t.queues[2 * n + 1].isReady { n += 1 }
+        let active = max(1, n)
+        guard active != activePairs else { return }
+        activePairs = active
+        for p in pairs { p.receiveBuffersPosted() }
+    }
+
     /// The pair whose receive queue takes frames from backend `index`: its own while the driver
     /// uses it, otherwise one it does use (a tap queue the guest left idle still gets traffic).
     func receivePair(forBackend index: Int) -> VirtioNetQueuePair {

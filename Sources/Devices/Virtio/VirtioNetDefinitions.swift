@@ -69,12 +69,12 @@ enum VirtioNetHeader {
 }
 
 /// Device configuration layout (§5.1.4) and its status bits.
-enum VirtioNetConfig {
-    static let macOffset = 0
+public enum VirtioNetConfig {
+    public static let macOffset = 0
     static let statusOffset = 6
-    static let maxPairsOffset = 8
+    public static let maxPairsOffset = 8
     static let mtuOffset = 10
-    static let size = 12
+    public static let size = 12
     static let statusLinkUp: UInt16 = 1
     static let statusAnnounce: UInt16 = 2
 }
