@@ -2,44 +2,11 @@
 extension X86CPU {
     /// One of the eight classic ALU operations; returns the result (the caller skips the store for cmp).
     @inline(__always) func alu(_ op: UInt8, _ a: UInt64, _ b: UInt64, _ size: UInt8) -> UInt64 {
-        let m = sizeMask(size)
-        let s = st
-        switch op & 7 {
-        case 0:
-            let r = (a &+ b) & m
-            s.pointee.setLazy(.add, size, res: r, a: a, b: b); return r
-        case 1:
-            let r = a | b
-            s.pointee.setLazy(.logic, size, res: r, a: a, b: b); return r
-        case 2:
-            let c: UInt64 = s.pointee.carryFlag ? 1 : 0
-            let r = (a &+ b &+ c) & m
-            s.pointee.flagCarry = c
-            s.pointee.setLazy(.adc, size, res: r, a: a, b: b); return r
-        case 3:
-            let c: UInt64 = s.pointee.carryFlag ? 1 : 0
-            let r = (a &- b &- c) & m
-            s.pointee.flagCarry = c
-            s.pointee.setLazy(.sbb, size, res: r, a: a, b: b); return r
-        case 4:
-            let r = a & b
-            s.pointee.setLazy(.logic, size, res: r, a: a, b: b); return r
-        case 6:
-            let r = a ^ b
-            s.pointee.setLazy(.logic, size, res: r, a: a, b: b); return r
-        default:
-            let r = (a &- b) & m
-            s.pointee.setLazy(.sub, size, res: r, a: a, b: b); return r
-        }
+        st.pointee.aluResult(op, a, b, size)
     }
 
     @inline(__always) func incDec(_ v: UInt64, _ size: UInt8, dec: Bool) -> UInt64 {
-        let s = st
-        let c: UInt64 = s.pointee.carryFlag ? 1 : 0
-        let r = (dec ? v &- 1 : v &+ 1) & sizeMask(size)
-        s.pointee.flagCarry = c
-        s.pointee.setLazy(dec ? .dec : .inc, size, res: r, a: v, b: 1)
-        return r
+        st.pointee.incDecResult(v, size, dec: dec)
     }
 
     /// Status flags from a result: ZF, SF, PF (the caller adds CF, OF, AF).
@@ -204,17 +171,7 @@ extension X86CPU {
 
     /// IMUL two/three-operand forms.
     func imul2(_ a: UInt64, _ b: UInt64, _ size: UInt8) -> UInt64 {
-        let lo: UInt64, overflow: Bool
-        if size == 3 {
-            let p = Int64(bitPattern: a).multipliedReportingOverflow(by: Int64(bitPattern: b))
-            lo = UInt64(bitPattern: p.partialValue); overflow = p.overflow
-        } else {
-            let p = signExtend(a, size) &* signExtend(b, size)
-            lo = UInt64(bitPattern: p) & sizeMask(size)
-            overflow = signExtend(lo, size) != p
-        }
-        st.pointee.setStatusFlags(mulFlags(lo, size, overflow))
-        return lo
+        st.pointee.imulResult(a, b, size)
     }
 
     /// DIV/IDIV: #DE on a zero divisor or a quotient that does not fit.

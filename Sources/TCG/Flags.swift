@@ -4,18 +4,20 @@ public enum FlagOp: UInt8 {
     /// Status flags are in `rflags`.
     case none = 0
     case add, adc, sub, sbb, logic, inc, dec
+    /// SHL/SAL, SHR, SAR with a nonzero count: `flagSrc1` the operand, `flagSrc2` the masked count.
+    case shl, shr, sar
 }
 
-@inline(__always) func sizeMask(_ size: UInt8) -> UInt64 {
+@_transparent func sizeMask(_ size: UInt8) -> UInt64 {
     size >= 3 ? ~0 : (UInt64(1) << (UInt64(8) << UInt64(size))) &- 1
 }
 
-@inline(__always) func signBit(_ size: UInt8) -> UInt64 {
+@_transparent func signBit(_ size: UInt8) -> UInt64 {
     UInt64(1) << ((UInt64(8) << UInt64(size & 3)) &- 1)
 }
 
 /// Sign-extends the low 8 << size bits.
-@inline(__always) func signExtend(_ v: UInt64, _ size: UInt8) -> Int64 {
+@_transparent func signExtend(_ v: UInt64, _ size: UInt8) -> Int64 {
     switch size {
     case 0: return Int64(Int8(truncatingIfNeeded: v))
     case 1: return Int64(Int16(truncatingIfNeeded: v))
@@ -24,16 +26,16 @@ public enum FlagOp: UInt8 {
     }
 }
 
-@inline(__always) func parityFlag(_ v: UInt64) -> UInt64 {
+@_transparent func parityFlag(_ v: UInt64) -> UInt64 {
     (UInt8(truncatingIfNeeded: v).nonzeroBitCount & 1) == 0 ? RFlags.pf : 0
 }
 
 extension CPUState {
-    @inline(__always) mutating func setLazy(_ op: FlagOp, _ size: UInt8, res: UInt64, a: UInt64, b: UInt64) {
+    @_transparent mutating func setLazy(_ op: FlagOp, _ size: UInt8, res: UInt64, a: UInt64, b: UInt64) {
         flagOp = op; flagSize = size; flagRes = res; flagSrc1 = a; flagSrc2 = b
     }
 
-    @inline(__always) var carryFlag: Bool {
+    @_transparent var carryFlag: Bool {
         switch flagOp {
         case .none: return rflags & RFlags.cf != 0
         case .add: return flagRes < flagSrc1
@@ -42,18 +44,26 @@ extension CPUState {
         case .sbb: return flagCarry != 0 ? flagSrc1 <= flagSrc2 : flagSrc1 < flagSrc2
         case .logic: return false
         case .inc, .dec: return flagCarry != 0
+        case .shl:
+            let bits = UInt64(8) << UInt64(flagSize)
+            return flagSrc2 <= bits && (flagSrc1 >> (bits &- flagSrc2)) & 1 != 0
+        case .shr:
+            let bits = UInt64(8) << UInt64(flagSize)
+            return flagSrc2 <= bits && (flagSrc1 >> (flagSrc2 &- 1)) & 1 != 0
+        case .sar:
+            return (signExtend(flagSrc1, flagSize) >> Int64(min(flagSrc2 &- 1, 63))) & 1 != 0
         }
     }
 
-    @inline(__always) var zeroFlag: Bool {
+    @_transparent var zeroFlag: Bool {
         flagOp == .none ? rflags & RFlags.zf != 0 : flagRes == 0
     }
 
-    @inline(__always) var signFlag: Bool {
+    @_transparent var signFlag: Bool {
         flagOp == .none ? rflags & RFlags.sf != 0 : flagRes & signBit(flagSize) != 0
     }
 
-    @inline(__always) var overflowFlag: Bool {
+    @_transparent var overflowFlag: Bool {
         let sign = signBit(flagSize)
         switch flagOp {
         case .none: return rflags & RFlags.of != 0
@@ -62,30 +72,41 @@ extension CPUState {
         case .logic: return false
         case .inc: return flagRes == sign
         case .dec: return flagSrc1 == sign
+        // As this host (AMD Zen) computes OF for every count (see ExecuteALU.shift).
+        case .shl: return (flagRes & sign != 0) != carryFlag
+        case .shr: return flagSrc2 == 1 && flagSrc1 & sign != 0
+        case .sar: return false
         }
     }
 
-    @inline(__always) var parityFlagSet: Bool {
+    @_transparent var parityFlagSet: Bool {
         flagOp == .none ? rflags & RFlags.pf != 0 : parityFlag(flagRes) != 0
     }
 
-    @inline(__always) var adjustFlag: Bool {
+    @_transparent var adjustFlag: Bool {
         switch flagOp {
         case .none: return rflags & RFlags.af != 0
         case .logic: return false
+        case .shl, .shr, .sar: return true  // set, as AMD Zen does (undefined in the SDM)
         default: return (flagSrc1 ^ flagSrc2 ^ flagRes) & 0x10 != 0
         }
     }
 
     /// Writes the status flags into `rflags` and drops the lazy state.
-    @inline(__always) mutating func materializeFlags() {
+    @_transparent mutating func materializeFlags() {
         guard flagOp != .none else { return }
         var f = rflags & ~RFlags.arith
-        if carryFlag { f |= RFlags.cf }
         f |= parityFlag(flagRes)
-        if adjustFlag { f |= RFlags.af }
         if flagRes == 0 { f |= RFlags.zf }
         if flagRes & signBit(flagSize) != 0 { f |= RFlags.sf }
+        if flagOp == .logic {
+            // CF, OF and AF are clear after and/or/xor/test: no per-op decode.
+            rflags = f
+            flagOp = .none
+            return
+        }
+        if carryFlag { f |= RFlags.cf }
+        if adjustFlag { f |= RFlags.af }
         if overflowFlag { f |= RFlags.of }
         rflags = f
         flagOp = .none
@@ -110,7 +131,7 @@ extension CPUState {
     }
 
     /// Condition codes tttn (SDM Vol. 1 Appendix B), with fast paths for cmp/sub and test.
-    @inline(__always) mutating func condition(_ cc: UInt8) -> Bool {
+    @_transparent mutating func condition(_ cc: UInt8) -> Bool {
         let r: Bool
         if flagOp == .sub {
             let a = flagSrc1, b = flagSrc2
@@ -131,6 +152,8 @@ extension CPUState {
             case 7: r = flagRes == 0 || flagRes & signBit(flagSize) != 0
             default: r = slowCondition(cc >> 1)
             }
+        } else if flagOp != .none && cc >> 1 == 2 {
+            r = flagRes == 0  // ZF of every lazy op (dec; jnz)
         } else {
             r = slowCondition(cc >> 1)
         }

@@ -87,6 +87,9 @@ public struct Instruction {
     public var scale: UInt8 = 0
     /// Operation selector within `op` (ALU operation, condition code, group field, source size).
     public var sub: UInt8 = 0
+    /// The interpreter's specialized form (FastForm), set when the block is cached; 0 none.
+    /// Fills what was padding, so the stride stays 40 bytes.
+    public var fast: UInt8 = 0
     public var disp: Int32 = 0
     public var imm: UInt64 = 0
     /// Second immediate (enter's nesting level, a far pointer's selector).

@@ -5,6 +5,7 @@ extension X86CPU {
     /// boundaries), or until HLT, a triple fault, or `exitRequest`.
     public func run(budget: Int) -> CPUExit {
         let s = st
+        let regs = gpr, tlb = self.tlb
         var remaining = budget
         // The APIC is polled once per block. It is weakly referenced elsewhere, so its refcount
         // lives in a side table and a retain/release pair per block cost ~30% of a Linux boot:
@@ -53,7 +54,7 @@ extension X86CPU {
                 s.pointee.currentRIP = cur
                 s.pointee.rip = (cur &+ UInt64(ip.pointee.length)) & mask
                 do {
-                    try execute(ip)
+                    try step(self, ip, s, regs, tlb)
                 } catch {
                     s.pointee.rip = s.pointee.currentRIP
                     let error = stackSegmentFault(error, ip)
@@ -79,7 +80,7 @@ extension X86CPU {
                 s.pointee.breakBlock = false
             }
             s.pointee.instructionCount &+= UInt64(k)
-            remaining &-= max(k, 1)
+            remaining &-= k > 0 ? k : 1
             if s.pointee.tripleFaulted {
                 s.pointee.tripleFaulted = false
                 return .tripleFault

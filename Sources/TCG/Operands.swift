@@ -4,21 +4,12 @@ import Synchronization
 extension X86CPU {
     /// The linear address of an instruction's memory operand.
     @inline(__always) func linearAddress(_ i: UnsafeMutablePointer<Instruction>) -> UInt64 {
-        var a = UInt64(bitPattern: Int64(i.pointee.disp))
-        let b = i.pointee.base
-        if b < 16 { a &+= gpr[Int(b)] } else if b == Reg.rip { a &+= st.pointee.rip }
-        let x = i.pointee.index
-        if x < 16 { a &+= gpr[Int(x)] << UInt64(i.pointee.scale) }
-        return addressOf(a, seg: i.pointee.seg, addrSize: i.pointee.addrSize)
+        st.pointee.operandAddress(i, gpr)
     }
 
     /// seg:offset to linear, with the offset truncated to the address size.
     @inline(__always) func addressOf(_ offset: UInt64, seg: UInt8, addrSize: UInt8) -> UInt64 {
-        switch addrSize {
-        case 3: return segmentBase(seg) &+ offset
-        case 2: return (segmentBase(seg) &+ (offset & 0xFFFF_FFFF)) & (st.pointee.codeMode == .long64 ? ~0 : 0xFFFF_FFFF)
-        default: return (segmentBase(seg) &+ (offset & 0xFFFF)) & (st.pointee.codeMode == .long64 ? ~0 : 0xFFFF_FFFF)
-        }
+        st.pointee.linear(offset, seg: seg, addrSize: addrSize)
     }
 
     /// The r/m operand's value.

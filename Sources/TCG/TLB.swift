@@ -39,32 +39,13 @@ extension X86CPU {
 
     /// Reads `1 << size` bytes at a linear address.
     @inline(__always) func readLinear(_ la: UInt64, _ size: UInt8) throws(X86Exception) -> UInt64 {
-        let e = tlbSlot(la)
-        let off = Int(la & 0xFFF)
-        if e.pointee.readTag == ((la >> 12) << 1) | userBit, off <= 4096 - (1 << Int(size)), let h = e.pointee.host {
-            switch size {
-            case 0: return UInt64(h.load(fromByteOffset: off, as: UInt8.self))
-            case 1: return UInt64(h.loadUnaligned(fromByteOffset: off, as: UInt16.self))
-            case 2: return UInt64(h.loadUnaligned(fromByteOffset: off, as: UInt32.self))
-            default: return h.loadUnaligned(fromByteOffset: off, as: UInt64.self)
-            }
-        }
+        if let v = tlbRead(tlb, la, size, user: userBit) { return v }
         return try readSlow(la, 1 << Int(size), .read)
     }
 
     /// Writes `1 << size` bytes at a linear address.
     @inline(__always) func writeLinear(_ la: UInt64, _ size: UInt8, _ v: UInt64) throws(X86Exception) {
-        let e = tlbSlot(la)
-        let off = Int(la & 0xFFF)
-        if e.pointee.writeTag == ((la >> 12) << 1) | userBit, off <= 4096 - (1 << Int(size)), let h = e.pointee.host {
-            switch size {
-            case 0: h.storeBytes(of: UInt8(truncatingIfNeeded: v), toByteOffset: off, as: UInt8.self)
-            case 1: h.storeBytes(of: UInt16(truncatingIfNeeded: v), toByteOffset: off, as: UInt16.self)
-            case 2: h.storeBytes(of: UInt32(truncatingIfNeeded: v), toByteOffset: off, as: UInt32.self)
-            default: h.storeBytes(of: v, toByteOffset: off, as: UInt64.self)
-            }
-            return
-        }
+        if tlbWrite(tlb, la, size, v, user: userBit) { return }
         try writeSlow(la, 1 << Int(size), v)
     }
 

@@ -154,35 +154,10 @@ public final class X86CPU: @unchecked Sendable {
     // MARK: - Registers
 
     /// A register operand of `size` (0-3); byte registers 16-19 are AH..BH.
-    @inline(__always) func reg(_ r: UInt8, _ size: UInt8) -> UInt64 {
-        switch size {
-        case 0:
-            if r >= 16 { return (gpr[Int(r & 3)] >> 8) & 0xFF }
-            return gpr[Int(r & 15)] & 0xFF
-        case 1: return gpr[Int(r & 15)] & 0xFFFF
-        case 2: return gpr[Int(r & 15)] & 0xFFFF_FFFF
-        default: return gpr[Int(r & 15)]
-        }
-    }
+    @inline(__always) func reg(_ r: UInt8, _ size: UInt8) -> UInt64 { readGPR(gpr, r, size) }
 
     /// Writes a register operand: 32-bit writes zero the upper half, 8/16-bit writes merge.
-    @inline(__always) func setReg(_ r: UInt8, _ size: UInt8, _ v: UInt64) {
-        switch size {
-        case 0:
-            if r >= 16 {
-                let p = gpr + Int(r & 3)
-                p.pointee = (p.pointee & ~0xFF00) | ((v & 0xFF) << 8)
-            } else {
-                let p = gpr + Int(r & 15)
-                p.pointee = (p.pointee & ~0xFF) | (v & 0xFF)
-            }
-        case 1:
-            let p = gpr + Int(r & 15)
-            p.pointee = (p.pointee & ~0xFFFF) | (v & 0xFFFF)
-        case 2: gpr[Int(r & 15)] = v & 0xFFFF_FFFF
-        default: gpr[Int(r & 15)] = v
-        }
-    }
+    @inline(__always) func setReg(_ r: UInt8, _ size: UInt8, _ v: UInt64) { writeGPR(gpr, r, size, v) }
 
     /// The segment cache for an instruction's segment number (0-7).
     @inline(__always) func segment(_ n: UInt8) -> SegmentCache {
@@ -212,14 +187,7 @@ public final class X86CPU: @unchecked Sendable {
     }
 
     /// Base added to an offset in segment `n` (in 64-bit mode only FS and GS have one).
-    @inline(__always) func segmentBase(_ n: UInt8) -> UInt64 {
-        if st.pointee.codeMode == .long64 {
-            if n == 4 { return st.pointee.fs.base }
-            if n == 5 { return st.pointee.gs.base }
-            return 0
-        }
-        return segment(n).base
-    }
+    @inline(__always) func segmentBase(_ n: UInt8) -> UInt64 { st.pointee.segmentBase(n) }
 
     /// Mask of the instruction pointer in the current mode.
     @inline(__always) var ipMask: UInt64 {

@@ -58,7 +58,7 @@ public final class LocalAPIC: BusDevice, @unchecked Sendable {
     var hostTimer: GuestTimer?
     let maxPhysicalAddressBits: Int
 
-    private let events = Atomic<UInt32>(0)
+    @usableFromInline let events = Atomic<UInt32>(0)
 
     // Architectural state.
     var apicBase: UInt64
@@ -123,7 +123,7 @@ public final class LocalAPIC: BusDevice, @unchecked Sendable {
     /// Lock-free: what the vCPU must act on (see `Events`).
     @inline(__always) public var pendingEvents: Events { Events(rawValue: events.load(ordering: .acquiring)) }
     /// Lock-free and cheap: whether anything at all is pending.
-    @inline(__always) public var hasPendingEvent: Bool { events.load(ordering: .acquiring) != 0 }
+    @inlinable public var hasPendingEvent: Bool { events.load(ordering: .acquiring) != 0 }
 
     /// The INTA cycle: moves the highest deliverable IRR vector to ISR (respecting PPR) and returns
     /// it, or returns the PIC's vector for an ExtINT. nil when nothing is deliverable (say, TPR was
