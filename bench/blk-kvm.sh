@@ -10,7 +10,9 @@
 # Usage: bench/blk-kvm.sh [RUNS]   (default 3)
 # Environment: BLK_KVM_DEPTH (32), BLK_KVM_SEQ_N (1024 x 1 MiB), BLK_KVM_RAND_N (20000 x 4 KiB),
 #   BLK_KVM_SEG (65536: data segment size of a 1 MiB request), BLK_KVM_OPTS
-#   ("aio=io_uring,cache=none,iothread=io0"; "default" for none), BLK_KVM_LOG (append consoles here)
+#   ("aio=io_uring,cache=none,iothread=io0"; "default" for none), BLK_KVM_LOG (append consoles here),
+#   BLK_KVM_ROWS (comma-separated rows to run, e.g. "seqread,seqwrite"; all by default),
+#   BLK_KVM_DISKS (comma-separated disks: raw,qcow2,qcow2-sparse; all by default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-3}
@@ -35,6 +37,8 @@ rand_n = int(os.environ.get("BLK_KVM_RAND_N", "20000"))
 seg = int(os.environ.get("BLK_KVM_SEG", "65536"))
 opts = os.environ.get("BLK_KVM_OPTS", "aio=io_uring,cache=none,iothread=io0")
 log = os.environ.get("BLK_KVM_LOG")
+only_rows = [r for r in os.environ.get("BLK_KVM_ROWS", "").split(",") if r]
+only_disks = [d for d in os.environ.get("BLK_KVM_DISKS", "").split(",") if d]
 tsc_hz = float(subprocess.run([os.path.join(work, "tsc-hz")], capture_output=True, check=True).stdout)
 guest = os.path.join(work, "blk-bench.elf")
 
@@ -93,6 +97,7 @@ rows = [("seqwrite", 1 << 20, seq_n), ("seqread", 1 << 20, seq_n),
         ("randwrite", 4096, rand_n), ("randread", 4096, rand_n)]
 cases = [(disk, row) for disk in ("raw", "qcow2") for row in rows] + \
         [("qcow2-sparse", row) for row in rows if row[0].endswith("write")]
+cases = [(d, r) for d, r in cases if (not only_rows or r[0] in only_rows) and (not only_disks or d in only_disks)]
 results = {}
 for i in range(runs):
     for disk, (bench, bs, n) in cases:

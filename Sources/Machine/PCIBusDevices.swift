@@ -292,6 +292,7 @@ final class PCIBusDevices {
             line += "msi ioctl \(s.msiByController) irqfd \(s.msiByIRQFD); routes set \(s.msiRouteUpdates); "
             line += "notify thread '\(dev.notifyThreadName ?? "")' iothread notifies \(s.iothreadNotifies)"
             if let ring = rings[i] { line += "; io_uring operations \(ring.ringOperations) submissions \(ring.ringSubmissions)" }
+            if let blk = dev.device as? VirtioBlock { line += "; merged requests \(blk.mergedRequests)" }
             line += "\n"
             line.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
         }

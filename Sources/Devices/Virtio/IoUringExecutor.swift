@@ -175,6 +175,8 @@ public final class IoUringExecutor: VirtioRequestExecutor, @unchecked Sendable {
         if group.remaining == 0 { finish(group) }
     }
 
+    public var mergesSequentialRequests: Bool { true }
+
     public func submitQueued() {
         guard unsubmitted > 0 else { return }
         inRing.withLock { _ in submitLocked() }

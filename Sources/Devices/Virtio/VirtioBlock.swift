@@ -41,6 +41,10 @@ public final class VirtioBlock: VirtioDevice {
     /// Bumped by a reset: completions of requests from before it must not touch the new rings.
     private var epoch: UInt64 = 0
     private var configBytes: [UInt8]
+    /// Sequential reads or writes of the batch being taken from a queue, not submitted yet.
+    private var merging: MergedTransfer?
+    /// Requests that joined the transfer of the request before them (tests, KEEL_DEBUG_VIRTIO).
+    public private(set) var mergedRequests: UInt64 = 0
 
     public init(backend: BlockDevice, configuration: Configuration, executor: VirtioRequestExecutor) {
         precondition(configuration.queueCount >= 1 && configuration.queueSize >= 4)
@@ -86,6 +90,7 @@ public final class VirtioBlock: VirtioDevice {
     public func queueNotified(_ index: Int) {
         guard let t = transport else { return }
         t.processQueue(index) { chain in handle(chain, queue: index, transport: t) }
+        submitMerged(t)
         executor.submitQueued()
     }
 
@@ -98,6 +103,8 @@ public final class VirtioBlock: VirtioDevice {
             return
         }
         let type = le32(header, 0), sector = le64(header, 8)
+        // Requests keep their order across types: a flush goes after the writes before it.
+        if type != Self.typeIn && type != Self.typeOut { submitMerged(t) }
         let dataLength = writableLength - 1
         var writer = ChainCursor(memory: memory, buffers: chain.writable)
         let statusAddress = statusByteAddress(chain)
@@ -116,14 +123,9 @@ public final class VirtioBlock: VirtioDevice {
             guard let segments = isRead ? writer.segments(length) : reader.segments(length) else {
                 finish(Self.statusIOError, written: 0); return
             }
-            let backend = self.backend
-            let request: BlockRequest = isRead ? .read(segments: segments, offset: offset) : .write(segments: segments, offset: offset)
-            submit(t, request) {
-                do {
-                    if isRead { try backend.readVectored(into: segments, at: offset) } else { try backend.writeVectored(segments, at: offset) }
-                    return Self.statusOK
-                } catch { return Self.statusIOError }
-            } done: { status in finish(status, written: isRead && status == Self.statusOK ? length : 0) }
+            enqueueTransfer(t, isRead: isRead, offset: offset, length: length, segments: segments) { status in
+                finish(status, written: isRead && status == Self.statusOK ? length : 0)
+            }
         case Self.typeFlush:
             let backend = self.backend
             submit(t, .flush) {
@@ -178,6 +180,49 @@ public final class VirtioBlock: VirtioDevice {
         return last.address + UInt64(last.length - 1)
     }
 
+    /// Queues a checked read or write, merged with the one before it when it continues it on
+    /// the disk (QEMU's virtio_blk_submit_multireq) and the executor wants that: one io_uring
+    /// operation for a run of sequential requests.
+    private func enqueueTransfer(_ t: VirtioTransport, isRead: Bool, offset: UInt64, length: UInt64,
+                                 segments: [UnsafeMutableRawBufferPointer], finish: @escaping (UInt8) -> Void) {
+        if !executor.mergesSequentialRequests {
+            return submitTransfer(t, MergedTransfer(isRead: isRead, offset: offset, length: length, segments: segments, finish: finish))
+        }
+        if var m = merging {
+            merging = nil
+            if m.accepts(isRead: isRead, offset: offset, length: length, segmentCount: segments.count) {
+                m.append(length: length, segments: segments, finish: finish)
+                merging = m
+                mergedRequests &+= 1
+                return
+            }
+            submitTransfer(t, m)
+        }
+        merging = MergedTransfer(isRead: isRead, offset: offset, length: length, segments: segments, finish: finish)
+    }
+
+    /// Hands the transfer being merged to the executor.
+    private func submitMerged(_ t: VirtioTransport) {
+        guard let m = merging else { return }
+        merging = nil
+        submitTransfer(t, m)
+    }
+
+    private func submitTransfer(_ t: VirtioTransport, _ m: MergedTransfer) {
+        let backend = self.backend, segments = m.segments, offset = m.offset, isRead = m.isRead
+        let request: BlockRequest = isRead ? .read(segments: segments, offset: offset) : .write(segments: segments, offset: offset)
+        let parts = m.parts
+        submit(t, request) {
+            do {
+                if isRead { try backend.readVectored(into: segments, at: offset) } else { try backend.writeVectored(segments, at: offset) }
+                return Self.statusOK
+            } catch { return Self.statusIOError }
+        } done: { status in
+            // A merged transfer that fails fails every request in it (as QEMU reports it).
+            for finish in parts { finish(status) }
+        }
+    }
+
     private func submit(_ t: VirtioTransport, _ request: BlockRequest, _ work: @escaping () -> UInt8, done: @escaping (UInt8) -> Void) {
         inflightRequests += 1
         let submitted = epoch
@@ -187,6 +232,44 @@ public final class VirtioBlock: VirtioDevice {
             if submitted == self.epoch { done(status) }
             if self.inflightRequests == 0 { t?.requestsDrained() }
         }
+    }
+}
+
+/// A run of reads (or writes) that follow each other on the disk, submitted as one transfer.
+struct MergedTransfer {
+    /// QEMU's limits: VIRTIO_BLK_MAX_MERGE_REQS requests and IOV_MAX segments per merge; the
+    /// byte cap keeps one io_uring result (an Int32) far from overflowing.
+    static let maxRequests = 32
+    static let maxSegments = 1024
+    static let maxBytes: UInt64 = 64 << 20
+
+    let isRead: Bool
+    let offset: UInt64
+    private(set) var length: UInt64
+    private(set) var segments: [UnsafeMutableRawBufferPointer]
+    private(set) var parts: [(UInt8) -> Void]
+
+    init(isRead: Bool, offset: UInt64, length: UInt64, segments: [UnsafeMutableRawBufferPointer], finish: @escaping (UInt8) -> Void) {
+        self.isRead = isRead
+        self.offset = offset
+        self.length = length
+        self.segments = segments
+        parts = [finish]
+    }
+
+    func accepts(isRead: Bool, offset: UInt64, length: UInt64, segmentCount: Int) -> Bool {
+        guard isRead == self.isRead, parts.count < Self.maxRequests, length > 0,
+              segments.count + segmentCount <= Self.maxSegments else { return false }
+        let (end, o) = self.offset.addingReportingOverflow(self.length)
+        guard !o, end == offset else { return false }
+        let (total, o2) = self.length.addingReportingOverflow(length)
+        return !o2 && total <= Self.maxBytes
+    }
+
+    mutating func append(length: UInt64, segments more: [UnsafeMutableRawBufferPointer], finish: @escaping (UInt8) -> Void) {
+        self.length += length
+        segments += more
+        parts.append(finish)
     }
 }
 

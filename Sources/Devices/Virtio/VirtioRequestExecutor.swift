@@ -16,6 +16,11 @@ public protocol VirtioRequestExecutor: AnyObject {
     /// The device took every chain it had: hand what was queued to the kernel (one io_uring
     /// submission for a batch of requests).
     func submitQueued()
+    /// Whether a device should merge sequential requests into one transfer before handing them
+    /// over: worth it where each request costs a ring operation and a completion (io_uring);
+    /// not on the worker pool, where separate requests copy page-cache data on several threads
+    /// at once (measured: merged 32 MiB reads on one thread ran at about half the rate).
+    var mergesSequentialRequests: Bool { get }
 }
 
 extension VirtioRequestExecutor {
@@ -25,6 +30,7 @@ extension VirtioRequestExecutor {
     }
 
     public func submitQueued() {}
+    public var mergesSequentialRequests: Bool { false }
 }
 
 /// One virtio-blk data request, already checked against the disk: guest buffers in order and
