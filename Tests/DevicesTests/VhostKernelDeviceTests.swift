@@ -280,3 +280,23 @@ final class VhostKernelNetTests: XCTestCase {
         XCTAssertEqual(mmio.inp(drv.deviceCfg + 5, width: 1), 3, "the -device MAC again")
     }
 }
+
+extension VhostKernelDeviceTests {
+    /// QMP stop (QEMU's vm_stop): vsock stops and each ring's base is read; cont starts the
+    /// device again with the rings resuming at those bases.
+    func testStopAndContStopAndRestartTheKernelRings() throws {
+        let kernel = FakeVhostKernel(offered: Self.vsockOffer)
+        let (device, dev, drv) = try makeVsock(kernel)
+        try start(drv)
+        kernel.bases = [0: 5, 1: 9]
+        kernel.requests.removeAll()
+        dev.setQueuesPaused(true)
+        XCTAssertEqual(kernel.requests, ["SET_RUNNING 0", "GET_VRING_BASE 0", "GET_VRING_BASE 1"])
+        XCTAssertFalse(device.started)
+        kernel.requests.removeAll()
+        dev.setQueuesPaused(false)
+        XCTAssertTrue(device.started)
+        XCTAssertEqual(kernel.requests.filter { $0.hasPrefix("SET_VRING_BASE") }, ["SET_VRING_BASE 0 5", "SET_VRING_BASE 1 9"])
+        XCTAssertEqual(kernel.requests.last, "SET_RUNNING 1")
+    }
+}

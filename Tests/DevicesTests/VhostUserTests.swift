@@ -234,3 +234,21 @@ extension VhostUserTests {
         XCTAssertEqual(lines, ["the back-end reported an error on ring 0 (the guest's ring is malformed)"])
     }
 }
+
+extension VhostUserTests {
+    /// QMP stop stops the back-end's ring (GET_VRING_BASE): a request the guest makes meanwhile
+    /// waits; cont hands the ring over again and the request is served.
+    func testStopAndContStopAndRestartTheBackEndsRing() throws {
+        let (_, dev, drv) = try makeFrontend()
+        dev.setQueuesPaused(true)
+        waitUntil("the back-end to stop the ring") { !self.server.rings[0].started }
+        let head = try addRead(drv, slot: 0, sector: 5, sectors: 1)
+        drv.kick(0)
+        usleep(100_000)
+        XCTAssertEqual(onBackend { self.executor.queued.count }, 0, "a stopped ring takes nothing")
+        dev.setQueuesPaused(false)
+        waitUntil("the back-end to take the request after cont") { self.executor.queued.count == 1 }
+        onBackend { self.executor.runAll() }
+        XCTAssertEqual(try drv.queues[0].harvest().map(\.0), [head])
+    }
+}

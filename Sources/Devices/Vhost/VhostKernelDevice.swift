@@ -39,6 +39,9 @@ public final class VhostKernelDevice: VirtioDevice {
     /// VHOST_SET_VRING_ERR: the kernel signals a ring it could not use (a bad descriptor).
     var config: [UInt8]
     public private(set) var started = false
+    /// QMP stop: stopped until cont, which starts it again if it was running.
+    var paused = false
+    var resumeAfterPause = false
     /// The queues Keel keeps (past the handed-over rings): notified here, never the kernel's.
     public var keptQueue: ((Int) -> Void)?
     /// One line per failure (default stderr).
@@ -100,6 +103,24 @@ public final class VhostKernelDevice: VirtioDevice {
     public func activate(_ transport: VirtioTransport) {
         guard let t = transport as? VirtioPCIDevice else { return }
         vhostRings.transport = t
+        if !paused { start(t) }
+    }
+
+    /// As QEMU's vm_stop: the device stopped and each ring's base read; on cont the same start
+    /// as at DRIVER_OK, from those bases.
+    public func setBackendPaused(_ paused: Bool) {
+        guard paused != self.paused else { return }
+        self.paused = paused
+        if paused {
+            resumeAfterPause = started
+            stop()
+        } else if resumeAfterPause, let t = vhostRings.transport {
+            resumeAfterPause = false
+            start(t)
+        }
+    }
+
+    func start(_ t: VirtioPCIDevice) {
         do throws(VhostKernelError) {
             let features = Self.vhostFeatures(driver: t.driverFeatures, kernel: kernelFeatures, backend: backendFeatures)
             let table = VhostMemoryRegion.regions(of: memory)
@@ -128,6 +149,7 @@ public final class VhostKernelDevice: VirtioDevice {
 
     public func reset() {
         stop()
+        resumeAfterPause = false
         vhostRings.forget()
         vhostRings.transport = nil
     }

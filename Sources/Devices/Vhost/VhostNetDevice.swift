@@ -78,6 +78,7 @@ public final class VhostNetDevice: VirtioDevice {
     }
 
     public func interruptRoutesChanged() { rings.interruptRoutesChanged() }
+    public func setBackendPaused(_ paused: Bool) { rings.setBackendPaused(paused) }
 
     public func queueNotified(_ index: Int) {
         if index == controlQueueIndex { processControlQueue() } else if index < controlQueueIndex { rings.queueNotified(index) }

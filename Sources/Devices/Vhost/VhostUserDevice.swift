@@ -37,6 +37,8 @@ public final class VhostUserDevice: VirtioDevice {
     let vhostRings: VhostRings<VhostUserFrontend>
     var transport: VirtioPCIDevice? { vhostRings.transport }
     var activated = false
+    /// QMP stop: the rings are stopped at the back-end (GET_VRING_BASE) until cont.
+    var paused = false
     var reconnectTimer: Timer?
     var watchedFD: Int32 = -1
     /// server=on: the listening socket is on the loop, waiting for the back-end to come back.
@@ -107,7 +109,7 @@ public final class VhostUserDevice: VirtioDevice {
     public func activate(_ transport: VirtioTransport) {
         vhostRings.transport = transport as? VirtioPCIDevice
         activated = true
-        guard frontend.isConnected else { return }
+        guard frontend.isConnected, !paused else { return }
         do { try handOver() } catch { connectionLost(error) }
     }
 
@@ -119,6 +121,19 @@ public final class VhostUserDevice: VirtioDevice {
     public func queueNotifyEventFD(_ index: Int) -> EventFD? { vhostRings.queueNotifyEventFD(index) }
 
     public func queueNotified(_ index: Int) { vhostRings.notify(index) }
+
+    /// As QEMU's vm_stop: GET_VRING_BASE on each running ring, and the same handover as at
+    /// DRIVER_OK from those bases on cont.
+    public func setBackendPaused(_ paused: Bool) {
+        guard paused != self.paused else { return }
+        self.paused = paused
+        guard activated, frontend.isConnected else { return }
+        do throws(VhostUserError) {
+            if paused { try vhostRings.stop() } else { try handOver() }
+        } catch {
+            connectionLost(error)
+        }
+    }
 
     public func reset() {
         if frontend.isConnected {

@@ -75,7 +75,7 @@ extension VhostUserDevice {
             guard before == (deviceFeatures, transportFeatures) else {
                 throw VhostUserError("the new back-end offers different features")
             }
-            if activated { try handOver() }
+            if activated && !paused { try handOver() }
             watchConnection()
             log("back-end reconnected")
             onReconnect?()

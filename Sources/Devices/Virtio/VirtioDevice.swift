@@ -46,6 +46,8 @@ public protocol VirtioDevice: AnyObject {
     func interruptRoutesChanged()
     /// A vhost-user back-end's transport started, stopped, enabled or disabled queue `index`.
     func queueReadinessChanged(_ index: Int)
+    /// QMP stop/cont: a device whose rings another party moves (vhost) stops and restarts them.
+    func setBackendPaused(_ paused: Bool)
     /// Whether an iothread owning the device polls its queues before sleeping (block devices;
     /// not queues whose available buffers wait for host data, such as a receive queue).
     var pollsQueues: Bool { get }
@@ -59,6 +61,7 @@ extension VirtioDevice {
     public func queueNotifyEventFD(_ index: Int) -> EventFD? { nil }
     public func interruptRoutesChanged() {}
     public func queueReadinessChanged(_ index: Int) {}
+    public func setBackendPaused(_ paused: Bool) {}
     public var pollsQueues: Bool { false }
     public var transportFeatures: UInt64 { Virtio.featureVersion1 | Virtio.featureIndirectDescriptors | Virtio.featureEventIndex }
 }

@@ -113,12 +113,14 @@ extension VirtioPCIDevice {
     }
 
     /// QMP stop/cont (QEMU's vm_stop stops the dataplane): while paused no chain is taken from
-    /// the rings, requests in flight still complete; on resume every ready queue is looked at
-    /// again, so what the driver queued meanwhile is processed.
+    /// the rings (a vhost back-end's rings are stopped too), requests in flight still complete;
+    /// on resume every ready queue is looked at again, so what the driver queued meanwhile is
+    /// processed.
     public func setQueuesPaused(_ paused: Bool) {
         onOwner {
             guard isPaused != paused else { return }
             isPaused = paused
+            device.setBackendPaused(paused)
             if !paused { kickReadyQueues() }
         }
     }
