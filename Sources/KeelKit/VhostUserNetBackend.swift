@@ -66,14 +66,11 @@ public enum VhostUserNetBackend {
 /// control-queue features (the front-end answers the control queue itself).
 public final class VhostUserNetRings: VirtioDevice {
     public let net: VirtioNet
-    public static let frontendOnlyFeatures = VirtioNetFeature.controlQueue | VirtioNetFeature.controlRx
-        | VirtioNetFeature.controlVLAN | VirtioNetFeature.controlRxExtra | VirtioNetFeature.guestAnnounce
-        | VirtioNetFeature.multiqueue | VirtioNetFeature.controlMACAddress
 
     public init(_ net: VirtioNet) { self.net = net }
 
     public var deviceType: UInt16 { net.deviceType }
-    public var deviceFeatures: UInt64 { net.deviceFeatures & ~Self.frontendOnlyFeatures }
+    public var deviceFeatures: UInt64 { net.deviceFeatures & ~VirtioNetFeature.controlQueueOnly }
     public var queueMaxSizes: [UInt16] { Array(net.queueMaxSizes.dropLast()) }
     public var pciClassCode: UInt32 { net.pciClassCode }
     public var inflightRequests: Int { net.inflightRequests }

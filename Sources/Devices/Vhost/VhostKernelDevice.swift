@@ -166,7 +166,7 @@ public final class VhostKernelDevice: VirtioDevice {
 
 extension VhostKernelDevice: VhostNetRings {
     public func setStationAddress(_ mac: [UInt8]) {
-        for (i, b) in mac.prefix(6).enumerated() where VirtioNetConfig.macOffset + i < config.count { config[VirtioNetConfig.macOffset + i] = b }
+        VirtioNetConfig.setStationAddress(mac, in: &config)
     }
 
     /// Keel's vhost-net carries one pair: nothing to enable or disable.

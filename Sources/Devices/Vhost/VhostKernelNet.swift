@@ -22,7 +22,7 @@ extension VhostKernelDevice {
     /// The config space (§5.1.4): mac, status (link up), max_virtqueue_pairs 1, mtu 0.
     public static func netConfig(mac: [UInt8]) -> [UInt8] {
         var c = [UInt8](repeating: 0, count: VirtioNetConfig.size)
-        for (i, b) in mac.prefix(6).enumerated() { c[VirtioNetConfig.macOffset + i] = b }
+        VirtioNetConfig.setStationAddress(mac, in: &c)
         c[VirtioNetConfig.statusOffset] = UInt8(VirtioNetConfig.statusLinkUp)
         c[VirtioNetConfig.maxPairsOffset] = 1
         return c

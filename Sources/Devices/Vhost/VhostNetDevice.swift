@@ -52,10 +52,7 @@ public final class VhostNetDevice: VirtioDevice {
     /// The back-end's bits without the control-queue ones (it may not carry that queue), plus
     /// the ones this front-end answers (MQ with several pairs).
     public var deviceFeatures: UInt64 {
-        let backendOnly = VirtioNetFeature.controlQueue | VirtioNetFeature.controlRx | VirtioNetFeature.controlVLAN
-            | VirtioNetFeature.controlRxExtra | VirtioNetFeature.guestAnnounce | VirtioNetFeature.multiqueue
-            | VirtioNetFeature.controlMACAddress
-        return (rings.deviceFeatures & ~backendOnly) | Self.controlFeatures | (multiqueue ? VirtioNetFeature.multiqueue : 0)
+        (rings.deviceFeatures & ~VirtioNetFeature.controlQueueOnly) | Self.controlFeatures | (multiqueue ? VirtioNetFeature.multiqueue : 0)
     }
     public var transportFeatures: UInt64 { rings.transportFeatures }
     public var queueMaxSizes: [UInt16] { rings.queueMaxSizes + [Self.controlQueueSize] }
@@ -95,32 +92,21 @@ public final class VhostNetDevice: VirtioDevice {
 
     func processControlQueue() {
         guard let t = transport else { return }
-        let index = controlQueueIndex
-        t.processQueue(index) { chain in
-            let ack = handleControl(chain, t.memory)
-            var cursor = ChainCursor(memory: t.memory, buffers: chain.writable)
-            let written = cursor.write([ack])
-            if ack != VirtioNetControlCommand.ok { controlErrors += 1 }
-            t.complete(queue: index, head: chain.head, length: UInt32(written))
-        }
+        controlErrors += t.serveNetControlQueue(controlQueueIndex) { handleControl($0, $1, $2) }
     }
 
     /// VIRTIO_NET_OK or VIRTIO_NET_ERR for one command (§5.1.6.5), never a trap.
-    func handleControl(_ chain: DescriptorChain, _ memory: GuestMemory) -> UInt8 {
+    func handleControl(_ cls: UInt8, _ command: UInt8, _ data: ArraySlice<UInt8>) -> UInt8 {
         typealias C = VirtioNetControlCommand
-        let length = chain.readableLength
-        guard length >= 2, length <= 4096, chain.writableLength >= 1 else { return C.error }
-        var cursor = ChainCursor(memory: memory, buffers: chain.readable)
-        guard let bytes = cursor.read(Int(length)), bytes.count == Int(length) else { return C.error }
-        switch (bytes[0], bytes[1]) {
+        switch (cls, command) {
         case (C.classMAC, C.macAddressSet):
-            guard bytes.count == 8 else { return C.error }
-            setConfigMAC(Array(bytes[2...]))
+            guard data.count == 6 else { return C.error }
+            setConfigMAC(Array(data))
             return C.ok
         case (C.classMQ, C.mqPairsSet):
             // §5.1.6.5.5: virtqueue_pairs, 1 to max_virtqueue_pairs.
-            guard multiqueueNegotiated, bytes.count == 4 else { return C.error }
-            let n = Int(bytes[2]) | Int(bytes[3]) << 8
+            guard multiqueueNegotiated, data.count == 2 else { return C.error }
+            let n = Int(data[data.startIndex]) | Int(data[data.startIndex + 1]) << 8
             guard n >= 1, n <= maxPairs else { return C.error }
             activePairs = n
             rings.setQueuePairs(usable: maxPairs, active: n)

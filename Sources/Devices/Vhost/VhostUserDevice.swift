@@ -176,7 +176,7 @@ public final class VhostUserDevice: VirtioDevice {
 
 extension VhostUserDevice: VhostNetRings {
     public func setStationAddress(_ mac: [UInt8]) {
-        for (i, b) in mac.prefix(6).enumerated() where VirtioNetConfig.macOffset + i < config.count { config[VirtioNetConfig.macOffset + i] = b }
+        VirtioNetConfig.setStationAddress(mac, in: &config)
     }
 
     public func setQueuePairs(usable: Int, active: Int) {

@@ -124,9 +124,7 @@ public final class VirtioNet: VirtioDevice {
             if negotiated(VirtioNetFeature.controlQueue) { processControlQueue() }
             return
         }
-        let pair = index / 2
-        guard pair < maxPairs else { return }
-        if index % 2 == 0 { pairs[pair].receiveBuffersPosted() } else { pairs[pair].transmit() }
+        ringNotified(index)
     }
 
     /// A kick on pair queue `index` (2k receive, 2k+1 transmit), never the control queue: for a

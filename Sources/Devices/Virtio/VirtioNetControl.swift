@@ -32,31 +32,40 @@ public struct VirtioNetRxFilter: Equatable, Sendable {
     }
 }
 
-extension VirtioNet {
-    /// Control commands larger than this are refused unread (a full MAC table is ~800 bytes).
-    static let maxControlLength: UInt64 = 4096
+extension VirtioTransport {
+    /// Serves virtio-net control queue `index` (§5.1.6.5) for a device's `apply`: each command's
+    /// class, command and data read whole (commands over 4096 bytes, a full MAC table being ~800,
+    /// are refused unread), the ack written as the first device-writable byte (struct
+    /// virtio_net_ctrl's last field). Returns how many commands were answered VIRTIO_NET_ERR.
+    func serveNetControlQueue(_ index: Int, _ apply: (UInt8, UInt8, ArraySlice<UInt8>) -> UInt8) -> Int {
+        typealias C = VirtioNetControlCommand
+        var errors = 0
+        processQueue(index) { chain in
+            var ack = C.error
+            let length = chain.readableLength
+            if length >= 2, length <= 4096, chain.writableLength >= 1 {
+                var cursor = ChainCursor(memory: memory, buffers: chain.readable)
+                if let bytes = cursor.read(Int(length)), bytes.count == Int(length) { ack = apply(bytes[0], bytes[1], bytes[2...]) }
+            }
+            var cursor = ChainCursor(memory: memory, buffers: chain.writable)
+            let written = cursor.write([ack])
+            if ack != C.ok { errors += 1 }
+            complete(queue: index, head: chain.head, length: UInt32(written))
+        }
+        return errors
+    }
+}
 
+extension VirtioNet {
     func processControlQueue() {
         guard let t = transport else { return }
-        t.processQueue(controlQueueIndex) { chain in
-            let ack = handleControl(chain, t.memory)
-            // The ack is the first device-writable byte (struct virtio_net_ctrl's last field).
-            var cursor = ChainCursor(memory: t.memory, buffers: chain.writable)
-            let written = cursor.write([ack])
-            if ack != VirtioNetControlCommand.ok { controlErrors += 1 }
-            t.complete(queue: controlQueueIndex, head: chain.head, length: UInt32(written))
-        }
+        controlErrors += t.serveNetControlQueue(controlQueueIndex) { handleControl($0, $1, $2) }
     }
 
-    /// Parses and applies one command; VIRTIO_NET_OK or VIRTIO_NET_ERR, never a trap.
-    func handleControl(_ chain: DescriptorChain, _ memory: GuestMemory) -> UInt8 {
+    /// Applies one command; VIRTIO_NET_OK or VIRTIO_NET_ERR, never a trap.
+    func handleControl(_ cls: UInt8, _ command: UInt8, _ data: ArraySlice<UInt8>) -> UInt8 {
         typealias C = VirtioNetControlCommand
-        let length = chain.readableLength
-        guard length >= 2, length <= Self.maxControlLength, chain.writableLength >= 1 else { return C.error }
-        var cursor = ChainCursor(memory: memory, buffers: chain.readable)
-        guard let bytes = cursor.read(Int(length)) else { return C.error }
-        let data = bytes[2...]
-        switch (bytes[0], bytes[1]) {
+        switch (cls, command) {
         case (C.classRx, let command):
             guard negotiated(VirtioNetFeature.controlRx), data.count == 1, let value = data.first, value <= 1 else { return C.error }
             let on = value == 1

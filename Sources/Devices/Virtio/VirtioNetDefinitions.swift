@@ -23,6 +23,10 @@ public enum VirtioNetFeature {
     public static let guestAnnounce: UInt64 = 1 << 21
     public static let multiqueue: UInt64 = 1 << 22
     public static let controlMACAddress: UInt64 = 1 << 23
+    /// What only the device answering the control queue can offer: a vhost back-end's rings never
+    /// carry these (the front-end keeps that queue), the front-end decides them.
+    public static let controlQueueOnly = controlQueue | controlRx | controlVLAN | controlRxExtra | guestAnnounce
+        | multiqueue | controlMACAddress
 
     /// The device-side offloads a backend's capabilities allow, both directions: HOST_* (the
     /// backend takes the guest's partial checksums and GSO frames) and GUEST_* (it may hand such
@@ -75,6 +79,11 @@ public enum VirtioNetConfig {
     public static let maxPairsOffset = 8
     static let mtuOffset = 10
     public static let size = 12
+
+    /// Writes `mac` into a config space's mac field, as far as the space reaches.
+    static func setStationAddress(_ mac: [UInt8], in config: inout [UInt8]) {
+        for (i, b) in mac.prefix(6).enumerated() where macOffset + i < config.count { config[macOffset + i] = b }
+    }
     static let statusLinkUp: UInt16 = 1
     static let statusAnnounce: UInt16 = 2
 }
