@@ -44,11 +44,16 @@ struct VhostUserEndpointFlags: Equatable {
         if let v = try flags.value(flag, "--socket-path", "-s") { socketPath = v; return true }
         if flag == "--client" { client = true; return true }
         if let v = try flags.value(flag, "--fd") {
-            guard let n = Int32(v), n >= 0 else { throw VhostUserError("--fd=\(v): expected a file descriptor number") }
-            fd = n
+            fd = try Self.fileDescriptor(v)
             return true
         }
         return false
+    }
+
+    /// `--fd`'s value: a descriptor number.
+    static func fileDescriptor(_ v: String) throws -> Int32 {
+        guard let n = Int32(v), n >= 0 else { throw VhostUserError("--fd=\(v): expected a file descriptor number") }
+        return n
     }
 
     func endpoint() throws -> VhostUserBackendServer.Endpoint {

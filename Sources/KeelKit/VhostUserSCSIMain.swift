@@ -50,9 +50,8 @@ public enum VhostUserSCSIMain {
             case "-s", "--socket-path": o.endpointFlags.socketPath = try value(name, inline)
             case "--client": o.endpointFlags.client = true
             case "--fd":
-                let v = try value(name, inline)
-                guard let n = Int32(v), n >= 0 else { throw ConfigurationErrorText("vhost-user-scsi: --fd=\(v): expected a file descriptor number") }
-                o.endpointFlags.fd = n
+                do { o.endpointFlags.fd = try VhostUserEndpointFlags.fileDescriptor(try value(name, inline)) }
+                catch let e as VhostUserError { throw ConfigurationErrorText("vhost-user-scsi: \(e)") }
             case "-b", "--blk-file": o.files.append(try value(name, inline))
             case "-r", "--read-only": o.readOnly = true
             case "--format":
