@@ -114,6 +114,11 @@ public struct CPUState {
     public var tripleFaulted: Bool = false
     /// Instructions retired (measurement).
     public var instructionCount: UInt64 = 0
+    /// For translated code (JIT/): the TLB tag's privilege bit at entry, the link site of the
+    /// exit taken (0: not linkable), and the X86CPU the interpreter fallback is called with.
+    var jitUserTag: UInt64 = 0
+    var jitLastExit: UInt64 = 0
+    var jitContext: UInt64 = 0
 
     public init() {}
 }

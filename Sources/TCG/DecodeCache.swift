@@ -10,6 +10,10 @@ final class DecodeCache {
         var count: Int32 = 0
         /// The page's CodePageMap word when the block was decoded.
         var tag: UInt32 = 0
+        /// Offset of the block's translated code; -1 none yet, -2 not worth translating.
+        var code: Int32 = -1
+        /// Runs before translation.
+        var hits: UInt8 = 0
     }
 
     static let slotCount = 1 << 14
@@ -53,7 +57,7 @@ extension X86CPU {
     /// Finds or decodes the block at the current RIP. Returns its instructions; an undecodable
     /// first instruction raises #UD (or #GP for one over 15 bytes).
     @inline(__always)
-    func block() throws(X86Exception) -> (UnsafeMutablePointer<Instruction>, Int) {
+    func block() throws(X86Exception) -> (UnsafeMutablePointer<Instruction>, Int, UnsafeMutablePointer<DecodeCache.Slot>?) {
         let s = st
         let la = s.pointee.segmentBase(1) &+ s.pointee.rip
         // The TLB hit inline: the call into `translate` cost ~6% of a run.
@@ -69,14 +73,14 @@ extension X86CPU {
         let page = phys >> 12
         if slot.pointee.key == key && page < codePageCount
             && slot.pointee.tag == codePageWords[Int(truncatingIfNeeded: page)].load(ordering: .relaxed) {
-            return (cache.pool + Int(slot.pointee.start), Int(slot.pointee.count))
+            return (cache.pool + Int(slot.pointee.start), Int(slot.pointee.count), slot)
         }
         return try decodeBlock(la: la, phys: phys, key: key)
     }
 
-    func decodeBlock(la: UInt64, phys: UInt64, key: UInt64) throws(X86Exception) -> (UnsafeMutablePointer<Instruction>, Int) {
+    func decodeBlock(la: UInt64, phys: UInt64, key: UInt64) throws(X86Exception) -> (UnsafeMutablePointer<Instruction>, Int, UnsafeMutablePointer<DecodeCache.Slot>?) {
         let mode = st.pointee.codeMode
-        if cache.used + DecodeCache.maxBlock > DecodeCache.poolCapacity { cache.flush() }
+        if cache.used + DecodeCache.maxBlock > DecodeCache.poolCapacity { flushTranslations() }
         let start = cache.used
         var n = 0
         var offset = Int(phys & 0xFFF)
@@ -84,7 +88,7 @@ extension X86CPU {
             // Code outside RAM (MMIO): decode one instruction from bus reads, uncached.
             let insn = try decodeSlow(la: la, mode: mode)
             cache.pool[start] = insn
-            return (cache.pool + start, 1)
+            return (cache.pool + start, 1, nil)
         }
         let (tag, new) = platform.codePages.mark(phys)
         if new { platform.revokeStoreFastPath(phys) }
@@ -99,7 +103,7 @@ extension X86CPU {
                 if n > 0 { break decode }
                 insn = try decodeSlow(la: la, mode: mode)
                 cache.pool[start] = insn
-                return (cache.pool + start, 1)
+                return (cache.pool + start, 1, nil)
             case .failure(let f):
                 if n > 0 { break decode }
                 throw undefinedInstruction(la: la, failure: f)
@@ -113,7 +117,7 @@ extension X86CPU {
         cache.used = start + n
         let slot = cache.slot(key)
         slot.pointee = DecodeCache.Slot(key: key, start: Int32(start), count: Int32(n), tag: tag)
-        return (cache.pool + start, n)
+        return (cache.pool + start, n, slot)
     }
 
     /// Decodes one instruction fetched through the MMU byte by byte (page-crossing or MMIO code).

@@ -12,7 +12,11 @@ extension X86CPU {
         // `self` keeps it alive for the whole call, so the poll borrows it unretained.
         let apic = self.apic
         let apicRef = apic.map { Unmanaged.passUnretained($0) }
+        // Only the exit taken right before a block is dispatched may be linked to it.
+        pendingLink = 0
         while remaining > 0 {
+            var link = pendingLink
+            pendingLink = 0
             if exitRequest.load(ordering: .relaxed) {
                 exitRequest.store(false, ordering: .relaxed)
                 return .requested
@@ -21,6 +25,7 @@ extension X86CPU {
             s.pointee.interruptShadow = false
             updateAlignmentCheck()
             if let apicRef, apicRef._withUnsafeGuaranteedRef({ $0.hasPendingEvent }), let apic {
+                link = 0
                 if !serviceEvents(apic, shadow: shadow) { return .tripleFault }
             }
             if s.pointee.halted || s.pointee.waitingForSIPI {
@@ -30,8 +35,9 @@ extension X86CPU {
             }
             let insns: UnsafeMutablePointer<Instruction>
             let count: Int
+            let slot: UnsafeMutablePointer<DecodeCache.Slot>?
             do {
-                (insns, count) = try block()
+                (insns, count, slot) = try block()
             } catch {
                 s.pointee.currentRIP = s.pointee.rip
                 if !deliverEvent(vector: error.vector, errorCode: error.hasErrorCode ? error.errorCode : nil, kind: .fault) {
@@ -47,6 +53,16 @@ extension X86CPU {
             // RF (set by IRETQ from a fault frame) lasts for one instruction: cleared below once
             // the block's first instruction completed.
             let resuming = s.pointee.rflags & RFlags.rf != 0
+            if !stepping && !resuming, let slot, s.pointee.codeMode == .long64,
+               let done = runTranslated(slot, insns, count, budget: remaining,
+                                        link: s.pointee.rip == pendingLinkRIP ? link : 0) {
+                remaining &-= done > 0 ? done : 1
+                if s.pointee.tripleFaulted {
+                    s.pointee.tripleFaulted = false
+                    return .tripleFault
+                }
+                continue
+            }
             let limit = stepping ? min(count, 1) : count
             while k < limit {
                 let ip = insns + k

@@ -71,6 +71,21 @@ public final class X86CPU: @unchecked Sendable {
     /// Monotonic time base (ns) at creation, for the TSC.
     let tscBase: UInt64
     static let traceUD = getenv("KEEL_TCG_TRACE_UD") != nil
+    /// Whether hot 64-bit blocks run as translated host code (JIT/), and from which run of a
+    /// block on. KEEL_TCG_JIT=off: never (the interpreter alone); =eager: from the first run
+    /// (the differential tests use it to put every case through the translator).
+    public var translatesBlocks = X86CPU.translationSetting != "off"
+    public var translationThreshold: UInt8 = X86CPU.translationSetting == "eager" ? 1 : 2
+    static let translationSetting: String = {
+        guard let v = getenv("KEEL_TCG_JIT") else { return "on" }
+        let s = String(cString: v)
+        return s == "0" || s == "no" ? "off" : s
+    }()
+    /// This vCPU's translated code, made at the first translation.
+    var translated: TranslatedCode?
+    /// The exit of the last translated run that may be linked to the next block (see run).
+    var pendingLink: UInt64 = 0
+    var pendingLinkRIP: UInt64 = 0
     var loggedUD = Set<UInt64>()
     /// Instructions executed (for measurements).
     public var instructionCount: UInt64 { st.pointee.instructionCount }

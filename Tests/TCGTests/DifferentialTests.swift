@@ -7,6 +7,8 @@ import XCTest
 final class DifferentialTests: XCTestCase {
     var native: NativeRunner!
     var emu: EmulatedRunner!
+    /// The same CPU running every block as translated host code (JIT/).
+    var jit: EmulatedRunner!
     var rng = SplitMix(seed: 0x6B65656C)
     /// Registers the generator may name (never RSP).
     static let regs = [0, 1, 2, 3, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]
@@ -16,6 +18,7 @@ final class DifferentialTests: XCTestCase {
         guard let n = NativeRunner() else { throw XCTSkip("cannot map an executable page on this host") }
         native = n
         emu = try EmulatedRunner()
+        jit = try EmulatedRunner(translated: true)
         if let s = ProcessInfo.processInfo.environment["KEEL_TCG_DIFF_SEED"], let v = UInt64(s) { rng = SplitMix(seed: v) }
     }
 
@@ -77,6 +80,10 @@ final class DifferentialTests: XCTestCase {
         if e != g {
             XCTFail("[\(hex)]\n in:   \(input)\n host: \(e)\n tcg:  \(g)", file: file, line: line)
         }
+        let (translated, translatedExit) = try jit.run(insn, input)
+        XCTAssertEqual(translatedExit, .haltedForever, "[\(hex)] did not run to HLT (translated)\n in:  \(input)", file: file, line: line)
+        var t = translated; t.rflags &= Self.flagMask
+        if e != t { XCTFail("[\(hex)] translated\n in:   \(input)\n host: \(e)\n jit:  \(t)", file: file, line: line) }
     }
 
     func sizes() -> Int { Int(rng.next() % 4) }

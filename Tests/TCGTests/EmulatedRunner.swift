@@ -14,10 +14,14 @@ final class EmulatedRunner {
     static let pml4: UInt64 = 0x1000, pdpt: UInt64 = 0x2000
     let pio = Bus(name: "pio"), mmio = Bus(name: "mmio")
 
-    init(ramSize: UInt64 = 4 << 20) throws {
+    /// `translated`: every block runs as translated code from its first run (the JIT/ path);
+    /// else the interpreter alone.
+    init(ramSize: UInt64 = 4 << 20, translated: Bool = false) throws {
         memory = try GuestMemory(layout: [(guestAddress: 0, size: ramSize)])
         platform = TCGPlatform(memory: memory, pio: pio, mmio: mmio, lock: BigLock())
         cpu = X86CPU(platform: platform, cpuid: CPUIDModel.keel())
+        cpu.translatesBlocks = translated
+        cpu.translationThreshold = 1
         try memory.store(Self.pdpt | 7, at: Self.pml4)
         try memory.store(UInt64(0x87), at: Self.pdpt)      // 1 GiB page at 0, user, writable
         enterLongMode()

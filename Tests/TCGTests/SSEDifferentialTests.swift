@@ -7,6 +7,8 @@ import XCTest
 final class SSEDifferentialTests: XCTestCase {
     var native: NativeRunner!
     var emu: EmulatedRunner!
+    /// The same CPU running every block as translated host code (JIT/).
+    var jit: EmulatedRunner!
     var rng = SplitMix(seed: 0x5353_4532)
 
     override func setUpWithError() throws {
@@ -14,6 +16,8 @@ final class SSEDifferentialTests: XCTestCase {
         native = n
         emu = try EmulatedRunner()
         emu.cpu.st.pointee.cr4 |= CR4.osfxsr | CR4.osxmmexcpt
+        jit = try EmulatedRunner(translated: true)
+        jit.cpu.st.pointee.cr4 |= CR4.osfxsr | CR4.osxmmexcpt
         if let s = ProcessInfo.processInfo.environment["KEEL_TCG_DIFF_SEED"], let v = UInt64(s) { rng = SplitMix(seed: v) }
     }
 
@@ -70,6 +74,10 @@ final class SSEDifferentialTests: XCTestCase {
         var e = expected, g = got
         e.rflags &= 0x8D5; g.rflags &= 0x8D5
         if e != g { XCTFail("[\(hex)]\n in:   \(input)\n host: \(e)\n tcg:  \(g)", file: file, line: line) }
+        let (translated, translatedExit) = try jit.run(insn, input, budget: 100_000)
+        XCTAssertEqual(translatedExit, .haltedForever, "[\(hex)] did not run to HLT (translated)\n in:  \(input)", file: file, line: line)
+        var t = translated; t.rflags &= 0x8D5
+        if e != t { XCTFail("[\(hex)] translated\n in:   \(input)\n host: \(e)\n jit:  \(t)", file: file, line: line) }
     }
 
     /// `bytes` between the prologue and epilogue.

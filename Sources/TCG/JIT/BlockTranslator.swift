@@ -1,0 +1,286 @@
+/// Translates one decoded 64-bit-mode block to host code. The guest is x86-64 and so is the
+/// host: the common integer instructions run as the same host instruction on the guest's
+/// register file in memory, so their results and flags, undefined ones included, are this
+/// CPU's own. Memory operands go through the software TLB inline; a miss, MMIO, a code page or
+/// a fault runs that instruction in the interpreter (`X86CPU.jitInterpret`), as does every
+/// instruction the translator has no form for. Guest state is exact at every instruction
+/// boundary the interpreter can see.
+struct BlockTranslator {
+    typealias A = HostAssembler
+    var a: A
+    let insns: UnsafeMutablePointer<Instruction>
+    let n: Int
+    /// The block's offset in its 4 KiB page (direct branches inside the page may be chained).
+    let pageOffset: Int
+    let code: TranslatedCode
+    let interpreter: UInt64
+    var offsets: [Int] = []
+    /// Status flags live before each instruction (what later instructions may read).
+    var liveIn: [UInt32] = []
+    var liveOut: [UInt32] = []
+    /// Out-of-line paths: instruction index, jump sites into it, where to resume.
+    var colds: [(k: Int, sites: [Int], resume: Int)] = []
+
+    init(assembler: A, insns: UnsafeMutablePointer<Instruction>, count: Int, pageOffset: Int,
+         code: TranslatedCode, interpreter: UInt64) {
+        a = assembler; self.insns = insns; n = count; self.pageOffset = pageOffset
+        self.code = code; self.interpreter = interpreter
+    }
+
+    // MARK: - Analysis
+
+    static let all = JITLayout.arithFlags
+    static let cf: UInt32 = 1, of: UInt32 = 0x800
+
+    /// Whether the translator emits `i` as host code (else the interpreter runs it).
+    static func isNative(_ i: Instruction) -> Bool {
+        if i.prefixes & Prefix.lock != 0 { return false }
+        switch i.op {
+        case .negRM, .notRM, .xchgRMReg: return !i.isMem
+        default: break
+        }
+        switch i.fast {
+        case FastForm.none: return false
+        case FastForm.shiftReg: return true
+        case FastForm.movsxReg, FastForm.movsxLoad: return i.sub < 2
+        default: return true
+        }
+    }
+
+    /// Status flags an instruction reads and writes, as far as liveness needs: a flag it may
+    /// leave unchanged counts as not written.
+    static func flagEffect(_ i: Instruction) -> (reads: UInt32, writes: UInt32) {
+        guard isNative(i) else { return (all, 0) }
+        switch i.fast {
+        case FastForm.aluToRM, FastForm.aluToReg, FastForm.aluImm, FastForm.aluLoad:
+            return (i.sub == 2 || i.sub == 3 ? cf : 0, all)
+        case FastForm.cmpMemReg, FastForm.cmpMemImm, FastForm.testRegReg, FastForm.testRegImm, FastForm.testLoadImm:
+            return (0, all)
+        case FastForm.incReg, FastForm.decReg: return (0, all & ~cf)
+        case FastForm.imulRegReg, FastForm.imulRegImm: return (0, cf | of)
+        case FastForm.shiftReg:
+            let countMask: UInt64 = i.size == 3 ? 63 : 31
+            if i.prefixes & Prefix.countCL != 0 || i.imm & countMask == 0 { return (all, 0) }
+            switch i.sub & 7 {
+            case 0, 1: return (0, cf | of)
+            case 2, 3: return (cf, cf | of)
+            default: return (0, all)
+            }
+        case FastForm.jcc64, FastForm.setccReg, FastForm.cmovReg, FastForm.cmovLoad: return (all, 0)
+        default:
+            if i.op == .negRM { return (0, all) }
+            return (0, 0)
+        }
+    }
+
+    mutating func analyze() {
+        var off = 0
+        for k in 0..<n { offsets.append(off); off += Int(insns[k].length) }
+        liveIn = Array(repeating: 0, count: n); liveOut = Array(repeating: 0, count: n)
+        var live = Self.all  // whatever runs next may read them
+        for k in stride(from: n - 1, through: 0, by: -1) {
+            liveOut[k] = live
+            let (r, w) = Self.flagEffect(insns[k])
+            live = (live & ~w) | r
+            liveIn[k] = live
+        }
+    }
+
+    /// Worth translating: at least one instruction becomes host code.
+    static func worthTranslating(_ insns: UnsafeMutablePointer<Instruction>, _ n: Int) -> Bool {
+        for k in 0..<n where isNative(insns[k]) { return true }
+        return false
+    }
+
+    // MARK: - Emission
+
+    /// Emits the block; returns its entry offset, or nil when the buffer is full.
+    mutating func translate() -> Int? {
+        analyze()
+        let start = a.pos
+        a.lea(A.r14, A.Mem(A.r14, n))
+        for k in 0..<n {
+            if Self.isNative(insns[k]) { emitNative(k) } else { emitInterpreted(k) }
+        }
+        // A block that ends without a branch (size limit, page end) falls through.
+        if n > 0, !endsWithBranch { exitStub(delta: offsets[n - 1] + Int(insns[n - 1].length)) }
+        for c in colds { emitCold(c) }
+        return a.full ? nil : start
+    }
+
+    var endsWithBranch: Bool {
+        let i = insns[n - 1]
+        if !Self.isNative(i) { return true }  // the interpreter's exit handles it
+        switch i.fast {
+        case FastForm.jcc64, FastForm.jmp64, FastForm.call64, FastForm.ret64: return true
+        default: return false
+        }
+    }
+
+    /// A guest register's slot; AH..BH are the second byte of RAX..RBX.
+    static func slot(_ r: UInt8) -> A.Mem {
+        r >= 16 ? A.Mem(A.rbp, 8 * Int(r & 3) + 1) : A.Mem(A.rbp, 8 * Int(r & 15))
+    }
+
+    mutating func loadGuest(_ h: UInt8, _ r: UInt8, _ size: UInt8) { a.load(h, Self.slot(r), size: size) }
+
+    /// Writes a guest register from host register `h` (for a dword, `h` is zero-extended).
+    mutating func storeGuest(_ r: UInt8, _ h: UInt8, _ size: UInt8) {
+        a.store(Self.slot(r), h, size: size >= 2 ? 3 : size)
+    }
+
+    /// The memory operand's linear address into rsi (clobbers rdi; flags untouched). `segment`
+    /// false: the offset only (LEA).
+    mutating func address(_ k: Int, segment: Bool) {
+        let i = insns[k]
+        var haveBase = false
+        if i.base < 16 {
+            loadGuest(A.rsi, i.base, 3); haveBase = true
+        } else if i.base == Reg.rip {
+            a.lea(A.rsi, A.Mem(A.r12, offsets[k] + Int(i.length))); haveBase = true
+        }
+        if i.index < 16 {
+            loadGuest(A.rdi, i.index, 3)
+            if !haveBase { a.movImm64(A.rsi, 0) }
+            a.lea(A.rsi, A.Mem(A.rsi, index: A.rdi, scale: i.scale, disp: i.disp))
+        } else if haveBase {
+            if i.disp != 0 { a.lea(A.rsi, A.Mem(A.rsi, Int(i.disp))) }
+        } else {
+            a.movImm64(A.rsi, UInt64(bitPattern: Int64(i.disp)))
+        }
+        if i.addrSize == 2 { a.movRR(A.rsi, A.rsi, size: 2) }
+        else if i.addrSize == 1 { a.rr(0x0FB7, size: 2, reg: A.rsi, rm: A.rsi) }
+        if segment && (i.seg == 4 || i.seg == 5) {
+            a.load(A.rdi, A.Mem(A.rbx, i.seg == 4 ? JITLayout.fsBase : JITLayout.gsBase), size: 3)
+            a.lea(A.rsi, A.Mem(A.rsi, index: A.rdi, scale: 0, disp: 0))
+        }
+    }
+
+    /// The TLB lookup for `bytes` at the linear address in rsi: on a hit rsi becomes the host
+    /// address; a miss, MMIO or a page-crossing access jumps to instruction k's cold path.
+    /// The flags are saved in r11 first (the cold path hands them to the interpreter) and
+    /// restored after when anything still needs them.
+    mutating func tlb(_ k: Int, bytes: Int, write: Bool, cold: inout [Int], restore: Bool = true) {
+        a.pushfq(); a.pop(A.r11)
+        a.movRR(A.rdi, A.rsi)
+        a.shift(digit: 5, size: 3, A.rdi, count: 12)
+        a.aluImm(4, size: 2, dst: A.rdi, UInt64(TLBEntry.count - 1))
+        a.rr(0x69, size: 2, reg: A.rdi, rm: A.rdi); a.u32(UInt32(JITLayout.tlbStride))
+        a.aluRR(0, size: 3, dst: A.rdi, src: A.r15)
+        a.lea(A.rdx, A.Mem(A.rsi, bytes - 1))  // a tag from the last byte: page-crossing misses
+        a.shift(digit: 5, size: 3, A.rdx, count: 12)
+        a.aluRR(0, size: 3, dst: A.rdx, src: A.rdx)
+        a.mem(0x0B, size: 3, reg: A.rdx, A.Mem(A.rbx, JITLayout.userTag))
+        a.mem(0x3B, size: 3, reg: A.rdx, A.Mem(A.rdi, write ? JITLayout.tlbWriteTag : JITLayout.tlbReadTag))
+        cold.append(a.jcc(5))
+        a.load(A.rdx, A.Mem(A.rdi, JITLayout.tlbHost), size: 3)
+        a.testRR(size: 3, A.rdx, A.rdx)
+        cold.append(a.jcc(4))
+        a.aluImm(4, size: 2, dst: A.rsi, 0xFFF)
+        a.aluRR(0, size: 3, dst: A.rsi, src: A.rdx)
+        if restore { restoreFlags(k) }
+    }
+
+    /// The flags saved in r11 back into the host's RFLAGS, when instruction k needs them.
+    mutating func restoreFlags(_ k: Int) {
+        guard liveIn[k] != 0 else { return }
+        a.movRR(A.rax, A.r11, size: 2)
+        TranslatedCode.loadFlagsFromRAX(&a)
+    }
+
+    /// Address + TLB for instruction k's memory operand; returns the cold-path jump sites.
+    mutating func memoryOperand(_ k: Int, bytes: Int, write: Bool) -> [Int] {
+        address(k, segment: true)
+        var sites: [Int] = []
+        tlb(k, bytes: bytes, write: write, cold: &sites)
+        return sites
+    }
+
+    /// Instruction k by the interpreter, inline: flags to CPUState, call, flags back.
+    mutating func emitInterpreted(_ k: Int) {
+        a.pushfq(); a.pop(A.r11)
+        TranslatedCode.storeFlags(&a)
+        callInterpreter(k)
+        let bail = a.jcc(5)
+        let last = k == n - 1
+        exitAfterInterpreter(k, from: [bail], last: last)
+        if !last && liveOut[k] != 0 {
+            TranslatedCode.loadFlags(&a, from: A.Mem(A.rbx, JITLayout.rflags))
+        }
+    }
+
+    /// Sets currentRIP and RIP for instruction k and calls the interpreter on it; eax (tested,
+    /// ZF) is zero when translated code may go on.
+    mutating func callInterpreter(_ k: Int) {
+        a.lea(A.rax, A.Mem(A.r12, offsets[k]))
+        a.store(A.Mem(A.rbx, JITLayout.currentRIP), A.rax, size: 3)
+        a.lea(A.rax, A.Mem(A.r12, offsets[k] + Int(insns[k].length)))
+        a.store(A.Mem(A.rbx, JITLayout.rip), A.rax, size: 3)
+        a.load(A.rdi, A.Mem(A.rbx, JITLayout.context), size: 3)
+        a.movImm64(A.rsi, UInt64(UInt(bitPattern: insns + k)))
+        a.callAbsolute(interpreter)
+        a.testRR(size: 2, A.rax, A.rax)
+    }
+
+    /// The exit after the interpreter stopped at (or finished, when `last`) instruction k:
+    /// RIP and the flags are in CPUState already; eax is its status (0 or 2: k retired, 1: it
+    /// faulted). Jumps from `sites` land here; with `last` the fall-through path exits too,
+    /// else it continues after the exit code.
+    mutating func exitAfterInterpreter(_ k: Int, from sites: [Int], last: Bool) {
+        let skip = last ? -1 : a.jmp()
+        for s in sites { a.patch(s, to: a.pos) }
+        a.lea(A.r14, A.Mem(A.r14, -(n - k)))
+        a.aluImm(7, size: 2, dst: A.rax, 1)
+        let faulted = a.jcc(4)
+        a.lea(A.r14, A.Mem(A.r14, 1))
+        a.patch(faulted, to: a.pos)
+        a.storeImm(A.Mem(A.rbx, JITLayout.lastExit), 0, size: 3)
+        a.jmp(to: code.epilogueKeepFlags)
+        if skip >= 0 { a.patch(skip, to: a.pos) }
+    }
+
+    /// A cold path: the interpreter runs instruction k (its memory access missed the TLB).
+    mutating func emitCold(_ c: (k: Int, sites: [Int], resume: Int)) {
+        for s in c.sites { a.patch(s, to: a.pos) }
+        TranslatedCode.storeFlags(&a)
+        callInterpreter(c.k)
+        let bail = a.jcc(5)
+        if c.resume < 0 {
+            exitAfterInterpreter(c.k, from: [bail], last: true)
+            return
+        }
+        if liveOut[c.k] != 0 { TranslatedCode.loadFlags(&a, from: A.Mem(A.rbx, JITLayout.rflags)) }
+        a.jmp(to: c.resume)
+        exitAfterInterpreter(c.k, from: [bail], last: true)
+    }
+
+    /// Leaves the block for guest RIP block start + `delta`: straight into the next block when
+    /// the dispatcher has linked this exit (same page only) and the countdown allows, else back
+    /// to the dispatcher.
+    mutating func exitStub(delta: Int) {
+        let target = pageOffset + delta
+        let chainable = target >= 0 && target < 4096
+        if let d = Int32(exactly: delta) {
+            a.lea(A.r12, A.Mem(A.r12, index: 0xFF, scale: 0, disp: d))
+        } else {
+            a.movImm64(A.rax, UInt64(bitPattern: Int64(delta)))
+            a.lea(A.r12, A.Mem(A.r12, index: A.rax, scale: 0, disp: 0))
+        }
+        var site = -1
+        if chainable {
+            a.lea(A.rcx, A.Mem(A.r13, -1))
+            a.movRR(A.r13, A.rcx)
+            a.byte(0xE3); a.byte(5)  // jrcxz past the link jump
+            site = a.jmp()
+            a.patch(site, to: a.pos)
+        }
+        a.store(A.Mem(A.rbx, JITLayout.rip), A.r12, size: 3)
+        if chainable {
+            a.movImm64(A.rax, UInt64(UInt(bitPattern: code.base + site)))
+            a.store(A.Mem(A.rbx, JITLayout.lastExit), A.rax, size: 3)
+        } else {
+            a.storeImm(A.Mem(A.rbx, JITLayout.lastExit), 0, size: 3)
+        }
+        a.jmp(to: code.epilogue)
+    }
+}

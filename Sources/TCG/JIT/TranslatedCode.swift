@@ -1,0 +1,128 @@
+import Glibc
+
+/// Where translated code finds the vCPU's state: byte offsets taken from the Swift layout at run
+/// time, so the structs can change without the translator knowing.
+enum JITLayout {
+    static let rip = MemoryLayout<CPUState>.offset(of: \CPUState.rip)!
+    static let rflags = MemoryLayout<CPUState>.offset(of: \CPUState.rflags)!
+    static let currentRIP = MemoryLayout<CPUState>.offset(of: \CPUState.currentRIP)!
+    static let instructionCount = MemoryLayout<CPUState>.offset(of: \CPUState.instructionCount)!
+    static let userTag = MemoryLayout<CPUState>.offset(of: \CPUState.jitUserTag)!
+    static let lastExit = MemoryLayout<CPUState>.offset(of: \CPUState.jitLastExit)!
+    static let context = MemoryLayout<CPUState>.offset(of: \CPUState.jitContext)!
+    static let fsBase = MemoryLayout<CPUState>.offset(of: \CPUState.fs)! + MemoryLayout<SegmentCache>.offset(of: \SegmentCache.base)!
+    static let gsBase = MemoryLayout<CPUState>.offset(of: \CPUState.gs)! + MemoryLayout<SegmentCache>.offset(of: \SegmentCache.base)!
+    static let tlbStride = MemoryLayout<TLBEntry>.stride
+    static let tlbReadTag = MemoryLayout<TLBEntry>.offset(of: \TLBEntry.readTag)!
+    static let tlbWriteTag = MemoryLayout<TLBEntry>.offset(of: \TLBEntry.writeTag)!
+    static let tlbHost = MemoryLayout<TLBEntry>.offset(of: \TLBEntry.host)!
+    /// The status flags translated code keeps in the host's RFLAGS.
+    static let arithFlags: UInt32 = 0x8D5
+}
+
+/// One vCPU's translated code: a buffer of host code (mapped once, read-write-execute), the
+/// entry trampoline and exit epilogues at its start, then blocks appended until it fills; then
+/// everything is dropped at once together with the decode cache (DecodeCache's policy), since
+/// translated code points at the decoded instructions it falls back to.
+///
+/// Register convention inside translated code: rbx CPUState, rbp the guest registers, r12 the
+/// current block's guest RIP, r13 the chained-block countdown, r14 instructions retired since
+/// entry, r15 the software TLB; the guest's status flags live in the host's RFLAGS.
+final class TranslatedCode {
+    static let capacity = 32 << 20
+    let base: UnsafeMutablePointer<UInt8>
+    var used = 0
+    private(set) var epilogue = 0
+    private(set) var epilogueKeepFlags = 0
+    private var firstBlock = 0
+
+    typealias Entry = @convention(c) (UnsafeMutableRawPointer, UnsafeMutableRawPointer, UnsafeMutableRawPointer,
+                                      UInt64, UnsafeRawPointer) -> Void
+    private let entry: Entry
+
+    init?() {
+        let p = mmap(nil, Self.capacity, PROT_READ | PROT_WRITE | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+        guard let p, p != MAP_FAILED else { return nil }
+        base = p.assumingMemoryBound(to: UInt8.self)
+        var a = HostAssembler(base: base, start: 0, limit: Self.capacity)
+        Self.emitTrampoline(&a, epilogue: &epilogue, keep: &epilogueKeepFlags)
+        used = a.pos
+        firstBlock = a.pos
+        entry = unsafeBitCast(UnsafeRawPointer(base), to: Entry.self)
+    }
+
+    deinit { munmap(base, Self.capacity) }
+
+    /// Drops every translated block.
+    func reset() { used = firstBlock }
+
+    /// Runs translated code from the block at `offset` until an exit.
+    @inline(__always) func enter(_ st: UnsafeMutablePointer<CPUState>, _ gpr: UnsafeMutablePointer<UInt64>,
+                                 _ tlb: UnsafeMutablePointer<TLBEntry>, countdown: UInt64, offset: Int) {
+        entry(UnsafeMutableRawPointer(st), UnsafeMutableRawPointer(gpr), UnsafeMutableRawPointer(tlb), countdown,
+              UnsafeRawPointer(base + offset))
+    }
+
+    /// Points an exit's jump (recorded in CPUState.jitLastExit) straight at another block.
+    func link(site: UInt64, to offset: Int) {
+        let start = UInt64(UInt(bitPattern: base))
+        guard site >= start, site + 4 <= start + UInt64(used) else { return }
+        var a = HostAssembler(base: base, start: 0, limit: used)
+        a.patch(Int(site - start), to: offset)
+    }
+
+    /// enter(st, gpr, tlb, countdown, block): saves the callee-saved registers, loads the
+    /// convention's registers and the guest's status flags, jumps to the block. The epilogue
+    /// stores the flags back (the keep-flags entry is for exits after the interpreter ran, whose
+    /// flags are already in CPUState), adds the retired count and returns.
+    private static func emitTrampoline(_ a: inout HostAssembler, epilogue: inout Int, keep: inout Int) {
+        typealias A = HostAssembler
+        for r in [A.rbx, A.rbp, A.r12, A.r13, A.r14, A.r15] { a.push(r) }
+        a.aluImm(5, size: 3, dst: A.rsp, 8)
+        a.movRR(A.rbx, A.rdi); a.movRR(A.rbp, A.rsi); a.movRR(A.r15, A.rdx); a.movRR(A.r13, A.rcx)
+        a.aluRR(6, size: 2, dst: A.r14, src: A.r14)
+        a.load(A.r12, A.Mem(A.rbx, JITLayout.rip), size: 3)
+        loadFlags(&a, from: A.Mem(A.rbx, JITLayout.rflags))
+        a.byte(0x41); a.byte(0xFF); a.byte(0xE0)  // jmp r8
+        epilogue = a.pos
+        a.pushfq(); a.pop(A.r11)
+        storeFlags(&a)
+        keep = a.pos
+        a.mem(0x01, size: 3, reg: A.r14, A.Mem(A.rbx, JITLayout.instructionCount))  // add [count], r14
+        a.aluImm(0, size: 3, dst: A.rsp, 8)
+        for r in [A.r15, A.r14, A.r13, A.r12, A.rbp, A.rbx] { a.pop(r) }
+        a.ret()
+    }
+
+    /// Sets the host's status flags from the RFLAGS image at `m` (clobbers rax, rdx): SAHF for
+    /// SF ZF AF PF CF, an ADD whose signed overflow is the image's OF. POPF would also load TF,
+    /// DF and AC into the host, and is slower.
+    static func loadFlags(_ a: inout HostAssembler, from m: HostAssembler.Mem) {
+        typealias A = HostAssembler
+        a.load(A.rax, m, size: 2)
+        loadFlagsFromRAX(&a)
+    }
+
+    /// As loadFlags, from the image in eax.
+    static func loadFlagsFromRAX(_ a: inout HostAssembler) {
+        typealias A = HostAssembler
+        a.movRR(A.rdx, A.rax, size: 2)
+        a.aluImm(4, size: 2, dst: A.rdx, 0x800)
+        a.shift(digit: 4, size: 2, A.rdx, count: 20)  // OF to bit 31, bit 30 clear
+        a.aluRR(0, size: 2, dst: A.rdx, src: A.rdx)   // OF := bit 31 xor bit 30
+        a.byte(0x88); a.byte(0xC4)                    // mov ah, al
+        a.byte(0x9E)                                  // sahf
+    }
+
+    /// Merges the status flags saved in r11 (a PUSHF image) into CPUState.rflags (clobbers rax, rcx).
+    static func storeFlags(_ a: inout HostAssembler) {
+        typealias A = HostAssembler
+        let m = A.Mem(A.rbx, JITLayout.rflags)
+        a.load(A.rax, m, size: 3)
+        a.aluImm(4, size: 3, dst: A.rax, ~UInt64(JITLayout.arithFlags))
+        a.movRR(A.rcx, A.r11, size: 2)
+        a.aluImm(4, size: 2, dst: A.rcx, UInt64(JITLayout.arithFlags))
+        a.aluRR(1, size: 3, dst: A.rax, src: A.rcx)
+        a.store(m, A.rax, size: 3)
+    }
+}

@@ -1,0 +1,98 @@
+/// The run loop's side of translated code: when to translate, entering it, linking exits to
+/// the next block, and the interpreter fallback translated code calls.
+extension X86CPU {
+    /// Runs the block at RIP (decoded as `insns`, cached in `slot`) as translated code, making
+    /// it on the block's second run. Returns the instructions retired, or nil: interpret it.
+    /// `link`: the previous translated run's exit, to be pointed at this block (0: none).
+    @inline(__always)
+    func runTranslated(_ slot: UnsafeMutablePointer<DecodeCache.Slot>, _ insns: UnsafeMutablePointer<Instruction>,
+                       _ count: Int, budget: Int, link: UInt64) -> Int? {
+        var offset = Int(slot.pointee.code)
+        if offset < 0 {
+            guard offset == -1, translatesBlocks else { return nil }
+            slot.pointee.hits &+= 1
+            if slot.pointee.hits < translationThreshold { return nil }
+            guard let o = translate(slot, insns, count) else { return nil }
+            offset = o
+        }
+        guard let code = translated else { return nil }
+        let s = st
+        if link != 0 { code.link(site: link, to: offset) }
+        s.pointee.materializeFlags()
+        s.pointee.jitUserTag = s.pointee.userTag
+        s.pointee.jitLastExit = 0
+        s.pointee.jitContext = UInt64(UInt(bitPattern: Unmanaged.passUnretained(self).toOpaque()))
+        let before = s.pointee.instructionCount
+        // Chained blocks between polls of the APIC and the exit request.
+        let countdown = UInt64(min(max(budget >> 3, 1), 1024))
+        code.enter(s, gpr, tlb, countdown: countdown, offset: offset)
+        pendingLink = s.pointee.jitLastExit
+        pendingLinkRIP = s.pointee.rip
+        return Int(truncatingIfNeeded: s.pointee.instructionCount &- before)
+    }
+
+    /// Translates a decoded block; nil when it is not worth it or the buffer had to be flushed.
+    func translate(_ slot: UnsafeMutablePointer<DecodeCache.Slot>, _ insns: UnsafeMutablePointer<Instruction>,
+                   _ count: Int) -> Int? {
+        guard BlockTranslator.worthTranslating(insns, count) else {
+            slot.pointee.code = -2
+            return nil
+        }
+        if translated == nil {
+            translated = TranslatedCode()
+            if translated == nil { translatesBlocks = false; return nil }
+        }
+        guard let code = translated else { return nil }
+        let entry = unsafeBitCast(X86CPU.interpreterEntry, to: UnsafeRawPointer.self)
+        var t = BlockTranslator(assembler: HostAssembler(base: code.base, start: code.used, limit: TranslatedCode.capacity),
+                                insns: insns, count: count, pageOffset: Int((slot.pointee.key >> 2) & 0xFFF), code: code,
+                                interpreter: UInt64(UInt(bitPattern: entry)))
+        guard let start = t.translate() else {
+            // Full: drop every block and decode afresh (the slot is gone with the cache).
+            flushTranslations()
+            return nil
+        }
+        code.used = t.a.pos
+        slot.pointee.code = Int32(start)
+        return start
+    }
+
+    /// Drops the decode cache and all translated code with it.
+    func flushTranslations() {
+        cache.flush()
+        translated?.reset()
+        pendingLink = 0
+    }
+
+    /// Called by translated code for an instruction it does not emit, or whose memory access
+    /// missed the TLB: runs it as the run loop would. 0: done, translated code goes on; 1: it
+    /// faulted (the event was delivered); 2: done, but translated code must exit (the block
+    /// ended: code written, mode changed). RIP and the flags are in CPUState either way.
+    /// Translated code counts the instruction (CPUState.instructionCount) itself.
+    static let interpreterEntry: @convention(c) (UnsafeMutableRawPointer?, UnsafeMutableRawPointer?) -> Int32 = { ctx, insn in
+        guard let ctx, let insn else { return 1 }
+        let cpu = Unmanaged<X86CPU>.fromOpaque(ctx).takeUnretainedValue()
+        return cpu.interpretForTranslatedCode(insn.assumingMemoryBound(to: Instruction.self))
+    }
+
+    func interpretForTranslatedCode(_ ip: UnsafeMutablePointer<Instruction>) -> Int32 {
+        let s = st
+        do {
+            try step(self, ip, s, gpr, tlb)
+        } catch {
+            s.pointee.rip = s.pointee.currentRIP
+            let e = stackSegmentFault(error, ip)
+            if !deliverEvent(vector: e.vector, errorCode: e.hasErrorCode ? e.errorCode : nil, kind: .fault) {
+                s.pointee.tripleFaulted = true
+            }
+            s.pointee.materializeFlags()
+            return 1
+        }
+        s.pointee.materializeFlags()
+        if s.pointee.breakBlock {
+            s.pointee.breakBlock = false
+            return 2
+        }
+        return 0
+    }
+}

@@ -1,0 +1,167 @@
+import XCTest
+@testable import TCG
+
+/// Translated code (JIT/) against the interpreter: generated programs of the forms the
+/// translator emits, with memory operands on both sides of a page boundary and a loop around
+/// them (chained blocks), must leave the same registers, flags and memory; faults, self-
+/// modifying code and the interpreter fallback inside translated blocks behave as interpreted.
+final class TranslatedCodeTests: XCTestCase {
+    var rng = SplitMix(seed: 0x4A49_5431)
+    /// The data region: RBX points 64 bytes before a page boundary, so [rbx + disp8] reaches
+    /// both pages (and accesses that cross it).
+    static let dataBase: UInt64 = EmulatedRunner.dataAddress + 0x1000 - 64
+    /// Registers programs may write: never RSP, RBX (the data pointer) or R15 (the loop count).
+    static let regs = [0, 1, 2, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]
+
+    func reg() -> Int { Self.regs[Int(rng.next() % UInt64(Self.regs.count))] }
+
+    func value() -> UInt64 {
+        switch rng.next() % 6 {
+        case 0: return 0
+        case 1: return ~0
+        case 2: return UInt64(1) << (rng.next() % 64)
+        case 3: return rng.next() & 0xFF
+        default: return rng.next()
+        }
+    }
+
+    /// prefix/REX/opcode/ModRM for a register or an [rbx + disp8] operand.
+    func encode(size: Int, opcode: [UInt8], reg: Int, rm: Int?, disp: Int8 = 0, imm: [UInt8] = []) -> [UInt8] {
+        var b: [UInt8] = size == 1 ? [0x66] : []
+        var rex: UInt8 = size == 3 ? 8 : 0
+        if reg >= 8 { rex |= 4 }
+        if let rm, rm >= 8 { rex |= 1 }
+        if rex != 0 || (size == 0 && (reg >= 4 || (rm ?? 0) >= 4)) { b.append(0x40 | rex) }
+        b += opcode
+        if let rm {
+            b.append(0xC0 | UInt8((reg & 7) << 3) | UInt8(rm & 7))
+        } else {
+            b.append(0x40 | UInt8((reg & 7) << 3) | 3)
+            b.append(UInt8(bitPattern: disp))
+        }
+        return b + imm
+    }
+
+    func disp(_ size: Int) -> Int8 { Int8(truncatingIfNeeded: Int(rng.next() % 120) - 8) }
+    func imm(_ n: Int) -> [UInt8] { (0..<n).map { _ in UInt8(truncatingIfNeeded: rng.next()) } }
+
+    /// One instruction of the translator's native forms (or an interpreted one now and then).
+    func instruction() -> [UInt8] {
+        let size = Int(rng.next() % 4), w: UInt8 = size == 0 ? 0 : 1
+        let immBytes = size == 0 ? 1 : (size == 1 ? 2 : 4)
+        let mem: Int? = nil
+        switch rng.next() % 20 {
+        case 0: return encode(size: size, opcode: [UInt8(rng.next() % 8) * 8 + w], reg: reg(), rm: reg())
+        case 1: return encode(size: size, opcode: [UInt8(rng.next() % 8) * 8 + 2 + w], reg: reg(), rm: mem, disp: disp(size))
+        case 2: return encode(size: size, opcode: [size == 0 ? 0x80 : 0x81], reg: Int(rng.next() % 8), rm: reg(), imm: imm(immBytes))
+        case 3: return encode(size: size, opcode: [0x38 + w], reg: reg(), rm: mem, disp: disp(size))  // cmp [m], r
+        case 4: return encode(size: size, opcode: [0x88 + w], reg: reg(), rm: mem, disp: disp(size))  // store
+        case 5: return encode(size: size, opcode: [0x8A + w], reg: reg(), rm: mem, disp: disp(size))  // load
+        case 6: return encode(size: size, opcode: [size == 0 ? 0xC6 : 0xC7], reg: 0, rm: mem, disp: disp(size), imm: imm(immBytes))
+        case 7: return encode(size: max(size, 1), opcode: [0x8D], reg: reg(), rm: mem, disp: disp(size))  // lea
+        case 8: return encode(size: size, opcode: [0xFE + w], reg: Int(rng.next() % 2), rm: reg())  // inc/dec
+        case 9: return encode(size: size, opcode: [0xF6 + w], reg: 2 + Int(rng.next() % 2), rm: reg())  // not/neg
+        case 10: return encode(size: size, opcode: [size == 0 ? 0xC0 : 0xC1], reg: Int(rng.next() % 8), rm: reg(), imm: [UInt8(rng.next() % 70)])
+        case 11: return encode(size: size, opcode: [size == 0 ? 0xD2 : 0xD3], reg: Int(rng.next() % 8), rm: reg())
+        case 12: return encode(size: max(size, 1), opcode: [0x0F, 0xAF], reg: reg(), rm: reg())  // imul r, r
+        case 13: return encode(size: 0, opcode: [0x0F, 0x90 + UInt8(rng.next() % 16)], reg: 0, rm: reg())  // setcc
+        case 14: return encode(size: max(size, 1), opcode: [0x0F, 0x40 + UInt8(rng.next() % 16)], reg: reg(),
+                               rm: rng.next() % 2 == 0 ? reg() : mem, disp: disp(3))  // cmovcc
+        case 15: return encode(size: max(size, 1), opcode: [0x0F, rng.next() % 2 == 0 ? 0xB6 : 0xBF], reg: reg(),
+                               rm: rng.next() % 2 == 0 ? reg() : mem, disp: disp(1))  // movzx/movsx
+        case 16: return encode(size: size, opcode: [0x84 + w], reg: reg(), rm: reg())  // test
+        case 17:  // push r; pop r
+            let a = reg(), b = reg()
+            return (a >= 8 ? [0x41] : []) + [0x50 + UInt8(a & 7)] + (b >= 8 ? [0x41] : []) + [0x58 + UInt8(b & 7)]
+        case 18: return encode(size: 3, opcode: [0x13], reg: reg(), rm: mem, disp: disp(3))  // adc r, [m]
+        default:  // interpreted inside translated code: bt, cqo, xadd
+            switch rng.next() % 3 {
+            case 0: return encode(size: 3, opcode: [0x0F, 0xA3], reg: reg(), rm: reg())
+            case 1: return [0x48, 0x99]
+            default: return encode(size: 2, opcode: [0x0F, 0xC1], reg: reg(), rm: mem, disp: disp(2))
+            }
+        }
+    }
+
+    /// `body` run `loops` times: mov r15d, loops; body; dec r15; jnz body.
+    func program(_ body: [UInt8], loops: UInt32) -> [UInt8] {
+        let head: [UInt8] = [0x41, 0xBF] + withUnsafeBytes(of: loops.littleEndian, Array.init)
+        var tail: [UInt8] = [0x49, 0xFF, 0xCF]  // dec r15
+        let back = -(body.count + tail.count + 6)
+        tail += [0x0F, 0x85] + withUnsafeBytes(of: Int32(back).littleEndian, Array.init)
+        return head + body + tail
+    }
+
+    struct Outcome: Equatable {
+        var regs: RegisterFile
+        var exit: CPUExit
+        var rip: UInt64
+        var data: [UInt8]
+        var retired: UInt64
+    }
+
+    func run(_ code: [UInt8], _ input: RegisterFile, data: [UInt8], translated: Bool) throws -> (Outcome, EmulatedRunner) {
+        let r = try EmulatedRunner(translated: translated)
+        try r.memory.write(data, at: Self.dataBase - 64)
+        var regs = input
+        regs.gpr[3] = Self.dataBase
+        regs.gpr[4] = EmulatedRunner.dataAddress + 0x8000
+        let (out, exit) = try r.run(code, regs, budget: 2_000_000)
+        let back = try r.memory.readBytes(at: Self.dataBase - 64, count: data.count)
+        return (Outcome(regs: out, exit: exit, rip: r.cpu.st.pointee.rip, data: back, retired: r.cpu.instructionCount), r)
+    }
+
+    func testGeneratedProgramsMatchTheInterpreter() throws {
+        let programs = Int(ProcessInfo.processInfo.environment["KEEL_TCG_JIT_PROGRAMS"] ?? "") ?? 300
+        var translatedSomething = false
+        for p in 0..<programs {
+            var body: [UInt8] = []
+            for _ in 0..<(4 + Int(rng.next() % 24)) { body += instruction() }
+            let code = program(body, loops: UInt32(1 + rng.next() % 40))
+            var input = RegisterFile()
+            for k in Self.regs { input.gpr[k] = value() }
+            input.rflags = 2 | (rng.next() & 0x8D5)
+            let data = imm(320)
+            let (interpreted, _) = try run(code, input, data: data, translated: false)
+            let (translated, runner) = try run(code, input, data: data, translated: true)
+            if runner.cpu.translated.map({ $0.used }) ?? 0 > 0 { translatedSomething = true }
+            var a = interpreted, b = translated
+            a.regs.rflags &= 0x8D5; b.regs.rflags &= 0x8D5
+            if a != b {
+                let hex = code.map { String(format: "%02x", $0) }.joined(separator: " ")
+                XCTFail("program \(p) [\(hex)]\n in: \(input)\n interpreter: \(a)\n translated:  \(b)")
+                return
+            }
+        }
+        XCTAssertTrue(translatedSomething, "no program was translated")
+    }
+
+    /// A store to an unmapped page inside a translated loop faults at that instruction with the
+    /// registers and flags of the instructions before it, as interpreted.
+    func testFaultInsideATranslatedLoopStopsAtTheFaultingInstruction() throws {
+        // add r8, 1; cmp r8, 30; mov [rbx + r8*8 ... ] walks up to 0x40000000 (unmapped): fault.
+        let body: [UInt8] = [0x49, 0x83, 0xC0, 0x01,        // add r8, 1
+                             0x48, 0x81, 0xC3, 0x00, 0x00, 0x00, 0x10,  // add rbx, 0x10000000
+                             0x4C, 0x89, 0x03]              // mov [rbx], r8
+        let code = program(body, loops: 100)
+        let (interpreted, _) = try run(code, RegisterFile(), data: [0], translated: false)
+        let (translated, _) = try run(code, RegisterFile(), data: [0], translated: true)
+        XCTAssertEqual(interpreted.exit, .tripleFault)
+        XCTAssertEqual(translated, interpreted)
+    }
+
+    /// A translated loop that rewrites an immediate in its own code sees the new code on the
+    /// next iteration.
+    func testSelfModifyingCodeInATranslatedLoop() throws {
+        // lea rax, [rip + 3] (the add's imm8); add r9, 1 (imm patched); inc byte [rax]
+        let body: [UInt8] = [0x48, 0x8D, 0x05, 0x03, 0x00, 0x00, 0x00,  // lea rax, [rip+3] -> the imm8 below
+                             0x49, 0x83, 0xC1, 0x01,                    // add r9, 1
+                             0xFE, 0x00]                                // inc byte [rax]
+        let code = program(body, loops: 20)
+        let (interpreted, _) = try run(code, RegisterFile(), data: [0], translated: false)
+        let (translated, _) = try run(code, RegisterFile(), data: [0], translated: true)
+        XCTAssertEqual(interpreted.regs.gpr[9], (1...20).reduce(0, +))
+        XCTAssertEqual(translated.regs.gpr[9], interpreted.regs.gpr[9])
+        XCTAssertEqual(translated.retired, interpreted.retired)
+    }
+}
