@@ -71,18 +71,22 @@ final class DifferentialKVMTests: XCTestCase {
                 .joined(separator: "\n").write(toFile: keep + ".txt", atomically: true, encoding: .utf8)
         }
 
-        // Both runs at once: they are independent processes.
+        // The runs at once: they are independent processes. tcg twice: the interpreter alone, and
+        // every block translated to host code from its first run (JIT/).
         var runs: [String: Result<Run, Error>] = [:]
         let lock = NSLock()
-        DispatchQueue.concurrentPerform(iterations: 2) { i in
-            let accel = i == 0 ? "kvm" : "tcg"
-            let r = Result { try Self.run(keel: keel.path, accel: accel, image: image, batch: batchFile) }
-            lock.lock(); runs[accel] = r; lock.unlock()
+        let setups: [(name: String, accel: String, jit: String)] = [("kvm", "kvm", "on"), ("tcg", "tcg", "off"), ("tcg-jit", "tcg", "eager")]
+        DispatchQueue.concurrentPerform(iterations: setups.count) { i in
+            let setup = setups[i]
+            let r = Result { try Self.run(keel: keel.path, accel: setup.accel, image: image, batch: batchFile, jit: setup.jit) }
+            lock.lock(); runs[setup.name] = r; lock.unlock()
         }
         let kvm = try XCTUnwrap(runs["kvm"]).get(), tcg = try XCTUnwrap(runs["tcg"]).get()
+        let translated = try XCTUnwrap(runs["tcg-jit"]).get()
         print("DifferentialKVMTests: \(cases.count) cases (seed \(Self.seed)), kvm \(String(format: "%.1f", kvm.seconds)) s, "
-              + "tcg \(String(format: "%.1f", tcg.seconds)) s (\(keel.release ? "release" : "debug") keel)")
-        for (name, run) in [("kvm", kvm), ("tcg", tcg)] {
+              + "tcg \(String(format: "%.1f", tcg.seconds)) s, tcg translated \(String(format: "%.1f", translated.seconds)) s "
+              + "(\(keel.release ? "release" : "debug") keel)")
+        for (name, run) in [("kvm", kvm), ("tcg", tcg), ("tcg-jit", translated)] {
             XCTAssertFalse(run.result.timedOut, "\(name) run timed out\n\(Self.tail(run.result))")
             XCTAssertEqual(run.result.status, KVMGuestTests.pass, "\(name) run did not finish the batch\n\(Self.tail(run.result))")
             let missing = (0..<cases.count).filter { run.outcomes[$0] == nil }
@@ -90,24 +94,26 @@ final class DifferentialKVMTests: XCTestCase {
                            + missing.prefix(3).map { "[\(cases[$0].label)] \(cases[$0].hex)" }.joined(separator: "\n"))
         }
 
-        var mismatches: [String] = []
-        var families: [String: Int] = [:]
-        for (i, c) in cases.enumerated() {
-            guard let k = kvm.outcomes[i], let t = tcg.outcomes[i] else { continue }
-            if k == t { continue }
-            families[String(c.label.split(separator: " ")[0]), default: 0] += 1
-            if mismatches.count < 25 { mismatches.append(Self.describe(c, kvm: k, tcg: t)) }
+        for (name, run) in [("tcg", tcg), ("tcg-jit", translated)] {
+            var mismatches: [String] = []
+            var families: [String: Int] = [:]
+            for (i, c) in cases.enumerated() {
+                guard let k = kvm.outcomes[i], let t = run.outcomes[i] else { continue }
+                if k == t { continue }
+                families[String(c.label.split(separator: " ")[0]), default: 0] += 1
+                if mismatches.count < 25 { mismatches.append(Self.describe(c, kvm: k, tcg: t)) }
+            }
+            let total = families.values.reduce(0, +)
+            XCTAssertEqual(total, 0, "\(name): \(total) of \(cases.count) cases differ (by family: \(families.sorted { $0.key < $1.key }))\n"
+                           + mismatches.joined(separator: "\n"))
         }
-        let total = families.values.reduce(0, +)
-        XCTAssertEqual(total, 0, "\(total) of \(cases.count) cases differ (by family: \(families.sorted { $0.key < $1.key }))\n"
-                       + mismatches.joined(separator: "\n"))
     }
 
-    static func run(keel: String, accel: String, image: URL, batch: URL) throws -> Run {
+    static func run(keel: String, accel: String, image: URL, batch: URL, jit: String) throws -> Run {
         let args = ["-accel", accel, "-m", "64", "-kernel", image.path, "-initrd", batch.path, "-nographic", "-no-reboot",
                     "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]
         let start = Date()
-        let r = try KeelRunner.runCommand(executable: keel, arguments: args, timeout: 120)
+        let r = try KeelRunner.runCommand(executable: keel, arguments: args, timeout: 120, environment: ["KEEL_TCG_JIT": jit])
         var run = Run(result: r, seconds: Date().timeIntervalSince(start))
         for line in r.lines {
             if let o = Outcome(Substring(line)), let i = o.index { run.outcomes[i] = o }

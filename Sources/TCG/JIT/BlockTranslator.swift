@@ -15,9 +15,6 @@ struct BlockTranslator {
     let code: TranslatedCode
     let interpreter: UInt64
     var offsets: [Int] = []
-    /// Status flags live before each instruction (what later instructions may read).
-    var liveIn: [UInt32] = []
-    var liveOut: [UInt32] = []
     /// Out-of-line paths: instruction index, jump sites into it, where to resume.
     var colds: [(k: Int, sites: [Int], resume: Int)] = []
 
@@ -29,9 +26,6 @@ struct BlockTranslator {
 
     // MARK: - Analysis
 
-    static let all = JITLayout.arithFlags
-    static let cf: UInt32 = 1, of: UInt32 = 0x800
-
     /// Whether the translator emits `i` as host code (else the interpreter runs it).
     static func isNative(_ i: Instruction) -> Bool {
         if i.prefixes & Prefix.lock != 0 { return false }
@@ -41,48 +35,8 @@ struct BlockTranslator {
         }
         switch i.fast {
         case FastForm.none: return false
-        case FastForm.shiftReg: return true
         case FastForm.movsxReg, FastForm.movsxLoad: return i.sub < 2
         default: return true
-        }
-    }
-
-    /// Status flags an instruction reads and writes, as far as liveness needs: a flag it may
-    /// leave unchanged counts as not written.
-    static func flagEffect(_ i: Instruction) -> (reads: UInt32, writes: UInt32) {
-        guard isNative(i) else { return (all, 0) }
-        switch i.fast {
-        case FastForm.aluToRM, FastForm.aluToReg, FastForm.aluImm, FastForm.aluLoad:
-            return (i.sub == 2 || i.sub == 3 ? cf : 0, all)
-        case FastForm.cmpMemReg, FastForm.cmpMemImm, FastForm.testRegReg, FastForm.testRegImm, FastForm.testLoadImm:
-            return (0, all)
-        case FastForm.incReg, FastForm.decReg: return (0, all & ~cf)
-        case FastForm.imulRegReg, FastForm.imulRegImm: return (0, cf | of)
-        case FastForm.shiftReg:
-            let countMask: UInt64 = i.size == 3 ? 63 : 31
-            if i.prefixes & Prefix.countCL != 0 || i.imm & countMask == 0 { return (all, 0) }
-            switch i.sub & 7 {
-            case 0, 1: return (0, cf | of)
-            case 2, 3: return (cf, cf | of)
-            default: return (0, all)
-            }
-        case FastForm.jcc64, FastForm.setccReg, FastForm.cmovReg, FastForm.cmovLoad: return (all, 0)
-        default:
-            if i.op == .negRM { return (0, all) }
-            return (0, 0)
-        }
-    }
-
-    mutating func analyze() {
-        var off = 0
-        for k in 0..<n { offsets.append(off); off += Int(insns[k].length) }
-        liveIn = Array(repeating: 0, count: n); liveOut = Array(repeating: 0, count: n)
-        var live = Self.all  // whatever runs next may read them
-        for k in stride(from: n - 1, through: 0, by: -1) {
-            liveOut[k] = live
-            let (r, w) = Self.flagEffect(insns[k])
-            live = (live & ~w) | r
-            liveIn[k] = live
         }
     }
 
@@ -96,7 +50,8 @@ struct BlockTranslator {
 
     /// Emits the block; returns its entry offset, or nil when the buffer is full.
     mutating func translate() -> Int? {
-        analyze()
+        var off = 0
+        for k in 0..<n { offsets.append(off); off += Int(insns[k].length) }
         let start = a.pos
         a.lea(A.r14, A.Mem(A.r14, n))
         for k in 0..<n {
@@ -157,42 +112,42 @@ struct BlockTranslator {
     }
 
     /// The TLB lookup for `bytes` at the linear address in rsi: on a hit rsi becomes the host
-    /// address; a miss, MMIO or a page-crossing access jumps to instruction k's cold path.
-    /// The flags are saved in r11 first (the cold path hands them to the interpreter) and
-    /// restored after when anything still needs them.
-    mutating func tlb(_ k: Int, bytes: Int, write: Bool, cold: inout [Int], restore: Bool = true) {
-        a.pushfq(); a.pop(A.r11)
-        a.movRR(A.rdi, A.rsi)
-        a.shift(digit: 5, size: 3, A.rdi, count: 12)
-        a.aluImm(4, size: 2, dst: A.rdi, UInt64(TLBEntry.count - 1))
-        a.rr(0x69, size: 2, reg: A.rdi, rm: A.rdi); a.u32(UInt32(JITLayout.tlbStride))
-        a.aluRR(0, size: 3, dst: A.rdi, src: A.r15)
-        a.lea(A.rdx, A.Mem(A.rsi, bytes - 1))  // a tag from the last byte: page-crossing misses
-        a.shift(digit: 5, size: 3, A.rdx, count: 12)
-        a.aluRR(0, size: 3, dst: A.rdx, src: A.rdx)
-        a.mem(0x0B, size: 3, reg: A.rdx, A.Mem(A.rbx, JITLayout.userTag))
-        a.mem(0x3B, size: 3, reg: A.rdx, A.Mem(A.rdi, write ? JITLayout.tlbWriteTag : JITLayout.tlbReadTag))
-        cold.append(a.jcc(5))
+    /// address; a miss, MMIO or a page-crossing access jumps to the cold path (`sites`). Only
+    /// LEA, MOV, NOT, JRCXZ and BMI2 shifts: the guest's flags in the host's RFLAGS stay as
+    /// they are (clobbers rcx, rdx, rdi, r8-r10).
+    mutating func tlb(bytes: Int, write: Bool, cold: inout [Int]) {
+        a.movImm64(A.r8, 12)
+        a.shiftx(.shrx, A.rdi, A.rsi, count: A.r8)
+        a.lea(A.rdx, A.Mem(A.rsi, bytes - 1))   // a tag from the last byte: page-crossing misses
+        a.shiftx(.shrx, A.rdx, A.rdx, count: A.r8)
+        a.movImm64(A.r9, UInt64(64 - 9))        // TLBEntry.count == 512
+        a.shiftx(.shlx, A.rdi, A.rdi, count: A.r9)
+        a.shiftx(.shrx, A.rdi, A.rdi, count: A.r9)
+        a.lea(A.rdi, A.Mem(A.rdi, index: A.rdi, scale: 1, disp: 0))   // * 3
+        a.lea(A.rdi, A.Mem(A.rdi, index: A.rdi, scale: 0, disp: 0))   // * 6
+        a.lea(A.rdi, A.Mem(A.r15, index: A.rdi, scale: 3, disp: 0))   // * 48 + TLB
+        a.load(A.rcx, A.Mem(A.rbx, JITLayout.userTag), size: 3)
+        a.lea(A.rdx, A.Mem(A.rcx, index: A.rdx, scale: 1, disp: 0))   // page << 1 | user
+        a.load(A.rcx, A.Mem(A.rdi, write ? JITLayout.tlbWriteTag : JITLayout.tlbReadTag), size: 3)
+        a.not64(A.rcx)
+        a.lea(A.rcx, A.Mem(A.rcx, index: A.rdx, scale: 0, disp: 1))   // tag - entry's tag
+        a.byte(0xE3); a.byte(5)                                        // jrcxz: equal
+        cold.append(a.jmp())
         a.load(A.rdx, A.Mem(A.rdi, JITLayout.tlbHost), size: 3)
-        a.testRR(size: 3, A.rdx, A.rdx)
-        cold.append(a.jcc(4))
-        a.aluImm(4, size: 2, dst: A.rsi, 0xFFF)
-        a.aluRR(0, size: 3, dst: A.rsi, src: A.rdx)
-        if restore { restoreFlags(k) }
-    }
-
-    /// The flags saved in r11 back into the host's RFLAGS, when instruction k needs them.
-    mutating func restoreFlags(_ k: Int) {
-        guard liveIn[k] != 0 else { return }
-        a.movRR(A.rax, A.r11, size: 2)
-        TranslatedCode.loadFlagsFromRAX(&a)
+        a.movRR(A.rcx, A.rdx)
+        a.byte(0xE3); a.byte(2); a.byte(0xEB); a.byte(5)               // jrcxz: no host page (MMIO)
+        cold.append(a.jmp())
+        a.movImm64(A.r10, 52)
+        a.shiftx(.shlx, A.rsi, A.rsi, count: A.r10)
+        a.shiftx(.shrx, A.rsi, A.rsi, count: A.r10)
+        a.lea(A.rsi, A.Mem(A.rsi, index: A.rdx, scale: 0, disp: 0))
     }
 
     /// Address + TLB for instruction k's memory operand; returns the cold-path jump sites.
     mutating func memoryOperand(_ k: Int, bytes: Int, write: Bool) -> [Int] {
         address(k, segment: true)
         var sites: [Int] = []
-        tlb(k, bytes: bytes, write: write, cold: &sites)
+        tlb(bytes: bytes, write: write, cold: &sites)
         return sites
     }
 
@@ -204,9 +159,7 @@ struct BlockTranslator {
         let bail = a.jcc(5)
         let last = k == n - 1
         exitAfterInterpreter(k, from: [bail], last: last)
-        if !last && liveOut[k] != 0 {
-            TranslatedCode.loadFlags(&a, from: A.Mem(A.rbx, JITLayout.rflags))
-        }
+        if !last { TranslatedCode.loadFlags(&a, from: A.Mem(A.rbx, JITLayout.rflags)) }
     }
 
     /// Sets currentRIP and RIP for instruction k and calls the interpreter on it; eax (tested,
@@ -242,6 +195,7 @@ struct BlockTranslator {
     /// A cold path: the interpreter runs instruction k (its memory access missed the TLB).
     mutating func emitCold(_ c: (k: Int, sites: [Int], resume: Int)) {
         for s in c.sites { a.patch(s, to: a.pos) }
+        a.pushfq(); a.pop(A.r11)
         TranslatedCode.storeFlags(&a)
         callInterpreter(c.k)
         let bail = a.jcc(5)
@@ -249,7 +203,7 @@ struct BlockTranslator {
             exitAfterInterpreter(c.k, from: [bail], last: true)
             return
         }
-        if liveOut[c.k] != 0 { TranslatedCode.loadFlags(&a, from: A.Mem(A.rbx, JITLayout.rflags)) }
+        TranslatedCode.loadFlags(&a, from: A.Mem(A.rbx, JITLayout.rflags))
         a.jmp(to: c.resume)
         exitAfterInterpreter(c.k, from: [bail], last: true)
     }

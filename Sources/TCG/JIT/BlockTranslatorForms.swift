@@ -139,7 +139,7 @@ extension BlockTranslator {
             loadGuest(A.rsi, Reg.rsp, 3)
             a.lea(A.rsi, A.Mem(A.rsi, -8))
             var sites: [Int] = []
-            tlb(k, bytes: 8, write: true, cold: &sites)
+            tlb(bytes: 8, write: true, cold: &sites)
             a.lea(A.rax, A.Mem(A.r12, offsets[k] + Int(i.length)))
             a.store(A.Mem(A.rsi), A.rax, size: 3)
             adjustRSP(-8)
@@ -148,17 +148,19 @@ extension BlockTranslator {
         case FastForm.ret64:
             loadGuest(A.rsi, Reg.rsp, 3)
             var sites: [Int] = []
-            tlb(k, bytes: 8, write: false, cold: &sites, restore: false)
-            a.load(A.rcx, A.Mem(A.rsi), size: 3)
-            // A non-canonical return address is the interpreter's #GP.
-            a.movRR(A.rdx, A.rcx)
-            a.shift(digit: 4, size: 3, A.rdx, count: 16)
-            a.shift(digit: 7, size: 3, A.rdx, count: 16)
-            a.aluRR(7, size: 3, dst: A.rdx, src: A.rcx)
-            sites.append(a.jcc(5))
-            restoreFlags(k)
+            tlb(bytes: 8, write: false, cold: &sites)
+            a.load(A.rax, A.Mem(A.rsi), size: 3)
+            // A non-canonical return address is the interpreter's #GP: rcx = rax - sign-extended
+            // bits 0-47 of rax, flag-free.
+            a.movImm64(A.r8, 16)
+            a.shiftx(.shlx, A.rdx, A.rax, count: A.r8)
+            a.shiftx(.sarx, A.rdx, A.rdx, count: A.r8)
+            a.not64(A.rdx)
+            a.lea(A.rcx, A.Mem(A.rax, index: A.rdx, scale: 0, disp: 1))
+            a.byte(0xE3); a.byte(5)
+            sites.append(a.jmp())
             adjustRSP(8)
-            a.store(A.Mem(A.rbx, JITLayout.rip), A.rcx, size: 3)
+            a.store(A.Mem(A.rbx, JITLayout.rip), A.rax, size: 3)
             a.storeImm(A.Mem(A.rbx, JITLayout.lastExit), 0, size: 3)
             colds.append((k: k, sites: sites, resume: -1))
             a.jmp(to: code.epilogue)
@@ -166,7 +168,7 @@ extension BlockTranslator {
             loadGuest(A.rsi, Reg.rsp, 3)
             a.lea(A.rsi, A.Mem(A.rsi, -8))
             var sites: [Int] = []
-            tlb(k, bytes: 8, write: true, cold: &sites)
+            tlb(bytes: 8, write: true, cold: &sites)
             loadGuest(A.rax, i.rm & 15, 3)
             a.store(A.Mem(A.rsi), A.rax, size: 3)
             adjustRSP(-8)
@@ -174,7 +176,7 @@ extension BlockTranslator {
         case FastForm.pop64:
             loadGuest(A.rsi, Reg.rsp, 3)
             var sites: [Int] = []
-            tlb(k, bytes: 8, write: false, cold: &sites)
+            tlb(bytes: 8, write: false, cold: &sites)
             a.load(A.rax, A.Mem(A.rsi), size: 3)
             adjustRSP(8)
             storeGuest(i.rm & 15, A.rax, 3)

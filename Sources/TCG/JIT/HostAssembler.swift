@@ -14,7 +14,7 @@ struct HostAssembler {
 
     /// Host registers by encoding number.
     static let rax: UInt8 = 0, rcx: UInt8 = 1, rdx: UInt8 = 2, rbx: UInt8 = 3, rsp: UInt8 = 4, rbp: UInt8 = 5
-    static let rsi: UInt8 = 6, rdi: UInt8 = 7, r11: UInt8 = 11, r12: UInt8 = 12, r13: UInt8 = 13
+    static let rsi: UInt8 = 6, rdi: UInt8 = 7, r8: UInt8 = 8, r9: UInt8 = 9, r10: UInt8 = 10, r11: UInt8 = 11, r12: UInt8 = 12, r13: UInt8 = 13
     static let r14: UInt8 = 14, r15: UInt8 = 15
 
     /// A memory operand [base + index << scale + disp] (index 0xFF: none).
@@ -211,6 +211,20 @@ struct HostAssembler {
         movImm64(Self.rax, address)
         byte(0xFF); byte(0xD0)  // call rax
     }
+
+    /// BMI2 SHLX / SHRX / SARX dst, src, count (VEX.LZ.0F38.W1 F7; 66 / F2 / F3): shifts that
+    /// leave the flags alone, so translated code can index the TLB without saving the guest's.
+    enum ShiftX: UInt8 { case shlx = 1, sarx = 2, shrx = 3 }
+    mutating func shiftx(_ kind: ShiftX, _ dst: UInt8, _ src: UInt8, count: UInt8) {
+        byte(0xC4)
+        byte((dst & 8 == 0 ? 0x80 : 0) | 0x40 | (src & 8 == 0 ? 0x20 : 0) | 0x02)
+        byte(0x80 | ((~count & 15) << 3) | kind.rawValue)
+        byte(0xF7)
+        byte(0xC0 | (dst & 7) << 3 | (src & 7))
+    }
+
+    /// NOT r64 (no flags).
+    mutating func not64(_ r: UInt8) { rr(0xF7, size: 3, reg: 2, rm: r) }
 
     mutating func pushfq() { byte(0x9C) }
     mutating func popfq() { byte(0x9D) }

@@ -41,6 +41,8 @@ final class TranslatedCode {
     private let entry: Entry
 
     init?() {
+        // The inline TLB lookup hard-codes the entry stride and count, and uses BMI2's shifts.
+        guard JITLayout.tlbStride == 48, TLBEntry.count == 512, Self.hostHasBMI2 else { return nil }
         let p = mmap(nil, Self.capacity, PROT_READ | PROT_WRITE | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
         guard let p, p != MAP_FAILED else { return nil }
         base = p.assumingMemoryBound(to: UInt8.self)
@@ -52,6 +54,20 @@ final class TranslatedCode {
     }
 
     deinit { munmap(base, Self.capacity) }
+
+    /// Whether this host CPU has BMI2 (/proc/cpuinfo's flags).
+    static let hostHasBMI2: Bool = {
+        guard let f = fopen("/proc/cpuinfo", "r") else { return false }
+        defer { fclose(f) }
+        var line: UnsafeMutablePointer<CChar>? = nil
+        var cap = 0
+        defer { free(line) }
+        while getline(&line, &cap, f) > 0, let line {
+            let s = String(cString: line)
+            if s.hasPrefix("flags") { return s.split(separator: " ").contains { $0 == "bmi2" || $0 == "bmi2\n" } }
+        }
+        return false
+    }()
 
     /// Drops every translated block.
     func reset() { used = firstBlock }

@@ -170,13 +170,16 @@ final class KeelRunner: Sendable {
 
     /// Runs `executable` with `arguments`, killing it after `timeout` seconds.
     static func runCommand(executable: String, arguments: [String], timeout: TimeInterval,
-                           input: Data? = nil, inputAfter: String? = nil, inputLineDelay: TimeInterval? = nil,
+                           environment: [String: String] = [:], input: Data? = nil, inputAfter: String? = nil, inputLineDelay: TimeInterval? = nil,
                            whileRunning: (() throws -> Void)? = nil,
                            watch: ((RunningProcess) throws -> Void)? = nil) throws -> RunResult {
         ignoreSIGPIPE
         let process = Process()
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments
+        if !environment.isEmpty {
+            process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        }
         let stdinPipe = Pipe(), stdoutPipe = Pipe(), stderrPipe = Pipe()
         process.standardInput = stdinPipe
         process.standardOutput = stdoutPipe
