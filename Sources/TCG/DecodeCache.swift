@@ -1,23 +1,27 @@
+import Glibc
+
 /// Decoded blocks keyed by the physical address (and decode mode) of their first instruction.
 /// A block never crosses a 4 KiB page and carries its page's CodePageMap word from when it was
-/// decoded: a store to the page by any vCPU changes the word, and the block no longer matches. Instructions live in one pool allocated once; when it fills, the
-/// whole cache is flushed (no allocation per block).
+/// decoded: a store to the page by any vCPU changes the word, and the block no longer matches.
+/// Instructions live in one pool reserved once (pages become resident as blocks are decoded);
+/// when it fills, the whole cache is flushed, translated code with it (no allocation per block).
 final class DecodeCache {
     struct Slot {
-        /// physical << 2 | mode, or ~0 when empty.
-        var key: UInt64 = ~0
+        /// 1 << 63 | physical << 2 | mode, or 0 when empty (so zero pages are empty slots).
+        var key: UInt64 = 0
         var start: Int32 = 0
         var count: Int32 = 0
         /// The page's CodePageMap word when the block was decoded.
         var tag: UInt32 = 0
-        /// Offset of the block's translated code; -1 none yet, -2 not worth translating.
-        var code: Int32 = -1
+        /// Offset of the block's translated code (never 0: the entry trampoline is there); 0 none
+        /// yet, -1 not worth translating.
+        var code: Int32 = 0
         /// Runs before translation.
         var hits: UInt8 = 0
     }
 
-    static let slotCount = 1 << 14
-    static let poolCapacity = 1 << 18
+    static let slotCount = 1 << slotBits
+    static let poolCapacity = 1 << 20
     /// The longest block (instructions); a block also ends at a page boundary or a branch.
     static let maxBlock = 64
 
@@ -26,28 +30,38 @@ final class DecodeCache {
     var used = 0
 
     init() {
-        slots = .allocate(capacity: Self.slotCount)
-        slots.initialize(repeating: Slot(), count: Self.slotCount)
-        pool = .allocate(capacity: Self.poolCapacity)
-        pool.initialize(repeating: Instruction(), count: Self.poolCapacity)
+        // Both are plain values in zero pages until used: reserved, resident as the guest's code
+        // is decoded.
+        slots = Self.reserve(Slot.self, Self.slotCount)
+        pool = Self.reserve(Instruction.self, Self.poolCapacity)
     }
 
     deinit {
-        slots.deallocate()
-        pool.deallocate()
+        munmap(UnsafeMutableRawPointer(slots), Self.slotCount * MemoryLayout<Slot>.stride)
+        munmap(UnsafeMutableRawPointer(pool), Self.poolCapacity * MemoryLayout<Instruction>.stride)
+    }
+
+    private static func reserve<T>(_: T.Type, _ count: Int) -> UnsafeMutablePointer<T> {
+        let bytes = count * MemoryLayout<T>.stride
+        let p = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+        guard let p, p != MAP_FAILED else { fatalError("keel: cannot reserve \(bytes) bytes for the tcg decode cache") }
+        return p.bindMemory(to: T.self, capacity: count)
     }
 
     @inline(__always) static func key(_ physical: UInt64, _ mode: CodeMode) -> UInt64 {
-        (physical << 2) | UInt64(mode.rawValue)
+        (1 << 63) | (physical << 2) | UInt64(mode.rawValue)
     }
 
+    /// Fibonacci hashing: neighbouring blocks and the same offset in different pages spread.
     @inline(__always) func slot(_ key: UInt64) -> UnsafeMutablePointer<Slot> {
-        let h = (key >> 2) ^ (key >> 14)
-        return slots + Int(truncatingIfNeeded: h & UInt64(Self.slotCount - 1))
+        let h = (key &* 0x9E37_79B9_7F4A_7C15) >> UInt64(64 - Self.slotBits)
+        return slots + Int(truncatingIfNeeded: h)
     }
+    static let slotBits = 18
 
     func flush() {
-        for k in 0..<Self.slotCount { slots[k] = Slot() }
+        // Back to zero pages.
+        madvise(UnsafeMutableRawPointer(slots), Self.slotCount * MemoryLayout<Slot>.stride, MADV_DONTNEED)
         used = 0
     }
 

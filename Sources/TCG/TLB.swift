@@ -4,7 +4,11 @@ import Synchronization
 /// a page walk. A tag is `(linear >> 12) << 1 | user`, so an entry filled at CPL 0 never serves
 /// CPL 3 (and the reverse). A tag of ~0 never matches.
 struct TLBEntry {
-    static let count = 512
+    /// 4096 entries (192 KiB): a flush costs only the entries filled since the last one (see
+    /// X86CPU.tlbFilled), so the size is what the guest's working set needs, not what CR3
+    /// writes can afford.
+    static let count = 4096
+    static let indexBits = 12
     var readTag: UInt64 = ~0
     var writeTag: UInt64 = ~0
     var execTag: UInt64 = ~0
@@ -12,6 +16,8 @@ struct TLBEntry {
     var host: UnsafeMutableRawPointer? = nil
     var physicalPage: UInt64 = 0
     var global: Bool = false
+    /// In X86CPU.tlbFilled (stays set when an INVLPG empties the entry, as the list keeps it).
+    var listed: Bool = false
 }
 
 enum Access: UInt8 { case read = 0, write = 1, execute = 2 }
@@ -23,16 +29,28 @@ extension X86CPU {
         tlb + Int(truncatingIfNeeded: (linear >> 12) & UInt64(TLBEntry.count - 1))
     }
 
-    /// Drops every entry, or every non-global one (a CR3 write with CR4.PGE).
+    /// Drops every entry, or every non-global one (a CR3 write with CR4.PGE): those filled
+    /// since the last flush, the only ones that can hold anything.
     public func flushTLB(global: Bool) {
-        for k in 0..<TLBEntry.count where global || !tlb[k].global {
-            tlb[k] = TLBEntry()
+        var kept = 0
+        for j in 0..<tlbFilledCount {
+            let k = Int(tlbFilled[j])
+            if !global && tlb[k].global {
+                tlbFilled[kept] = UInt16(k)
+                kept += 1
+            } else {
+                tlb[k] = TLBEntry()
+            }
         }
+        tlbFilledCount = kept
     }
 
     /// INVLPG: drops the entry for one linear page (both privilege tags share the slot).
     func flushTLBPage(_ linear: UInt64) {
-        tlbSlot(linear).pointee = TLBEntry()
+        let e = tlbSlot(linear)
+        let listed = e.pointee.listed
+        e.pointee = TLBEntry()
+        e.pointee.listed = listed
     }
 
     // MARK: - Fast paths
@@ -166,6 +184,11 @@ extension X86CPU {
         else if access == .write && !platform.codePages.contains(w.physicalPage) { n.writeTag = key }
         else if e.pointee.writeTag == key && e.pointee.physicalPage == w.physicalPage { n.writeTag = key }
         if w.executable { n.execTag = key }
+        if !e.pointee.listed {
+            tlbFilled[tlbFilledCount] = UInt16(truncatingIfNeeded: e - tlb)
+            tlbFilledCount += 1
+        }
+        n.listed = true
         e.pointee = n
         if n.writeTag != ~0 {
             // Another vCPU may have marked the page as code since the check above (its revocation

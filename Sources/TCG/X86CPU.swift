@@ -49,6 +49,9 @@ public final class X86CPU: @unchecked Sendable {
     /// RAX..R15.
     public let gpr: UnsafeMutablePointer<UInt64>
     let tlb: UnsafeMutablePointer<TLBEntry>
+    /// Indices of the TLB entries filled since the last flush (each once: TLBEntry.listed).
+    let tlbFilled: UnsafeMutablePointer<UInt16>
+    var tlbFilledCount = 0
     /// Variable and fixed MTRRs (read back as written).
     let mtrrs: UnsafeMutablePointer<UInt64>
     let cache: DecodeCache
@@ -103,6 +106,7 @@ public final class X86CPU: @unchecked Sendable {
         gpr.initialize(repeating: 0, count: 16)
         tlb = .allocate(capacity: TLBEntry.count)
         tlb.initialize(repeating: TLBEntry(), count: TLBEntry.count)
+        tlbFilled = .allocate(capacity: TLBEntry.count)
         cache = DecodeCache()
         mtrrs = .allocate(capacity: 27)
         mtrrs.initialize(repeating: 0, count: 27)
@@ -116,6 +120,7 @@ public final class X86CPU: @unchecked Sendable {
         st.deinitialize(count: 1); st.deallocate()
         gpr.deallocate()
         tlb.deallocate()
+        tlbFilled.deallocate()
         mtrrs.deallocate()
     }
 

@@ -15,8 +15,16 @@ struct BlockTranslator {
     let code: TranslatedCode
     let interpreter: UInt64
     var offsets: [Int] = []
-    /// Out-of-line paths: instruction index, jump sites into it, where to resume.
-    var colds: [(k: Int, sites: [Int], resume: Int)] = []
+    /// An out-of-line path: the interpreter runs instruction k, entered from `sites`, then
+    /// translated code resumes at `resume` (-1: exits). `flagsInR11`: the guest's flags were
+    /// saved in r11 before a check that changed them.
+    struct Cold {
+        var k: Int
+        var sites: [Int]
+        var resume: Int
+        var flagsInR11 = false
+    }
+    var colds: [Cold] = []
 
     init(assembler: A, insns: UnsafeMutablePointer<Instruction>, count: Int, pageOffset: Int,
          code: TranslatedCode, interpreter: UInt64) {
@@ -28,11 +36,19 @@ struct BlockTranslator {
 
     /// Whether the translator emits `i` as host code (else the interpreter runs it).
     static func isNative(_ i: Instruction) -> Bool {
-        if i.prefixes & Prefix.lock != 0 { return false }
         switch i.op {
-        case .negRM, .notRM, .xchgRMReg: return !i.isMem
+        case .negRM, .notRM, .incRM, .decRM: return true
+        case .aluRMReg, .aluRMImm: return i.isMem || i.prefixes & Prefix.lock == 0
+        case .xchgRMReg: return !i.isMem
+        case .cmpxchg, .xadd: return i.isMem
+        case .bswap: return i.size >= 2
+        case .btImm: return i.size >= 1
+        case .pushImm: return i.size == 3
+        case .movRMSreg: return !i.isMem
+        case .divRM: return i.size >= 2
         default: break
         }
+        if i.prefixes & Prefix.lock != 0 { return false }
         switch i.fast {
         case FastForm.none: return false
         case FastForm.movsxReg, FastForm.movsxLoad: return i.sub < 2
@@ -120,7 +136,7 @@ struct BlockTranslator {
         a.shiftx(.shrx, A.rdi, A.rsi, count: A.r8)
         a.lea(A.rdx, A.Mem(A.rsi, bytes - 1))   // a tag from the last byte: page-crossing misses
         a.shiftx(.shrx, A.rdx, A.rdx, count: A.r8)
-        a.movImm64(A.r9, UInt64(64 - 9))        // TLBEntry.count == 512
+        a.movImm64(A.r9, UInt64(64 - TLBEntry.indexBits))
         a.shiftx(.shlx, A.rdi, A.rdi, count: A.r9)
         a.shiftx(.shrx, A.rdi, A.rdi, count: A.r9)
         a.lea(A.rdi, A.Mem(A.rdi, index: A.rdi, scale: 1, disp: 0))   // * 3
@@ -193,9 +209,9 @@ struct BlockTranslator {
     }
 
     /// A cold path: the interpreter runs instruction k (its memory access missed the TLB).
-    mutating func emitCold(_ c: (k: Int, sites: [Int], resume: Int)) {
+    mutating func emitCold(_ c: Cold) {
         for s in c.sites { a.patch(s, to: a.pos) }
-        a.pushfq(); a.pop(A.r11)
+        if !c.flagsInR11 { a.pushfq(); a.pop(A.r11) }
         TranslatedCode.storeFlags(&a)
         callInterpreter(c.k)
         let bail = a.jcc(5)

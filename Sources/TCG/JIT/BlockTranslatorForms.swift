@@ -5,6 +5,10 @@
 extension BlockTranslator {
     mutating func emitNative(_ k: Int) {
         let i = insns[k]
+        if i.fast == FastForm.none || i.prefixes & Prefix.lock != 0 {
+            emitNativeOp(k)
+            return
+        }
         let size = i.size
         let bytes = 1 << Int(size)
         switch i.fast {
@@ -143,7 +147,7 @@ extension BlockTranslator {
             a.lea(A.rax, A.Mem(A.r12, offsets[k] + Int(i.length)))
             a.store(A.Mem(A.rsi), A.rax, size: 3)
             adjustRSP(-8)
-            colds.append((k: k, sites: sites, resume: -1))
+            colds.append(Cold(k: k, sites: sites, resume: -1))
             exitStub(delta: offsets[k] + Int(i.length) + Int(Int64(bitPattern: i.imm)))
         case FastForm.ret64:
             loadGuest(A.rsi, Reg.rsp, 3)
@@ -162,7 +166,7 @@ extension BlockTranslator {
             adjustRSP(8)
             a.store(A.Mem(A.rbx, JITLayout.rip), A.rax, size: 3)
             a.storeImm(A.Mem(A.rbx, JITLayout.lastExit), 0, size: 3)
-            colds.append((k: k, sites: sites, resume: -1))
+            colds.append(Cold(k: k, sites: sites, resume: -1))
             a.jmp(to: code.epilogue)
         case FastForm.push64:
             loadGuest(A.rsi, Reg.rsp, 3)
@@ -182,21 +186,13 @@ extension BlockTranslator {
             storeGuest(i.rm & 15, A.rax, 3)
             resume(k, sites)
         default:
-            switch i.op {
-            case .negRM, .notRM:
-                loadGuest(A.rax, i.rm, size)
-                a.unary(0xF7, digit: i.op == .negRM ? 3 : 2, size: size, A.rax)
-                storeGuest(i.rm, A.rax, size)
-            default:  // xchg of two registers
-                loadGuest(A.rax, i.rm, size); loadGuest(A.rcx, i.reg, size)
-                storeGuest(i.rm, A.rcx, size); storeGuest(i.reg, A.rax, size)
-            }
+            emitNativeOp(k)
         }
     }
 
     /// Where instruction k's cold path returns: after its host code.
     mutating func resume(_ k: Int, _ sites: [Int]) {
-        colds.append((k: k, sites: sites, resume: a.pos))
+        colds.append(Cold(k: k, sites: sites, resume: a.pos))
     }
 
     mutating func aluRegisters(_ op: UInt8, _ size: UInt8, dst: UInt8, src: UInt8) {

@@ -72,7 +72,8 @@ struct HostAssembler {
     }
 
     /// `op reg, r/m` or `op r/m, reg` with a memory r/m (the opcode decides the direction).
-    mutating func mem(_ op: UInt32, size: UInt8, reg: UInt8, _ m: Mem, byteReg: Bool = false) {
+    mutating func mem(_ op: UInt32, size: UInt8, reg: UInt8, _ m: Mem, byteReg: Bool = false, lock: Bool = false) {
+        if lock { byte(0xF0) }
         prefix(size: size, reg: reg, index: m.index, rm: m.base, byteRegs: byteReg && size == 0 && reg >= 4 && reg < 8)
         opcode(op)
         modrmMem(reg, m)
@@ -154,6 +155,20 @@ struct HostAssembler {
             rr(0x83, size: size, reg: alu & 7, rm: dst); byte(UInt8(bitPattern: s8))
         } else {
             rr(0x81, size: size, reg: alu & 7, rm: dst); u32(UInt32(bitPattern: s32))
+        }
+    }
+
+    /// ALU op of memory with an immediate (80 / 81 / 83 group 1), optionally LOCKed.
+    mutating func aluMemImm(_ alu: UInt8, size: UInt8, _ m: Mem, _ v: UInt64, lock: Bool) {
+        let s32 = Int32(truncatingIfNeeded: v)
+        if size == 0 {
+            mem(0x80, size: 0, reg: alu & 7, m, lock: lock); byte(UInt8(truncatingIfNeeded: v))
+        } else if size == 1 {
+            mem(0x81, size: 1, reg: alu & 7, m, lock: lock); u16(UInt16(truncatingIfNeeded: v))
+        } else if let s8 = Int8(exactly: s32) {
+            mem(0x83, size: size, reg: alu & 7, m, lock: lock); byte(UInt8(bitPattern: s8))
+        } else {
+            mem(0x81, size: size, reg: alu & 7, m, lock: lock); u32(UInt32(bitPattern: s32))
         }
     }
 

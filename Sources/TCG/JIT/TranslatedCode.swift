@@ -12,6 +12,19 @@ enum JITLayout {
     static let context = MemoryLayout<CPUState>.offset(of: \CPUState.jitContext)!
     static let fsBase = MemoryLayout<CPUState>.offset(of: \CPUState.fs)! + MemoryLayout<SegmentCache>.offset(of: \SegmentCache.base)!
     static let gsBase = MemoryLayout<CPUState>.offset(of: \CPUState.gs)! + MemoryLayout<SegmentCache>.offset(of: \SegmentCache.base)!
+    /// A segment register's selector (SegReg numbering).
+    static func selector(_ n: UInt8) -> Int {
+        let segment: KeyPath<CPUState, SegmentCache>
+        switch n {
+        case 0: segment = \CPUState.es
+        case 1: segment = \CPUState.cs
+        case 2: segment = \CPUState.ss
+        case 3: segment = \CPUState.ds
+        case 4: segment = \CPUState.fs
+        default: segment = \CPUState.gs
+        }
+        return MemoryLayout<CPUState>.offset(of: segment)! + MemoryLayout<SegmentCache>.offset(of: \SegmentCache.selector)!
+    }
     static let tlbStride = MemoryLayout<TLBEntry>.stride
     static let tlbReadTag = MemoryLayout<TLBEntry>.offset(of: \TLBEntry.readTag)!
     static let tlbWriteTag = MemoryLayout<TLBEntry>.offset(of: \TLBEntry.writeTag)!
@@ -29,7 +42,8 @@ enum JITLayout {
 /// current block's guest RIP, r13 the chained-block countdown, r14 instructions retired since
 /// entry, r15 the software TLB; the guest's status flags live in the host's RFLAGS.
 final class TranslatedCode {
-    static let capacity = 32 << 20
+    /// Reserved, not committed: pages become resident as code is written.
+    static let capacity = 128 << 20
     let base: UnsafeMutablePointer<UInt8>
     var used = 0
     private(set) var epilogue = 0
@@ -42,7 +56,7 @@ final class TranslatedCode {
 
     init?() {
         // The inline TLB lookup hard-codes the entry stride and count, and uses BMI2's shifts.
-        guard JITLayout.tlbStride == 48, TLBEntry.count == 512, Self.hostHasBMI2 else { return nil }
+        guard JITLayout.tlbStride == 48, TLBEntry.count == 1 << TLBEntry.indexBits, Self.hostHasBMI2 else { return nil }
         let p = mmap(nil, Self.capacity, PROT_READ | PROT_WRITE | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
         guard let p, p != MAP_FAILED else { return nil }
         base = p.assumingMemoryBound(to: UInt8.self)

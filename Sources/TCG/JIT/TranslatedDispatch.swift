@@ -8,8 +8,8 @@ extension X86CPU {
     func runTranslated(_ slot: UnsafeMutablePointer<DecodeCache.Slot>, _ insns: UnsafeMutablePointer<Instruction>,
                        _ count: Int, budget: Int, link: UInt64) -> Int? {
         var offset = Int(slot.pointee.code)
-        if offset < 0 {
-            guard offset == -1, translatesBlocks else { return nil }
+        if offset <= 0 {
+            guard offset == 0, translatesBlocks else { return nil }
             slot.pointee.hits &+= 1
             if slot.pointee.hits < translationThreshold { return nil }
             guard let o = translate(slot, insns, count) else { return nil }
@@ -35,7 +35,7 @@ extension X86CPU {
     func translate(_ slot: UnsafeMutablePointer<DecodeCache.Slot>, _ insns: UnsafeMutablePointer<Instruction>,
                    _ count: Int) -> Int? {
         guard BlockTranslator.worthTranslating(insns, count) else {
-            slot.pointee.code = -2
+            slot.pointee.code = -1
             return nil
         }
         if translated == nil {
@@ -96,3 +96,4 @@ extension X86CPU {
         return 0
     }
 }
+
