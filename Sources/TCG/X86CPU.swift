@@ -84,8 +84,9 @@ public final class X86CPU: @unchecked Sendable {
         let s = String(cString: v)
         return s == "0" || s == "no" ? "off" : s
     }()
-    /// This vCPU's translated code, made at the first translation.
+    /// This vCPU's translated code, made at the first translation, and its buffer.
     var translated: TranslatedCode?
+    var translatedBase: UnsafeMutablePointer<UInt8>?
     /// The exit of the last translated run that may be linked to the next block (see run).
     var pendingLink: UInt64 = 0
     var pendingLinkRIP: UInt64 = 0

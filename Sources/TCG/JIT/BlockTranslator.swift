@@ -245,12 +245,12 @@ struct BlockTranslator {
             a.patch(site, to: a.pos)
         }
         a.store(A.Mem(A.rbx, JITLayout.rip), A.r12, size: 3)
-        if chainable {
-            a.movImm64(A.rax, UInt64(UInt(bitPattern: code.base + site)))
-            a.store(A.Mem(A.rbx, JITLayout.lastExit), A.rax, size: 3)
-        } else {
-            a.storeImm(A.Mem(A.rbx, JITLayout.lastExit), 0, size: 3)
+        if !chainable {
+            a.jmp(to: code.indirectExit)
+            return
         }
+        a.movImm64(A.rax, UInt64(UInt(bitPattern: code.base + site)))
+        a.store(A.Mem(A.rbx, JITLayout.lastExit), A.rax, size: 3)
         a.jmp(to: code.epilogue)
     }
 }

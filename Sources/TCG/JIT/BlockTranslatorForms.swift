@@ -165,9 +165,8 @@ extension BlockTranslator {
             sites.append(a.jmp())
             adjustRSP(8)
             a.store(A.Mem(A.rbx, JITLayout.rip), A.rax, size: 3)
-            a.storeImm(A.Mem(A.rbx, JITLayout.lastExit), 0, size: 3)
             colds.append(Cold(k: k, sites: sites, resume: -1))
-            a.jmp(to: code.epilogue)
+            a.jmp(to: code.indirectExit)
         case FastForm.push64:
             loadGuest(A.rsi, Reg.rsp, 3)
             a.lea(A.rsi, A.Mem(A.rsi, -8))

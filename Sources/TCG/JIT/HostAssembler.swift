@@ -213,6 +213,15 @@ struct HostAssembler {
         return at
     }
 
+    /// JRCXZ / JMP rel8 to a later position (patch8); returns the rel8's position.
+    mutating func jrcxz() -> Int { byte(0xE3); let at = pos; byte(0); return at }
+    mutating func jmpShort() -> Int { byte(0xEB); let at = pos; byte(0); return at }
+
+    mutating func patch8(_ at: Int, to target: Int) {
+        guard at < limit, let rel = Int8(exactly: target - (at + 1)) else { full = true; return }
+        base[at] = UInt8(bitPattern: rel)
+    }
+
     /// Points the rel32 at `at` to `target`.
     mutating func patch(_ at: Int, to target: Int) {
         guard at + 4 <= limit else { full = true; return }

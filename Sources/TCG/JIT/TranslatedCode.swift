@@ -48,13 +48,17 @@ final class TranslatedCode {
     var used = 0
     private(set) var epilogue = 0
     private(set) var epilogueKeepFlags = 0
+    /// Leaves a block for the guest RIP in CPUState: straight into that block's translated code
+    /// when the lookup finds it (and the countdown allows), else back to the dispatcher.
+    private(set) var indirectExit = 0
     private var firstBlock = 0
 
+    /// The trampoline at `base`: (CPUState, guest registers, TLB, countdown, block entry).
     typealias Entry = @convention(c) (UnsafeMutableRawPointer, UnsafeMutableRawPointer, UnsafeMutableRawPointer,
                                       UInt64, UnsafeRawPointer) -> Void
-    private let entry: Entry
 
-    init?() {
+    /// lookup(cpu, rip) -> the translated entry for that RIP, or 0 (X86CPU.translatedEntryLookup).
+    init?(lookup: UInt64) {
         // The inline TLB lookup hard-codes the entry stride and count, and uses BMI2's shifts.
         guard JITLayout.tlbStride == 48, TLBEntry.count == 1 << TLBEntry.indexBits, Self.hostHasBMI2 else { return nil }
         let p = mmap(nil, Self.capacity, PROT_READ | PROT_WRITE | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
@@ -62,9 +66,9 @@ final class TranslatedCode {
         base = p.assumingMemoryBound(to: UInt8.self)
         var a = HostAssembler(base: base, start: 0, limit: Self.capacity)
         Self.emitTrampoline(&a, epilogue: &epilogue, keep: &epilogueKeepFlags)
+        indirectExit = Self.emitIndirectExit(&a, lookup: lookup, epilogue: epilogue, keep: epilogueKeepFlags)
         used = a.pos
         firstBlock = a.pos
-        entry = unsafeBitCast(UnsafeRawPointer(base), to: Entry.self)
     }
 
     deinit { munmap(base, Self.capacity) }
@@ -86,19 +90,43 @@ final class TranslatedCode {
     /// Drops every translated block.
     func reset() { used = firstBlock }
 
-    /// Runs translated code from the block at `offset` until an exit.
-    @inline(__always) func enter(_ st: UnsafeMutablePointer<CPUState>, _ gpr: UnsafeMutablePointer<UInt64>,
-                                 _ tlb: UnsafeMutablePointer<TLBEntry>, countdown: UInt64, offset: Int) {
-        entry(UnsafeMutableRawPointer(st), UnsafeMutableRawPointer(gpr), UnsafeMutableRawPointer(tlb), countdown,
-              UnsafeRawPointer(base + offset))
+    /// Points an exit's jump (recorded in CPUState.jitLastExit) straight at another block.
+    static func link(base: UnsafeMutablePointer<UInt8>, site: UInt64, to offset: Int) {
+        let start = UInt64(UInt(bitPattern: base))
+        guard site >= start, site + 4 <= start + UInt64(capacity) else { return }
+        var a = HostAssembler(base: base, start: 0, limit: capacity)
+        a.patch(Int(site - start), to: offset)
     }
 
-    /// Points an exit's jump (recorded in CPUState.jitLastExit) straight at another block.
-    func link(site: UInt64, to offset: Int) {
-        let start = UInt64(UInt(bitPattern: base))
-        guard site >= start, site + 4 <= start + UInt64(used) else { return }
-        var a = HostAssembler(base: base, start: 0, limit: used)
-        a.patch(Int(site - start), to: offset)
+    /// The shared indirect exit (see `indirectExit`). Entered with CPUState.rip set and the
+    /// guest's flags in the host's; the lookup is a C call, so the flags go to CPUState around it.
+    private static func emitIndirectExit(_ a: inout HostAssembler, lookup: UInt64, epilogue: Int, keep: Int) -> Int {
+        typealias A = HostAssembler
+        let start = a.pos
+        a.lea(A.rcx, A.Mem(A.r13, -1))
+        a.movRR(A.r13, A.rcx)
+        let ranOut = a.jrcxz()
+        let go = a.jmpShort()
+        a.patch8(ranOut, to: a.pos)
+        a.storeImm(A.Mem(A.rbx, JITLayout.lastExit), 0, size: 3)
+        a.jmp(to: epilogue)
+        a.patch8(go, to: a.pos)
+        a.pushfq(); a.pop(A.r11)
+        storeFlags(&a)
+        a.load(A.rdi, A.Mem(A.rbx, JITLayout.context), size: 3)
+        a.load(A.rsi, A.Mem(A.rbx, JITLayout.rip), size: 3)
+        a.callAbsolute(lookup)
+        a.movRR(A.rcx, A.rax)
+        let missing = a.jrcxz()
+        let found = a.jmpShort()
+        a.patch8(missing, to: a.pos)
+        a.storeImm(A.Mem(A.rbx, JITLayout.lastExit), 0, size: 3)
+        a.jmp(to: keep)
+        a.patch8(found, to: a.pos)
+        a.load(A.r12, A.Mem(A.rbx, JITLayout.rip), size: 3)
+        loadFlags(&a, from: A.Mem(A.rbx, JITLayout.rflags))
+        a.byte(0xFF); a.byte(0xE1)  // jmp rcx
+        return start
     }
 
     /// enter(st, gpr, tlb, countdown, block): saves the callee-saved registers, loads the

@@ -15,9 +15,10 @@ extension X86CPU {
             guard let o = translate(slot, insns, count) else { return nil }
             offset = o
         }
-        guard let code = translated else { return nil }
+        // Raw pointers only: a class reference here cost a retain and a release per block.
+        guard let base = translatedBase else { return nil }
         let s = st
-        if link != 0 { code.link(site: link, to: offset) }
+        if link != 0 { TranslatedCode.link(base: base, site: link, to: offset) }
         s.pointee.materializeFlags()
         s.pointee.jitUserTag = s.pointee.userTag
         s.pointee.jitLastExit = 0
@@ -25,7 +26,9 @@ extension X86CPU {
         let before = s.pointee.instructionCount
         // Chained blocks between polls of the APIC and the exit request.
         let countdown = UInt64(min(max(budget >> 3, 1), 1024))
-        code.enter(s, gpr, tlb, countdown: countdown, offset: offset)
+        let entry = unsafeBitCast(UnsafeRawPointer(base), to: TranslatedCode.Entry.self)
+        entry(UnsafeMutableRawPointer(s), UnsafeMutableRawPointer(gpr), UnsafeMutableRawPointer(tlb), countdown,
+              UnsafeRawPointer(base + offset))
         pendingLink = s.pointee.jitLastExit
         pendingLinkRIP = s.pointee.rip
         return Int(truncatingIfNeeded: s.pointee.instructionCount &- before)
@@ -39,7 +42,9 @@ extension X86CPU {
             return nil
         }
         if translated == nil {
-            translated = TranslatedCode()
+            let lookup = unsafeBitCast(X86CPU.translatedEntryLookup, to: UnsafeRawPointer.self)
+            translated = TranslatedCode(lookup: UInt64(UInt(bitPattern: lookup)))
+            translatedBase = translated?.base
             if translated == nil { translatesBlocks = false; return nil }
         }
         guard let code = translated else { return nil }
@@ -71,8 +76,29 @@ extension X86CPU {
     /// Translated code counts the instruction (CPUState.instructionCount) itself.
     static let interpreterEntry: @convention(c) (UnsafeMutableRawPointer?, UnsafeMutableRawPointer?) -> Int32 = { ctx, insn in
         guard let ctx, let insn else { return 1 }
-        let cpu = Unmanaged<X86CPU>.fromOpaque(ctx).takeUnretainedValue()
-        return cpu.interpretForTranslatedCode(insn.assumingMemoryBound(to: Instruction.self))
+        return Unmanaged<X86CPU>.fromOpaque(ctx)._withUnsafeGuaranteedRef {
+            $0.interpretForTranslatedCode(insn.assumingMemoryBound(to: Instruction.self))
+        }
+    }
+
+    /// Called by translated code leaving a block for a RIP it cannot link to (a return, an
+    /// indirect or cross-page branch): that block's translated entry when the RIP's page is in
+    /// the TLB and its block is translated and current, else 0 (the dispatcher takes over).
+    static let translatedEntryLookup: @convention(c) (UnsafeMutableRawPointer?, UInt64) -> UInt64 = { ctx, rip in
+        guard let ctx else { return 0 }
+        return Unmanaged<X86CPU>.fromOpaque(ctx)._withUnsafeGuaranteedRef { $0.translatedEntry(rip) }
+    }
+
+    func translatedEntry(_ la: UInt64) -> UInt64 {
+        let e = tlbEntry(tlb, la)
+        guard e.pointee.execTag == ((la >> 12) << 1) | st.pointee.userTag, let base = translatedBase else { return 0 }
+        let phys = e.pointee.physicalPage | (la & 0xFFF)
+        let key = DecodeCache.key(phys, .long64)
+        let slot = cache.slot(key)
+        let page = phys >> 12
+        guard slot.pointee.key == key, page < codePageCount, slot.pointee.code > 0,
+              slot.pointee.tag == codePageWords[Int(truncatingIfNeeded: page)].load(ordering: .relaxed) else { return 0 }
+        return UInt64(UInt(bitPattern: base)) &+ UInt64(slot.pointee.code)
     }
 
     func interpretForTranslatedCode(_ ip: UnsafeMutablePointer<Instruction>) -> Int32 {
