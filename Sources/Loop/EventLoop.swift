@@ -99,8 +99,19 @@ public final class EventLoop: @unchecked Sendable {
         post { [unowned self] in self.stopping = true }
     }
 
+    /// The thread inside `run()`, if any.
+    private let runningThread = Mutex<pthread_t?>(nil)
+
+    /// Whether another thread is inside this loop's `run()` (so work posted from here runs there).
+    public var isRunningElsewhere: Bool {
+        guard let t = runningThread.withLock({ $0 }) else { return false }
+        return pthread_equal(t, pthread_self()) == 0
+    }
+
     /// Dispatches events until `stop()`. Runs on the calling thread.
     public func run() {
+        runningThread.withLock { $0 = pthread_self() }
+        defer { runningThread.withLock { $0 = nil } }
         stopping = false
         var events = [epoll_event](repeating: epoll_event(), count: 32)
         while !stopping {

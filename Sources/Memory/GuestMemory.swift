@@ -212,8 +212,11 @@ public final class GuestMemory: @unchecked Sendable {
         return out
     }
 
-    /// Little-endian load of a fixed-width integer (x86 guests are little-endian).
-    @inline(__always)
+    /// Little-endian load of a fixed-width integer (x86 guests are little-endian). Inlinable, so
+    /// callers in other modules get it specialized: one access of the integer's width. (Called
+    /// unspecialized, it copied byte by byte, and a vCPU updating a virtqueue index meanwhile
+    /// was seen half old, half new.)
+    @inlinable @inline(__always)
     public func load<T: FixedWidthInteger>(_: T.Type = T.self, at address: UInt64) throws -> T {
         guard let p = hostPointer(address, length: UInt64(MemoryLayout<T>.size)) else {
             throw GuestMemoryError.outOfBounds(address: address, length: UInt64(MemoryLayout<T>.size))
@@ -221,7 +224,8 @@ public final class GuestMemory: @unchecked Sendable {
         return T(littleEndian: p.loadUnaligned(as: T.self))
     }
 
-    @inline(__always)
+    /// Little-endian store of a fixed-width integer: one access of its width (see `load`).
+    @inlinable @inline(__always)
     public func store<T: FixedWidthInteger>(_ value: T, at address: UInt64) throws {
         guard let p = hostPointer(address, length: UInt64(MemoryLayout<T>.size)) else {
             throw GuestMemoryError.outOfBounds(address: address, length: UInt64(MemoryLayout<T>.size))

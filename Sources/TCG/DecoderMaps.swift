@@ -243,7 +243,7 @@ extension Decoder {
             try modrm()
             if !i.isMem {
                 switch rawReg {
-                case 5, 6, 7: i.op = .fence
+                case 5, 6, 7: i.op = .fence; i.sub = rawReg  // lfence, mfence, sfence
                 default: throw .undefined
                 }
                 return

@@ -163,7 +163,11 @@ extension X86CPU {
         case .cmc: s.pointee.materializeFlags(); s.pointee.rflags ^= RFlags.cf
         case .cld: s.pointee.rflags &= ~RFlags.df
         case .std: s.pointee.rflags |= RFlags.df
-        case .nop, .fence: break
+        case .nop: break
+        case .fence:
+            // MFENCE orders this vCPU's stores before its later loads for other threads (vCPUs,
+            // devices); LFENCE and SFENCE order nothing TSO leaves unordered.
+            if i.pointee.sub == 6 { atomicMemoryFence(ordering: .sequentiallyConsistent) }
         case .pause: break
         case .sse: try executeSSE(i)
         case .mmx: try executeMMX(i)

@@ -51,7 +51,7 @@ final class TranslatedCodeTests: XCTestCase {
         let immBytes = size == 0 ? 1 : (size == 1 ? 2 : 4)
         let mem: Int? = nil
         let lock: [UInt8] = rng.next() % 2 == 0 ? [0xF0] : []
-        switch rng.next() % 30 {
+        switch rng.next() % 42 {
         case 0: return encode(size: size, opcode: [UInt8(rng.next() % 8) * 8 + w], reg: reg(), rm: reg())
         case 1: return encode(size: size, opcode: [UInt8(rng.next() % 8) * 8 + 2 + w], reg: reg(), rm: mem, disp: disp(size))
         case 2: return encode(size: size, opcode: [size == 0 ? 0x80 : 0x81], reg: Int(rng.next() % 8), rm: reg(), imm: imm(immBytes))
@@ -96,9 +96,35 @@ final class TranslatedCodeTests: XCTestCase {
         case 27:  // xor edx, edx; div r/m32|64 (a zero divisor is #DE: the program stops at it)
             return [0x31, 0xD2] + encode(size: 2 + Int(rng.next() % 2), opcode: [0xF7], reg: 6, rm: rng.next() % 2 == 0 ? reg() : mem, disp: disp(3))
         case 28: return encode(size: 2 + Int(rng.next() % 2), opcode: [0x8C], reg: Int(rng.next() % 6), rm: reg())  // mov r, sreg
+        case 29: return encode(size: size, opcode: [0xF6 + w], reg: 4 + Int(rng.next() % 2), rm: rng.next() % 2 == 0 ? reg() : mem,
+                               disp: disp(size))  // mul / imul r/m
+        case 30: return (size == 1 ? [0x66] : size == 3 ? [0x48] : []) + [rng.next() % 2 == 0 ? 0x98 : 0x99]  // cbw family, cwd family
+        case 31: return encode(size: max(size, 1), opcode: [0x0F, 0xAF], reg: reg(), rm: mem, disp: disp(3))  // imul r, [m]
+        case 32:  // bsf, bsr, tzcnt, lzcnt, popcnt
+            let op: (prefix: [UInt8], byte: UInt8) = [([], 0xBC), ([], 0xBD), ([0xF3], 0xBC), ([0xF3], 0xBD), ([0xF3], 0xB8)][Int(rng.next() % 5)]
+            let body = encode(size: max(size, 1), opcode: [0x0F, op.byte], reg: reg(), rm: rng.next() % 2 == 0 ? reg() : mem, disp: disp(3))
+            // The mandatory F3 goes before an operand-size prefix and REX.
+            return op.prefix + body
+        case 33:  // shld / shrd of registers, by imm8 or CL
+            let right = rng.next() % 2 == 0, byCL = rng.next() % 2 == 0
+            let opcode: UInt8 = (right ? 0xAC : 0xA4) + (byCL ? 1 : 0)
+            return encode(size: max(size, 1), opcode: [0x0F, opcode], reg: reg(), rm: reg(), imm: byCL ? [] : [UInt8(rng.next() % 40)])
+        case 34:  // cmpxchg8b / cmpxchg16b [rbx + disp8]
+            return lock + encode(size: rng.next() % 2 == 0 ? 3 : 2, opcode: [0x0F, 0xC7], reg: 1, rm: mem, disp: disp(3))
+        case 35: return encode(size: 0, opcode: [0x0F, 0x90 + UInt8(rng.next() % 16)], reg: 0, rm: mem, disp: disp(0))  // setcc [m]
+        case 36:  // pushf; pop r
+            let b = reg()
+            return [0x9C] + (b >= 8 ? [0x41] : []) + [0x58 + UInt8(b & 7)]
+        case 37: return [0xFA]  // cli
+        case 38:  // lea rsi, [rbx+a]; lea rdi, [rbx+b]; mov ecx, n; rep movsb|stosb|lodsb|cmpsb
+            let src = UInt8(rng.next() % 60), dst = UInt8(rng.next() % 60), count = UInt8(rng.next() % 40)
+            let string: UInt8 = [0xA4, 0xAA, 0xAC, 0xA6][Int(rng.next() % 4)]
+            return [0x48, 0x8D, 0x73, src, 0x48, 0x8D, 0x7B, dst, 0xB9, count, 0, 0, 0, 0xF3, string]
+        case 39:  // call to a ret, and a jump over it
+            return [0xE8, 2, 0, 0, 0, 0xEB, 1, 0xC3]
         default:  // interpreted inside translated code: bt, cqo, xadd
             switch rng.next() % 3 {
-            case 0: return encode(size: 3, opcode: [0x0F, 0xA3], reg: reg(), rm: reg())
+            case 0: return encode(size: 3, opcode: [0x0F, 0xA3], reg: reg(), rm: reg())  // bt r, r
             case 1: return [0x48, 0x99]
             default: return encode(size: 2, opcode: [0x0F, 0xC1], reg: reg(), rm: mem, disp: disp(2))
             }

@@ -84,13 +84,15 @@ public final class SplitVirtqueue {
 
     @inline(__always)
     private func load16(_ memory: GuestMemory, _ address: UInt64) throws(VirtqueueError) -> UInt16 {
-        guard let v = try? memory.load(UInt16.self, at: address) else { throw .ringNotInRAM(address) }
-        return v
+        // One 16-bit load: the driver updates the index meanwhile (§2.7.13, §2.7.14).
+        guard let p = memory.hostPointer(address, length: 2) else { throw .ringNotInRAM(address) }
+        return UInt16(littleEndian: p.loadUnaligned(as: UInt16.self))
     }
 
     @inline(__always)
     private func store16(_ memory: GuestMemory, _ value: UInt16, _ address: UInt64) throws(VirtqueueError) {
-        guard (try? memory.store(value, at: address)) != nil else { throw .ringNotInRAM(address) }
+        guard let p = memory.hostPointer(address, length: 2) else { throw .ringNotInRAM(address) }
+        p.storeBytes(of: value.littleEndian, as: UInt16.self)
     }
 
     /// Whether the driver has made chains the device has not taken (a poller's look).

@@ -131,7 +131,16 @@ public final class VirtioNet: VirtioDevice {
     /// vhost-user back-end, whose front-end keeps the control queue.
     public func ringNotified(_ index: Int) {
         guard transport != nil, index >= 0, index / 2 < maxPairs else { return }
-        if index % 2 == 0 { pairs[index / 2].receiveBuffersPosted() } else { pairs[index / 2].transmit() }
+        if index % 2 == 0 {
+            pairs[index / 2].receiveBuffersPosted()
+        } else if loop.isRunningElsewhere {
+            // A vCPU's kick (tcg, or kvm without ioeventfd): the loop sends, as QEMU's transmit
+            // bottom half, so the vCPU goes on with the guest while the backend (a tap write runs
+            // the host's network stack) takes the frames on another thread.
+            pairs[index / 2].transmitSoon()
+        } else {
+            pairs[index / 2].transmit()
+        }
     }
 
     /// For a vhost-user back-end: the pairs in use are the leading ones whose two rings the

@@ -211,6 +211,21 @@ final class VirtioNetQueuePair: NetReceiver {
         }
     }
 
+    /// Transmits from the device's loop: the driver's kicks stay off until then (`transmit`
+    /// turns them back on when it empties the queue).
+    func transmitSoon() {
+        guard let d = device, let t = d.transport, t.acceptsRequests, txQueue < t.queues.count else { return }
+        let q = t.queues[txQueue]
+        guard q.isReady else { return }
+        do throws(VirtqueueError) {
+            try q.setNotification(t.memory, enabled: false)
+        } catch {
+            t.deviceNeedsReset(error)
+            return
+        }
+        scheduleTransmit(d)
+    }
+
     private func scheduleTransmit(_ d: VirtioNet) {
         guard !txScheduled else { return }
         txScheduled = true

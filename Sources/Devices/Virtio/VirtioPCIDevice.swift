@@ -1,3 +1,4 @@
+import Glibc
 import Memory
 import Loop
 
@@ -32,6 +33,7 @@ public final class VirtioPCIDevice: PCIDevice, VirtioTransport {
     /// The driver wrote 0 while requests were in flight: the reset finishes when they drain.
     var resetPending = false
     public private(set) var lastError: VirtqueueError?
+    private var reportedNeedsReset = false
     private var _ioEvents: VirtioNotifyAcceleration?
     /// Where queue notifications can arrive without an exit (kvm's ioeventfd), if anywhere.
     /// Set with the big lock held.
@@ -143,6 +145,12 @@ public final class VirtioPCIDevice: PCIDevice, VirtioTransport {
     public func deviceNeedsReset(_ why: VirtqueueError) {
         lastError = why
         guard status & Virtio.statusNeedsReset == 0 else { return }
+        if !reportedNeedsReset {
+            // Once per device: a guest that keeps breaking its rings cannot flood the log.
+            reportedNeedsReset = true
+            var line = "keel: virtio device (type \(device.deviceType)) needs a reset: \(why)\n"
+            line.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
+        }
         status |= Virtio.statusNeedsReset
         if status & Virtio.statusDriverOK != 0 { interrupt(vector: configVector, isrBit: 2) }
     }

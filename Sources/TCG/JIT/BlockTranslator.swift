@@ -46,6 +46,10 @@ struct BlockTranslator {
         case .pushImm: return i.size == 3
         case .movRMSreg: return !i.isMem
         case .divRM: return i.size >= 2
+        case .cli, .mulRM, .imulRM, .cbw, .cwd, .imulRegRM, .cmpxchg8b16b, .setcc, .fence: return true
+        case .bsf, .bsr, .tzcnt, .lzcnt, .popcnt: return i.size >= 1
+        case .shld, .shrd: return !i.isMem && i.size >= 1
+        case .pushf: return i.size == 3
         default: break
         }
         if i.prefixes & Prefix.lock != 0 { return false }
@@ -167,6 +171,17 @@ struct BlockTranslator {
         return sites
     }
 
+    /// Block-ending instructions after which translated code may go straight on to the next
+    /// block (through the lookup), rather than back to the dispatcher: they change neither the
+    /// mode, the privilege, the flags the dispatcher acts on (IF, TF, RF), nor a device.
+    static func continuesAfterInterpreting(_ i: Instruction) -> Bool {
+        switch i.op {
+        case .string: return i.sub <= 4  // not INS/OUTS
+        case .jmpRM, .callRM, .ret, .loop, .jrcxz, .jcc, .jmpRel, .callRel: return true
+        default: return false
+        }
+    }
+
     /// Instruction k by the interpreter, inline: flags to CPUState, call, flags back.
     mutating func emitInterpreted(_ k: Int) {
         a.pushfq(); a.pop(A.r11)
@@ -174,6 +189,7 @@ struct BlockTranslator {
         callInterpreter(k)
         let bail = a.jcc(5)
         let last = k == n - 1
+        if last && Self.continuesAfterInterpreting(insns[k]) { a.jmp(to: code.indirectExitStored) }
         exitAfterInterpreter(k, from: [bail], last: last)
         if !last { TranslatedCode.loadFlags(&a, from: A.Mem(A.rbx, JITLayout.rflags)) }
     }

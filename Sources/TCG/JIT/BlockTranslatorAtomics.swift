@@ -90,7 +90,7 @@ extension BlockTranslator {
         case .divRM:
             emitUnsignedDivide(k)
         default:
-            emitInterpreted(k)
+            emitNativeOther(k)
         }
     }
 

@@ -5,6 +5,7 @@ import Glibc
 enum JITLayout {
     static let rip = MemoryLayout<CPUState>.offset(of: \CPUState.rip)!
     static let rflags = MemoryLayout<CPUState>.offset(of: \CPUState.rflags)!
+    static let cpl = MemoryLayout<CPUState>.offset(of: \CPUState.cpl)!
     static let currentRIP = MemoryLayout<CPUState>.offset(of: \CPUState.currentRIP)!
     static let instructionCount = MemoryLayout<CPUState>.offset(of: \CPUState.instructionCount)!
     static let userTag = MemoryLayout<CPUState>.offset(of: \CPUState.jitUserTag)!
@@ -51,6 +52,8 @@ final class TranslatedCode {
     /// Leaves a block for the guest RIP in CPUState: straight into that block's translated code
     /// when the lookup finds it (and the countdown allows), else back to the dispatcher.
     private(set) var indirectExit = 0
+    /// The same, entered with the guest's flags in CPUState.rflags (after the interpreter ran).
+    private(set) var indirectExitStored = 0
     private var firstBlock = 0
 
     /// The trampoline at `base`: (CPUState, guest registers, TLB, countdown, block entry).
@@ -66,7 +69,7 @@ final class TranslatedCode {
         base = p.assumingMemoryBound(to: UInt8.self)
         var a = HostAssembler(base: base, start: 0, limit: Self.capacity)
         Self.emitTrampoline(&a, epilogue: &epilogue, keep: &epilogueKeepFlags)
-        indirectExit = Self.emitIndirectExit(&a, lookup: lookup, epilogue: epilogue, keep: epilogueKeepFlags)
+        (indirectExit, indirectExitStored) = Self.emitIndirectExit(&a, lookup: lookup, epilogue: epilogue, keep: epilogueKeepFlags)
         used = a.pos
         firstBlock = a.pos
     }
@@ -100,19 +103,27 @@ final class TranslatedCode {
 
     /// The shared indirect exit (see `indirectExit`). Entered with CPUState.rip set and the
     /// guest's flags in the host's; the lookup is a C call, so the flags go to CPUState around it.
-    private static func emitIndirectExit(_ a: inout HostAssembler, lookup: UInt64, epilogue: Int, keep: Int) -> Int {
+    private static func emitIndirectExit(_ a: inout HostAssembler, lookup: UInt64, epilogue: Int, keep: Int) -> (Int, Int) {
         typealias A = HostAssembler
+        // Each entry: count down; at zero back to the dispatcher (flags where that entry has them).
+        func countdown(_ a: inout HostAssembler, exit: Int) {
+            a.lea(A.rcx, A.Mem(A.r13, -1))
+            a.movRR(A.r13, A.rcx)
+            let ranOut = a.jrcxz()
+            let go = a.jmpShort()
+            a.patch8(ranOut, to: a.pos)
+            a.storeImm(A.Mem(A.rbx, JITLayout.lastExit), 0, size: 3)
+            a.jmp(to: exit)
+            a.patch8(go, to: a.pos)
+        }
+        let stored = a.pos
+        countdown(&a, exit: keep)
+        let toLookup = a.jmp()
         let start = a.pos
-        a.lea(A.rcx, A.Mem(A.r13, -1))
-        a.movRR(A.r13, A.rcx)
-        let ranOut = a.jrcxz()
-        let go = a.jmpShort()
-        a.patch8(ranOut, to: a.pos)
-        a.storeImm(A.Mem(A.rbx, JITLayout.lastExit), 0, size: 3)
-        a.jmp(to: epilogue)
-        a.patch8(go, to: a.pos)
+        countdown(&a, exit: epilogue)
         a.pushfq(); a.pop(A.r11)
         storeFlags(&a)
+        a.patch(toLookup, to: a.pos)
         a.load(A.rdi, A.Mem(A.rbx, JITLayout.context), size: 3)
         a.load(A.rsi, A.Mem(A.rbx, JITLayout.rip), size: 3)
         a.callAbsolute(lookup)
@@ -126,7 +137,7 @@ final class TranslatedCode {
         a.load(A.r12, A.Mem(A.rbx, JITLayout.rip), size: 3)
         loadFlags(&a, from: A.Mem(A.rbx, JITLayout.rflags))
         a.byte(0xFF); a.byte(0xE1)  // jmp rcx
-        return start
+        return (start, stored)
     }
 
     /// enter(st, gpr, tlb, countdown, block): saves the callee-saved registers, loads the

@@ -123,3 +123,4 @@ extension X86CPU {
     }
 }
 
+
