@@ -87,6 +87,12 @@ public final class X86CPU: @unchecked Sendable {
     /// This vCPU's translated code, made at the first translation, and its buffer.
     var translated: TranslatedCode?
     var translatedBase: UnsafeMutablePointer<UInt8>?
+    /// In front of the decode cache for translated code's lookups (TranslatedDispatch.swift).
+    let jumpCache: UnsafeMutablePointer<JumpCacheEntry> = {
+        let p = UnsafeMutablePointer<JumpCacheEntry>.allocate(capacity: JumpCacheEntry.count)
+        p.initialize(repeating: JumpCacheEntry(), count: JumpCacheEntry.count)
+        return p
+    }()
     /// The exit of the last translated run that may be linked to the next block (see run).
     var pendingLink: UInt64 = 0
     var pendingLinkRIP: UInt64 = 0
@@ -122,6 +128,7 @@ public final class X86CPU: @unchecked Sendable {
         gpr.deallocate()
         tlb.deallocate()
         tlbFilled.deallocate()
+        jumpCache.deallocate()
         mtrrs.deallocate()
     }
 

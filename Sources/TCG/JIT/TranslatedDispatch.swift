@@ -64,6 +64,7 @@ extension X86CPU {
 
     /// Drops the decode cache and all translated code with it.
     func flushTranslations() {
+        jumpCache.update(repeating: JumpCacheEntry(), count: JumpCacheEntry.count)
         cache.flush()
         translated?.reset()
         pendingLink = 0
@@ -93,11 +94,18 @@ extension X86CPU {
         let e = tlbEntry(tlb, la)
         guard e.pointee.execTag == ((la >> 12) << 1) | st.pointee.userTag, let base = translatedBase else { return 0 }
         let phys = e.pointee.physicalPage | (la & 0xFFF)
+        let page = phys >> 12
+        guard page < codePageCount else { return 0 }
+        let word = codePageWords[Int(truncatingIfNeeded: page)].load(ordering: .relaxed)
+        // A small cache in front of the decode cache's big table (a cache miss per lookup there).
+        let j = jumpCache + Int(truncatingIfNeeded: (phys ^ (phys >> 12)) & UInt64(JumpCacheEntry.count - 1))
+        if j.pointee.key == phys &+ 1 && j.pointee.tag == word {
+            return UInt64(UInt(bitPattern: base)) &+ UInt64(j.pointee.code)
+        }
         let key = DecodeCache.key(phys, .long64)
         let slot = cache.slot(key)
-        let page = phys >> 12
-        guard slot.pointee.key == key, page < codePageCount, slot.pointee.code > 0,
-              slot.pointee.tag == codePageWords[Int(truncatingIfNeeded: page)].load(ordering: .relaxed) else { return 0 }
+        guard slot.pointee.key == key, slot.pointee.code > 0, slot.pointee.tag == word else { return 0 }
+        j.pointee = JumpCacheEntry(key: phys &+ 1, tag: word, code: slot.pointee.code)
         return UInt64(UInt(bitPattern: base)) &+ UInt64(slot.pointee.code)
     }
 
@@ -123,4 +131,12 @@ extension X86CPU {
     }
 }
 
-
+/// The jump cache: a translated 64-bit block by the physical address of its first instruction,
+/// valid while its page's CodePageMap word is `tag` (emptied with the translations).
+struct JumpCacheEntry {
+    static let count = 4096
+    /// physical + 1; 0 when empty.
+    var key: UInt64 = 0
+    var tag: UInt32 = 0
+    var code: Int32 = 0
+}
