@@ -77,12 +77,7 @@ extension BlockTranslator {
                 if i.sub != 0 { storeGuest(i.rm, A.rax, size) }
             }
         case .pushImm:
-            loadGuest(A.rsi, Reg.rsp, 3)
-            a.lea(A.rsi, A.Mem(A.rsi, -8))
-            var sites: [Int] = []
-            tlb(bytes: 8, write: true, cold: &sites)
-            a.storeImm(A.Mem(A.rsi), i.imm, size: 3)
-            adjustRSP(-8)
+            let sites = pushToGuestStack { t in t.a.storeImm(A.Mem(A.rsi), i.imm, size: 3) }
             resume(k, sites)
         case .movRMSreg:
             a.load(A.rax, A.Mem(A.rbx, JITLayout.selector(i.reg)), size: 1)

@@ -140,13 +140,10 @@ extension BlockTranslator {
         case FastForm.jmp64:
             exitStub(delta: offsets[k] + Int(i.length) + Int(Int64(bitPattern: i.imm)))
         case FastForm.call64:
-            loadGuest(A.rsi, Reg.rsp, 3)
-            a.lea(A.rsi, A.Mem(A.rsi, -8))
-            var sites: [Int] = []
-            tlb(bytes: 8, write: true, cold: &sites)
-            a.lea(A.rax, A.Mem(A.r12, offsets[k] + Int(i.length)))
-            a.store(A.Mem(A.rsi), A.rax, size: 3)
-            adjustRSP(-8)
+            let sites = pushToGuestStack { t in
+                t.a.lea(A.rax, A.Mem(A.r12, t.offsets[k] + Int(i.length)))
+                t.a.store(A.Mem(A.rsi), A.rax, size: 3)
+            }
             colds.append(Cold(k: k, sites: sites, resume: -1))
             exitStub(delta: offsets[k] + Int(i.length) + Int(Int64(bitPattern: i.imm)))
         case FastForm.ret64:
@@ -168,13 +165,10 @@ extension BlockTranslator {
             colds.append(Cold(k: k, sites: sites, resume: -1))
             a.jmp(to: code.indirectExit)
         case FastForm.push64:
-            loadGuest(A.rsi, Reg.rsp, 3)
-            a.lea(A.rsi, A.Mem(A.rsi, -8))
-            var sites: [Int] = []
-            tlb(bytes: 8, write: true, cold: &sites)
-            loadGuest(A.rax, i.rm & 15, 3)
-            a.store(A.Mem(A.rsi), A.rax, size: 3)
-            adjustRSP(-8)
+            let sites = pushToGuestStack { t in
+                t.loadGuest(A.rax, i.rm & 15, 3)
+                t.a.store(A.Mem(A.rsi), A.rax, size: 3)
+            }
             resume(k, sites)
         case FastForm.pop64:
             loadGuest(A.rsi, Reg.rsp, 3)
@@ -219,6 +213,18 @@ extension BlockTranslator {
         default:
             a.storeImm(Self.slot(r), v, size: size)
         }
+    }
+
+    /// A 64-bit push: the TLB lookup for RSP - 8 (rsi then the host address), `store` writing
+    /// the value there (rax and r11 are free for it), RSP lowered. Returns the cold-path sites.
+    mutating func pushToGuestStack(_ store: (inout BlockTranslator) -> Void) -> [Int] {
+        loadGuest(A.rsi, Reg.rsp, 3)
+        a.lea(A.rsi, A.Mem(A.rsi, -8))
+        var sites: [Int] = []
+        tlb(bytes: 8, write: true, cold: &sites)
+        store(&self)
+        adjustRSP(-8)
+        return sites
     }
 
     /// RSP += delta without touching the flags.

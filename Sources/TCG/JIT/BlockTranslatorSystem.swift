@@ -97,12 +97,7 @@ extension BlockTranslator {
             a.movRR(A.rax, A.r11, size: 2)
             TranslatedCode.loadFlagsFromRAX(&a)
             a.movRR(A.r11, A.rcx)
-            loadGuest(A.rsi, Reg.rsp, 3)
-            a.lea(A.rsi, A.Mem(A.rsi, -8))
-            var sites: [Int] = []
-            tlb(bytes: 8, write: true, cold: &sites)
-            a.store(A.Mem(A.rsi), A.r11, size: 3)
-            adjustRSP(-8)
+            let sites = pushToGuestStack { t in t.a.store(A.Mem(A.rsi), A.r11, size: 3) }
             resume(k, sites)
         case .fence:
             // MFENCE as itself (see the interpreter's); LFENCE and SFENCE need nothing on TSO.

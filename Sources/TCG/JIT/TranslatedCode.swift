@@ -105,16 +105,20 @@ final class TranslatedCode {
     /// guest's flags in the host's; the lookup is a C call, so the flags go to CPUState around it.
     private static func emitIndirectExit(_ a: inout HostAssembler, lookup: UInt64, epilogue: Int, keep: Int) -> (Int, Int) {
         typealias A = HostAssembler
-        // Each entry: count down; at zero back to the dispatcher (flags where that entry has them).
-        func countdown(_ a: inout HostAssembler, exit: Int) {
-            a.lea(A.rcx, A.Mem(A.r13, -1))
-            a.movRR(A.r13, A.rcx)
-            let ranOut = a.jrcxz()
+        // Back to the dispatcher through `exit` when rcx is zero, nothing to link.
+        func leaveIfRCXZero(_ a: inout HostAssembler, exit: Int) {
+            let zero = a.jrcxz()
             let go = a.jmpShort()
-            a.patch8(ranOut, to: a.pos)
+            a.patch8(zero, to: a.pos)
             a.storeImm(A.Mem(A.rbx, JITLayout.lastExit), 0, size: 3)
             a.jmp(to: exit)
             a.patch8(go, to: a.pos)
+        }
+        // Each entry counts down (flags where that entry has them when it runs out).
+        func countdown(_ a: inout HostAssembler, exit: Int) {
+            a.lea(A.rcx, A.Mem(A.r13, -1))
+            a.movRR(A.r13, A.rcx)
+            leaveIfRCXZero(&a, exit: exit)
         }
         let stored = a.pos
         countdown(&a, exit: keep)
@@ -128,12 +132,7 @@ final class TranslatedCode {
         a.load(A.rsi, A.Mem(A.rbx, JITLayout.rip), size: 3)
         a.callAbsolute(lookup)
         a.movRR(A.rcx, A.rax)
-        let missing = a.jrcxz()
-        let found = a.jmpShort()
-        a.patch8(missing, to: a.pos)
-        a.storeImm(A.Mem(A.rbx, JITLayout.lastExit), 0, size: 3)
-        a.jmp(to: keep)
-        a.patch8(found, to: a.pos)
+        leaveIfRCXZero(&a, exit: keep)  // not translated: the dispatcher
         a.load(A.r12, A.Mem(A.rbx, JITLayout.rip), size: 3)
         loadFlags(&a, from: A.Mem(A.rbx, JITLayout.rflags))
         a.byte(0xFF); a.byte(0xE1)  // jmp rcx
