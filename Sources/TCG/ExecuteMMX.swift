@@ -179,7 +179,7 @@ extension X86CPU {
             if !mem { enterMMX() }
             let lo = Int32(truncatingIfNeeded: v), hi = Int32(truncatingIfNeeded: v >> 32)
             if p == 0 {
-                let a = Float(lo), b = Float(hi)
+                let a = Self.single(Int64(lo), mxcsrRounding), b = Self.single(Int64(hi), mxcsrRounding)
                 // PE when a 32-bit integer has more significant bits than a single holds.
                 if Double(a) != Double(lo) || Double(b) != Double(hi) { fpu.pointee.mxcsr |= 0x20 }
                 setXMMLow(d, UInt64(a.bitPattern) | UInt64(b.bitPattern) << 32)

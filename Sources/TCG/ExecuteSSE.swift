@@ -51,6 +51,36 @@ extension X86CPU {
         }
     }
 
+    /// An integer as a single under MXCSR.RC: Swift's conversion rounds to nearest; when that
+    /// went the wrong way for the rule, the neighbour on the other side is the answer (an
+    /// inexact result is a whole number, so the comparison with `n` is exact).
+    static func single(_ n: Int64, _ rule: FloatingPointRoundingRule) -> Float {
+        let f = Float(n)
+        guard rule != .toNearestOrEven else { return f }
+        // f is at most 2^63 (Int64.max rounded up), the one value Int64 cannot hold.
+        let above = f == 0x1p63 || Int64(f) > n
+        let below = f != 0x1p63 && Int64(f) < n
+        switch rule {
+        case .down: return above ? f.nextDown : f
+        case .up: return below ? f.nextUp : f
+        default: return n > 0 && above ? f.nextDown : (n < 0 && below ? f.nextUp : f)
+        }
+    }
+
+    /// The same for a double (inexact only for 64-bit integers beyond 2^53).
+    static func double(_ n: Int64, _ rule: FloatingPointRoundingRule) -> Double {
+        let f = Double(n)
+        guard rule != .toNearestOrEven else { return f }
+        // f is at most 2^63 (Int64.max rounded up), the one value Int64 cannot hold.
+        let above = f == 0x1p63 || Int64(f) > n
+        let below = f != 0x1p63 && Int64(f) < n
+        switch rule {
+        case .down: return above ? f.nextDown : f
+        case .up: return below ? f.nextUp : f
+        default: return n > 0 && above ? f.nextDown : (n < 0 && below ? f.nextUp : f)
+        }
+    }
+
     func executeSSE(_ i: UnsafeMutablePointer<Instruction>) throws(X86Exception) {
         try checkSSE()
         let op = i.pointee.sub
@@ -291,9 +321,9 @@ extension X86CPU {
             let v = try readRM(i, wide ? 3 : 2)
             let n = wide ? Int64(bitPattern: v) : Int64(Int32(truncatingIfNeeded: v))
             if p == 2 {
-                setXMMLow(d, (xmm(d)[0] & ~0xFFFF_FFFF) | UInt64(Float(n).bitPattern))
+                setXMMLow(d, (xmm(d)[0] & ~0xFFFF_FFFF) | UInt64(Self.single(n, mxcsrRounding).bitPattern))
             } else {
-                setXMMLow(d, Double(n).bitPattern)
+                setXMMLow(d, Self.double(n, mxcsrRounding).bitPattern)
             }
         case 0x2C, 0x2D:
             let rule: FloatingPointRoundingRule = op == 0x2C ? .towardZero : mxcsrRounding
@@ -323,7 +353,7 @@ extension X86CPU {
             var r = SIMD4<UInt32>()
             for k in 0..<4 {
                 if p == 0 {
-                    r[k] = Float(Int32(bitPattern: v[k])).bitPattern
+                    r[k] = Self.single(Int64(Int32(bitPattern: v[k])), mxcsrRounding).bitPattern
                 } else {
                     let x = Double(Float(bitPattern: v[k]))
                     r[k] = UInt32(truncatingIfNeeded: Self.toInteger(x, p == 2 ? .towardZero : mxcsrRounding, bits64: false))

@@ -95,3 +95,37 @@ final class FastPathTests: XCTestCase {
         XCTAssertEqual(MemoryLayout<Instruction>.stride, 40)
     }
 }
+
+/// Integer to floating-point conversions under each MXCSR rounding control (CVTSI2SS/SD,
+/// CVTDQ2PS, CVTPI2PS): 2^24 + 1 is not a single, 2^53 + 1 not a double.
+final class ConversionRoundingTests: XCTestCase {
+    func testIntegerToSingleFollowsTheRoundingControl() {
+        let n: Int64 = (1 << 24) + 1
+        XCTAssertEqual(X86CPU.single(n, .toNearestOrEven), 16_777_216)
+        XCTAssertEqual(X86CPU.single(n, .down), 16_777_216)
+        XCTAssertEqual(X86CPU.single(n, .up), 16_777_218)
+        XCTAssertEqual(X86CPU.single(n, .towardZero), 16_777_216)
+        XCTAssertEqual(X86CPU.single(-n, .down), -16_777_218)
+        XCTAssertEqual(X86CPU.single(-n, .up), -16_777_216)
+        XCTAssertEqual(X86CPU.single(-n, .towardZero), -16_777_216)
+        // Nearest rounds 2^24 + 3 up; toward zero and down must not.
+        XCTAssertEqual(X86CPU.single((1 << 24) + 3, .towardZero), 16_777_218)
+        XCTAssertEqual(X86CPU.single((1 << 24) + 3, .up), 16_777_220)
+        // The extremes: Int64.max is below 2^63, Int64.min is -2^63 exactly.
+        XCTAssertEqual(X86CPU.single(.max, .toNearestOrEven), 0x1p63)
+        XCTAssertEqual(X86CPU.single(.max, .down), Float(0x1p63).nextDown)
+        XCTAssertEqual(X86CPU.single(.min, .up), -0x1p63)
+        XCTAssertEqual(X86CPU.single(.min + 1, .down), -0x1p63)
+        XCTAssertEqual(X86CPU.single(.min + 1, .up), Float(-0x1p63).nextUp)
+        XCTAssertEqual(X86CPU.single(7, .down), 7)
+    }
+
+    func testIntegerToDoubleFollowsTheRoundingControl() {
+        let n: Int64 = (1 << 53) + 1
+        XCTAssertEqual(X86CPU.double(n, .toNearestOrEven), 9_007_199_254_740_992)
+        XCTAssertEqual(X86CPU.double(n, .up), 9_007_199_254_740_994)
+        XCTAssertEqual(X86CPU.double(-n, .down), -9_007_199_254_740_994)
+        XCTAssertEqual(X86CPU.double(-n, .towardZero), -9_007_199_254_740_992)
+        XCTAssertEqual(X86CPU.double(.max, .towardZero), Double(0x1p63).nextDown)
+    }
+}
