@@ -53,6 +53,9 @@ public final class GuestMemory: @unchecked Sendable {
     /// The memfd that backs every region (shareable with another process), or -1.
     public let fd: Int32
     public let totalSize: UInt64
+    /// `regions` in plain memory: the address lookup every device and the tcg page walk make
+    /// walks it without an array's reference counting.
+    private let table: UnsafeMutableBufferPointer<GuestRegion>
     /// What deinit unmaps (a mapped region may start before its guest range: see `init(mapping:)`).
     private let mappings: [(start: UnsafeMutableRawPointer, length: Int)]
 
@@ -71,6 +74,7 @@ public final class GuestMemory: @unchecked Sendable {
         if backing == .anonymous {
             let regions = try Self.mapAnonymous(layout)
             self.regions = regions
+            table = Self.table(regions)
             self.fd = -1
             self.totalSize = total
             mappings = regions.map { ($0.host, Int($0.size)) }
@@ -96,6 +100,7 @@ public final class GuestMemory: @unchecked Sendable {
             offset += r.size
         }
         self.regions = regions
+        table = Self.table(regions)
         self.fd = fd
         self.totalSize = total
         mappings = regions.map { ($0.host, Int($0.size)) }
@@ -159,6 +164,7 @@ public final class GuestMemory: @unchecked Sendable {
             total &+= r.size
         }
         self.regions = regions
+        table = Self.table(regions)
         self.fd = -1
         self.totalSize = total
         mappings = maps
@@ -167,11 +173,18 @@ public final class GuestMemory: @unchecked Sendable {
     deinit {
         for m in mappings { munmap(m.start, m.length) }
         if fd >= 0 { close(fd) }
+        table.deallocate()
+    }
+
+    private static func table(_ regions: [GuestRegion]) -> UnsafeMutableBufferPointer<GuestRegion> {
+        let t = UnsafeMutableBufferPointer<GuestRegion>.allocate(capacity: regions.count)
+        _ = t.initialize(from: regions)
+        return t
     }
 
     @inline(__always)
     func region(containing address: UInt64, length: UInt64) -> GuestRegion? {
-        for r in regions where r.contains(address, length: length) { return r }
+        for r in table where r.contains(address, length: length) { return r }
         return nil
     }
 

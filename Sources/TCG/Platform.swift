@@ -17,22 +17,12 @@ public final class TCGPlatform: @unchecked Sendable {
     /// Every vCPU's software TLB, so that marking a code page can revoke their store fast path.
     let tlbs = Loop.Mutex<[UnsafeMutablePointer<TLBEntry>]>([])
 
-    /// RAM regions (guest start, end, host) in plain memory: the page walk and the block
-    /// lookup find RAM without touching a class or an array (no reference counting).
-    private let ram: UnsafeMutablePointer<(start: UInt64, end: UInt64, host: UnsafeMutableRawPointer)>
-    private let ramCount: Int
-
     public init(memory: GuestMemory, pio: Bus, mmio: Bus, lock: BigLock) {
         self.memory = memory; self.pio = pio; self.mmio = mmio; self.lock = lock
         var end: UInt64 = 0
         for r in memory.regions { end = max(end, r.end) }
         codePages = CodePageMap(physicalEnd: end)
-        ramCount = memory.regions.count
-        ram = .allocate(capacity: max(ramCount, 1))
-        for (k, r) in memory.regions.enumerated() { ram[k] = (r.guestAddress, r.end, r.host) }
     }
-
-    deinit { ram.deallocate() }
 
     func register(tlb: UnsafeMutablePointer<TLBEntry>) { tlbs.withLock { $0.append(tlb) } }
     func unregister(tlb: UnsafeMutablePointer<TLBEntry>) { tlbs.withLock { $0.removeAll { $0 == tlb } } }
@@ -56,11 +46,7 @@ public final class TCGPlatform: @unchecked Sendable {
 
     /// Host pointer to the 4 KiB RAM page holding `physical`, or nil (MMIO or nothing).
     @inline(__always) func ramPage(_ physical: UInt64) -> UnsafeMutableRawPointer? {
-        let page = physical & ~0xFFF
-        for k in 0..<ramCount where page >= ram[k].start && page < ram[k].end && ram[k].end - page >= 4096 {
-            return ram[k].host + Int(page - ram[k].start)
-        }
-        return nil
+        memory.hostPointer(physical & ~0xFFF, length: 4096)
     }
 
     /// An MMIO read; the xAPIC page of the reading vCPU's own `apic` comes before the shared bus.
