@@ -51,15 +51,17 @@ extension X86CPU {
         }
     }
 
-    /// An integer as a single under MXCSR.RC: Swift's conversion rounds to nearest; when that
-    /// went the wrong way for the rule, the neighbour on the other side is the answer (an
-    /// inexact result is a whole number, so the comparison with `n` is exact).
-    static func single(_ n: Int64, _ rule: FloatingPointRoundingRule) -> Float {
-        let f = Float(n)
+    /// An integer as a single (or a double, inexact only beyond 2^53) under MXCSR.RC: Swift's
+    /// conversion rounds to nearest; when that went the wrong way for the rule, the neighbour on
+    /// the other side is the answer (an inexact result is a whole number, so the comparison with
+    /// `n` is exact).
+    static func fromInteger<F: BinaryFloatingPoint>(_ n: Int64, _ rule: FloatingPointRoundingRule) -> F {
+        let f = F(n)
         guard rule != .toNearestOrEven else { return f }
         // f is at most 2^63 (Int64.max rounded up), the one value Int64 cannot hold.
-        let above = f == 0x1p63 || Int64(f) > n
-        let below = f != 0x1p63 && Int64(f) < n
+        let top = F(sign: .plus, exponent: 63, significand: 1)
+        let above = f == top || Int64(f) > n
+        let below = f != top && Int64(f) < n
         switch rule {
         case .down: return above ? f.nextDown : f
         case .up: return below ? f.nextUp : f
@@ -67,19 +69,8 @@ extension X86CPU {
         }
     }
 
-    /// The same for a double (inexact only for 64-bit integers beyond 2^53).
-    static func double(_ n: Int64, _ rule: FloatingPointRoundingRule) -> Double {
-        let f = Double(n)
-        guard rule != .toNearestOrEven else { return f }
-        // f is at most 2^63 (Int64.max rounded up), the one value Int64 cannot hold.
-        let above = f == 0x1p63 || Int64(f) > n
-        let below = f != 0x1p63 && Int64(f) < n
-        switch rule {
-        case .down: return above ? f.nextDown : f
-        case .up: return below ? f.nextUp : f
-        default: return n > 0 && above ? f.nextDown : (n < 0 && below ? f.nextUp : f)
-        }
-    }
+    static func single(_ n: Int64, _ rule: FloatingPointRoundingRule) -> Float { fromInteger(n, rule) }
+    static func double(_ n: Int64, _ rule: FloatingPointRoundingRule) -> Double { fromInteger(n, rule) }
 
     func executeSSE(_ i: UnsafeMutablePointer<Instruction>) throws(X86Exception) {
         try checkSSE()
