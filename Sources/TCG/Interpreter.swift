@@ -72,9 +72,7 @@ extension X86CPU {
                 do {
                     try step(self, ip, s, regs, tlb)
                 } catch {
-                    s.pointee.rip = s.pointee.currentRIP
-                    let error = stackSegmentFault(error, ip)
-                    if !deliverEvent(vector: error.vector, errorCode: error.hasErrorCode ? error.errorCode : nil, kind: .fault) {
+                    if !deliverInstructionFault(error, ip) {
                         s.pointee.instructionCount &+= UInt64(k)
                         return .tripleFault
                     }
@@ -103,6 +101,14 @@ extension X86CPU {
             }
         }
         return .budget
+    }
+
+    /// Instruction `ip` faulted: back to its start, and the exception delivered (a #GP on the
+    /// stack becomes #SS). False: it could not be (a triple fault).
+    func deliverInstructionFault(_ error: X86Exception, _ ip: UnsafeMutablePointer<Instruction>) -> Bool {
+        st.pointee.rip = st.pointee.currentRIP
+        let e = stackSegmentFault(error, ip)
+        return deliverEvent(vector: e.vector, errorCode: e.hasErrorCode ? e.errorCode : nil, kind: .fault)
     }
 
     func traceLine(_ text: String) {

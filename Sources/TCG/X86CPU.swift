@@ -154,6 +154,7 @@ public final class X86CPU: @unchecked Sendable {
     /// Power-on state (SDM Vol. 3 §9.1.1): real mode at F000:FFF0.
     public func resetToPowerOn() {
         st.pointee = CPUState()
+        st.pointee.jitContext = UInt64(UInt(bitPattern: Unmanaged.passUnretained(self).toOpaque()))
         for r in 0..<16 { gpr[r] = 0 }
         gpr[Int(Reg.rdx)] = UInt64(cpuid.familyModelStepping)
         st.pointee.cs = SegmentCache(selector: 0xF000, base: 0xFFFF_0000, limit: 0xFFFF, attributes: 0x9B)

@@ -22,7 +22,6 @@ extension X86CPU {
         s.pointee.materializeFlags()
         s.pointee.jitUserTag = s.pointee.userTag
         s.pointee.jitLastExit = 0
-        s.pointee.jitContext = UInt64(UInt(bitPattern: Unmanaged.passUnretained(self).toOpaque()))
         let before = s.pointee.instructionCount
         // Chained blocks between polls of the APIC and the exit request.
         let countdown = UInt64(min(max(budget >> 3, 1), 1024))
@@ -114,11 +113,7 @@ extension X86CPU {
         do {
             try step(self, ip, s, gpr, tlb)
         } catch {
-            s.pointee.rip = s.pointee.currentRIP
-            let e = stackSegmentFault(error, ip)
-            if !deliverEvent(vector: e.vector, errorCode: e.hasErrorCode ? e.errorCode : nil, kind: .fault) {
-                s.pointee.tripleFaulted = true
-            }
+            if !deliverInstructionFault(error, ip) { s.pointee.tripleFaulted = true }
             s.pointee.materializeFlags()
             return 1
         }
