@@ -184,9 +184,7 @@ final class VirtioNetQueuePair: NetReceiver {
     /// Sends the driver's frames until the queue is empty, the backend would block (the chain is
     /// kept and sent first after `backendWritable`), or a burst is done (the rest runs next turn).
     func transmit() {
-        guard let d = device, let t = d.transport, t.acceptsRequests, txQueue < t.queues.count else { return }
-        let q = t.queues[txQueue]
-        guard q.isReady else { return }
+        guard let (d, t, q) = transmitRing() else { return }
         if let held = txHeld {
             guard send(held, t) else { return }
             txHeld = nil
@@ -214,9 +212,7 @@ final class VirtioNetQueuePair: NetReceiver {
     /// Transmits from the device's loop: the driver's kicks stay off until then (`transmit`
     /// turns them back on when it empties the queue).
     func transmitSoon() {
-        guard let d = device, let t = d.transport, t.acceptsRequests, txQueue < t.queues.count else { return }
-        let q = t.queues[txQueue]
-        guard q.isReady else { return }
+        guard let (d, t, q) = transmitRing() else { return }
         do throws(VirtqueueError) {
             try q.setNotification(t.memory, enabled: false)
         } catch {
@@ -224,6 +220,13 @@ final class VirtioNetQueuePair: NetReceiver {
             return
         }
         scheduleTransmit(d)
+    }
+
+    /// The device, its transport and the transmit queue, while the queue may be worked on.
+    private func transmitRing() -> (VirtioNet, VirtioTransport, SplitVirtqueue)? {
+        guard let d = device, let t = d.transport, t.acceptsRequests, txQueue < t.queues.count else { return nil }
+        let q = t.queues[txQueue]
+        return q.isReady ? (d, t, q) : nil
     }
 
     private func scheduleTransmit(_ d: VirtioNet) {
