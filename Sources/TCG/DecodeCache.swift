@@ -10,12 +10,16 @@ final class DecodeCache {
         /// 1 << 63 | physical << 2 | mode, or 0 when empty (so zero pages are empty slots).
         var key: UInt64 = 0
         var start: Int32 = 0
-        var count: Int32 = 0
         /// The page's CodePageMap word when the block was decoded.
         var tag: UInt32 = 0
         /// Offset of the block's translated code (never 0: the entry trampoline is there); 0 none
         /// yet, -1 not worth translating.
         var code: Int32 = 0
+        /// A block whose last instruction crosses into the next linear page: that page's physical
+        /// page number + 1 and its CodePageMap word; 0 for a block inside one page.
+        var nextPage: UInt32 = 0
+        var nextTag: UInt32 = 0
+        var count: UInt8 = 0
         /// Runs before translation.
         var hits: UInt8 = 0
     }
@@ -86,10 +90,23 @@ extension X86CPU {
         let slot = cache.slot(key)
         let page = phys >> 12
         if slot.pointee.key == key && page < codePageCount
-            && slot.pointee.tag == codePageWords[Int(truncatingIfNeeded: page)].load(ordering: .relaxed) {
+            && slot.pointee.tag == codePageWords[Int(truncatingIfNeeded: page)].load(ordering: .relaxed)
+            && (slot.pointee.nextPage == 0 || nextPageIsCurrent(slot, la: la)) {
             return (cache.pool + Int(slot.pointee.start), Int(slot.pointee.count), slot)
         }
         return try decodeBlock(la: la, phys: phys, key: key)
+    }
+
+    /// Whether a page-crossing block's second page is still the one it was decoded from, mapped
+    /// executable (a TLB hit) and unwritten since. No page walk: a miss re-decodes the block.
+    @inline(__always)
+    func nextPageIsCurrent(_ slot: UnsafeMutablePointer<DecodeCache.Slot>, la: UInt64) -> Bool {
+        let next = (la | 0xFFF) &+ 1
+        let e = tlbEntry(tlb, next)
+        guard e.pointee.execTag == ((next >> 12) << 1) | st.pointee.userTag else { return false }
+        let page = e.pointee.physicalPage >> 12
+        return page &+ 1 == UInt64(slot.pointee.nextPage) && page < codePageCount
+            && slot.pointee.nextTag == codePageWords[Int(truncatingIfNeeded: page)].load(ordering: .relaxed)
     }
 
     func decodeBlock(la: UInt64, phys: UInt64, key: UInt64) throws(X86Exception) -> (UnsafeMutablePointer<Instruction>, Int, UnsafeMutablePointer<DecodeCache.Slot>?) {
@@ -106,6 +123,7 @@ extension X86CPU {
         }
         let (tag, new) = platform.codePages.mark(phys)
         if new { platform.revokeStoreFastPath(phys) }
+        var next: (page: UInt32, tag: UInt32) = (0, 0)
         decode: while n < DecodeCache.maxBlock {
             let avail = 4096 - offset
             let r = Decoder.decode((page + offset).assumingMemoryBound(to: UInt8.self), count: avail, mode: mode)
@@ -113,7 +131,15 @@ extension X86CPU {
             switch r {
             case .success(let i): insn = i
             case .failure(.truncated):
-                // Crosses into the next page: decode on its own from both pages, uncached.
+                // Crosses into the next page: the block's last instruction when the next page is
+                // RAM and executable now (checked again on every use), else run on its own,
+                // uncached (a fault fetching the next page is raised only if it is reached).
+                if let crossing = crossingInstruction(la: la &+ UInt64(offset - Int(phys & 0xFFF)),
+                                                      page: page, offset: offset, mode: mode) {
+                    insn = crossing.insn
+                    next = crossing.next
+                    break
+                }
                 if n > 0 { break decode }
                 insn = try decodeSlow(la: la, mode: mode)
                 cache.pool[start] = insn
@@ -130,24 +156,55 @@ extension X86CPU {
         }
         cache.used = start + n
         let slot = cache.slot(key)
-        slot.pointee = DecodeCache.Slot(key: key, start: Int32(start), count: Int32(n), tag: tag)
+        slot.pointee = DecodeCache.Slot(key: key, start: Int32(start), tag: tag, nextPage: next.page, nextTag: next.tag,
+                                        count: UInt8(n))
         return (cache.pool + start, n, slot)
     }
 
-    /// Decodes one instruction fetched through the MMU byte by byte (page-crossing or MMIO code).
+    /// The instruction at `offset` in `page` (linear address `la`) that continues into the next
+    /// linear page, when that page is RAM and executable now (64-bit code only), with the next
+    /// page's number + 1 and CodePageMap word for the block's slot; nil otherwise.
+    func crossingInstruction(la: UInt64, page: UnsafeMutableRawPointer, offset: Int,
+                             mode: CodeMode) -> (insn: Instruction, next: (page: UInt32, tag: UInt32))? {
+        guard mode == .long64, offset < 4096, offset > 4096 - 15 else { return nil }
+        let nextLA = (la | 0xFFF) &+ 1
+        guard let nextPhys = try? translate(nextLA, .execute), let nextHost = platform.ramPage(nextPhys),
+              nextPhys >> 12 < UInt64(UInt32.max) else { return nil }
+        var buf: (UInt64, UInt64) = (0, 0)
+        let first = 4096 - offset
+        withUnsafeMutableBytes(of: &buf) { b in
+            for k in 0..<first { b[k] = page.load(fromByteOffset: offset + k, as: UInt8.self) }
+            for k in first..<15 { b[k] = nextHost.load(fromByteOffset: k - first, as: UInt8.self) }
+        }
+        let r = withUnsafeBytes(of: &buf) { b in
+            Decoder.decode(b.baseAddress!.assumingMemoryBound(to: UInt8.self), count: 15, mode: mode)
+        }
+        guard case .success(let insn) = r, Int(insn.length) > first else { return nil }
+        let (tag, new) = platform.codePages.mark(nextPhys)
+        if new { platform.revokeStoreFastPath(nextPhys) }
+        return (insn, (UInt32(truncatingIfNeeded: nextPhys >> 12) &+ 1, tag))
+    }
+
+    /// Decodes one instruction fetched through the MMU (page-crossing or MMIO code): RAM a page
+    /// at a time (one translation per page, not per byte), MMIO byte by byte.
     func decodeSlow(la: UInt64, mode: CodeMode) throws(X86Exception) -> Instruction {
         var buf: (UInt64, UInt64) = (0, 0)
         var got = 0
         // Fetch what is reachable; a fault on a byte the instruction needs is raised below.
         var fault: X86Exception? = nil
-        for k in 0..<15 {
-            do throws(X86Exception) {
-                let v = UInt8(truncatingIfNeeded: try readSlow(la &+ UInt64(k), 1, .execute))
-                withUnsafeMutableBytes(of: &buf) { $0[k] = v }
-            } catch {
-                fault = error; break
+        while got < 15 {
+            let addr = la &+ UInt64(got)
+            let chunk = min(15 - got, 4096 - Int(addr & 0xFFF))
+            let phys: UInt64
+            do throws(X86Exception) { phys = try translate(addr, .execute) } catch { fault = error; break }
+            let ram = platform.ramPage(phys)
+            withUnsafeMutableBytes(of: &buf) { b in
+                for k in 0..<chunk {
+                    b[got + k] = ram.map { $0.load(fromByteOffset: Int(phys & 0xFFF) + k, as: UInt8.self) }
+                        ?? UInt8(truncatingIfNeeded: mmioRead(phys &+ UInt64(k), 1))
+                }
             }
-            got = k + 1
+            got += chunk
         }
         let r = withUnsafeBytes(of: &buf) { b in
             Decoder.decode(b.baseAddress!.assumingMemoryBound(to: UInt8.self), count: got, mode: mode)

@@ -87,6 +87,8 @@ public final class X86CPU: @unchecked Sendable {
     /// This vCPU's translated code, made at the first translation, and its buffer.
     var translated: TranslatedCode?
     var translatedBase: UnsafeMutablePointer<UInt8>?
+    /// TranslatedCode.indirectExitR12, for linking exits to page-crossing blocks.
+    var translatedIndirectExitR12 = 0
     /// In front of the decode cache for translated code's lookups (TranslatedDispatch.swift).
     let jumpCache: UnsafeMutablePointer<JumpCacheEntry> = {
         let p = UnsafeMutablePointer<JumpCacheEntry>.allocate(capacity: JumpCacheEntry.count)

@@ -216,4 +216,23 @@ final class TranslatedCodeTests: XCTestCase {
         XCTAssertEqual(translated.regs.gpr[9], interpreted.regs.gpr[9])
         XCTAssertEqual(translated.retired, interpreted.retired)
     }
+
+    /// An instruction that crosses into the next page is cached and translated with the block
+    /// before it; a store to its bytes on the second page is seen on the next iteration.
+    func testSelfModifyingCodeOnTheSecondPageOfACrossingInstruction() throws {
+        // Code starts at EmulatedRunner.codeAddress (0x10000); the 6-byte loop head comes first.
+        let boundary = EmulatedRunner.codeAddress + 0x1000
+        let leaEnd = EmulatedRunner.codeAddress + 6 + 7
+        let disp = UInt32(boundary - leaEnd)
+        var body: [UInt8] = [0x48, 0x8D, 0x05] + withUnsafeBytes(of: disp.littleEndian, Array.init)  // lea rax, [boundary]
+        body += [UInt8](repeating: 0x90, count: Int(boundary - 3 - leaEnd))   // nops up to boundary - 3
+        body += [0x49, 0x83, 0xC1, 0x01]   // add r9, 1: its imm8 is the second page's first byte
+        body += [0xFE, 0x00]               // inc byte [rax]
+        let code = program(body, loops: 20)
+        let (interpreted, _) = try run(code, RegisterFile(), data: [0], translated: false)
+        let (translated, _) = try run(code, RegisterFile(), data: [0], translated: true)
+        XCTAssertEqual(interpreted.regs.gpr[9], (1...20).reduce(0, +))
+        XCTAssertEqual(translated.regs.gpr[9], interpreted.regs.gpr[9])
+        XCTAssertEqual(translated.retired, interpreted.retired)
+    }
 }

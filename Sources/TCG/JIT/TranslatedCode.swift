@@ -54,6 +54,9 @@ final class TranslatedCode {
     private(set) var indirectExit = 0
     /// The same, entered with the guest's flags in CPUState.rflags (after the interpreter ran).
     private(set) var indirectExitStored = 0
+    /// The indirect exit for a chainable exit whose target (RIP in r12) is a page-crossing
+    /// block, which is entered only through the lookup's check of its second page.
+    private(set) var indirectExitR12 = 0
     private var firstBlock = 0
 
     /// The trampoline at `base`: (CPUState, guest registers, TLB, countdown, block entry).
@@ -70,6 +73,9 @@ final class TranslatedCode {
         var a = HostAssembler(base: base, start: 0, limit: Self.capacity)
         Self.emitTrampoline(&a, epilogue: &epilogue, keep: &epilogueKeepFlags)
         (indirectExit, indirectExitStored) = Self.emitIndirectExit(&a, lookup: lookup, epilogue: epilogue, keep: epilogueKeepFlags)
+        indirectExitR12 = a.pos
+        a.store(HostAssembler.Mem(HostAssembler.rbx, JITLayout.rip), HostAssembler.r12, size: 3)
+        a.jmp(to: indirectExit)
         used = a.pos
         firstBlock = a.pos
     }

@@ -18,7 +18,10 @@ extension X86CPU {
         // Raw pointers only: a class reference here cost a retain and a release per block.
         guard let base = translatedBase else { return nil }
         let s = st
-        if link != 0 { TranslatedCode.link(base: base, site: link, to: offset) }
+        // A page-crossing block is entered only through the lookup, which checks its second page.
+        if link != 0 {
+            TranslatedCode.link(base: base, site: link, to: slot.pointee.nextPage == 0 ? offset : translatedIndirectExitR12)
+        }
         s.pointee.materializeFlags()
         s.pointee.jitUserTag = s.pointee.userTag
         s.pointee.jitLastExit = 0
@@ -44,6 +47,7 @@ extension X86CPU {
             let lookup = unsafeBitCast(X86CPU.translatedEntryLookup, to: UnsafeRawPointer.self)
             translated = TranslatedCode(lookup: UInt64(UInt(bitPattern: lookup)))
             translatedBase = translated?.base
+            translatedIndirectExitR12 = translated?.indirectExitR12 ?? 0
             if translated == nil { translatesBlocks = false; return nil }
         }
         guard let code = translated else { return nil }
@@ -104,6 +108,10 @@ extension X86CPU {
         let key = DecodeCache.key(phys, .long64)
         let slot = cache.slot(key)
         guard slot.pointee.key == key, slot.pointee.code > 0, slot.pointee.tag == word else { return 0 }
+        // The jump cache checks one page: a page-crossing block is checked here every time.
+        if slot.pointee.nextPage != 0 {
+            return nextPageIsCurrent(slot, la: la) ? UInt64(UInt(bitPattern: base)) &+ UInt64(slot.pointee.code) : 0
+        }
         j.pointee = JumpCacheEntry(key: phys &+ 1, tag: word, code: slot.pointee.code)
         return UInt64(UInt(bitPattern: base)) &+ UInt64(slot.pointee.code)
     }
