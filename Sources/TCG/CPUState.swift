@@ -119,6 +119,8 @@ public struct CPUState {
     var jitUserTag: UInt64 = 0
     var jitLastExit: UInt64 = 0
     var jitContext: UInt64 = 0
+    /// The vCPU's VirtualJumpCache entries (translated code probes them).
+    var jitJumpCache: UInt64 = 0
 
     public init() {}
 }

@@ -89,6 +89,8 @@ public final class X86CPU: @unchecked Sendable {
     var translatedBase: UnsafeMutablePointer<UInt8>?
     /// TranslatedCode.indirectExitR12, for linking exits to page-crossing blocks.
     var translatedIndirectExitR12 = 0
+    /// Probed inline by translated code before its lookup call (VirtualJumpCache.swift).
+    let virtualJumpCache = VirtualJumpCache()
     /// In front of the decode cache for translated code's lookups (TranslatedDispatch.swift).
     let jumpCache: UnsafeMutablePointer<JumpCacheEntry> = {
         let p = UnsafeMutablePointer<JumpCacheEntry>.allocate(capacity: JumpCacheEntry.count)
@@ -157,6 +159,7 @@ public final class X86CPU: @unchecked Sendable {
     public func resetToPowerOn() {
         st.pointee = CPUState()
         st.pointee.jitContext = UInt64(UInt(bitPattern: Unmanaged.passUnretained(self).toOpaque()))
+        st.pointee.jitJumpCache = UInt64(UInt(bitPattern: virtualJumpCache.entries))
         for r in 0..<16 { gpr[r] = 0 }
         gpr[Int(Reg.rdx)] = UInt64(cpuid.familyModelStepping)
         st.pointee.cs = SegmentCache(selector: 0xF000, base: 0xFFFF_0000, limit: 0xFFFF, attributes: 0x9B)

@@ -235,4 +235,49 @@ final class TranslatedCodeTests: XCTestCase {
         XCTAssertEqual(translated.regs.gpr[9], interpreted.regs.gpr[9])
         XCTAssertEqual(translated.retired, interpreted.retired)
     }
+
+    /// Returns and indirect calls find blocks by linear RIP (VirtualJumpCache): after the
+    /// mapping of that RIP changes (a CR3 switch, or the PTE rewritten and INVLPG), an indirect
+    /// call to it runs the newly mapped code.
+    func testIndirectCallsFollowAChangedMapping() throws {
+        for invlpg in [false, true] {
+            for translated in [false, true] {
+                let r = try EmulatedRunner(translated: translated)
+                let m = r.memory
+                let linear: UInt64 = 256 << 30   // PML4 0, PDPT 256, PD 0, PT 0
+                // A second root with the same identity GiB, and `linear` mapped to 0x31000; the
+                // first root maps it to 0x30000.
+                try m.store(UInt64(0x41000 | 7), at: 0x40000)
+                try m.store(UInt64(0x87), at: 0x41000)
+                for (pdpt, pd, pt, page): (UInt64, UInt64, UInt64, UInt64) in
+                        [(EmulatedRunner.pdpt, 0x44000, 0x45000, 0x30000), (0x41000, 0x42000, 0x43000, 0x31000)] {
+                    try m.store(pd | 7, at: pdpt + 8 * 256)
+                    try m.store(pt | 7, at: pd)
+                    try m.store(page | 7, at: pt)
+                }
+                try m.write([0xB8, 1, 0, 0, 0, 0xC3], at: 0x30000)   // mov eax, 1; ret
+                try m.write([0xB8, 2, 0, 0, 0, 0xC3], at: 0x31000)   // mov eax, 2; ret
+                // The call follows a native instruction, so its block is translated code.
+                let loop: [UInt8] = [0x41, 0xBF, 3, 0, 0, 0,         // mov r15d, 3
+                                     0x48, 0x89, 0xCE,               // mov rsi, rcx
+                                     0xFF, 0xD1, 0x49, 0x01, 0xC0,   // call rcx; add r8, rax
+                                     0x49, 0xFF, 0xCF, 0x75, 0xF3]   // dec r15; jnz
+                var code: [UInt8] = [0x48, 0xB9] + withUnsafeBytes(of: linear.littleEndian, Array.init) + [0x45, 0x31, 0xC0]
+                code += loop
+                if invlpg {
+                    // mov rdx, 0x45000; mov qword [rdx], 0x31007; invlpg [rcx]
+                    code += [0x48, 0xBA] + withUnsafeBytes(of: UInt64(0x45000).littleEndian, Array.init)
+                    code += [0x48, 0xC7, 0x02, 0x07, 0x10, 0x03, 0x00, 0x0F, 0x01, 0x39]
+                } else {
+                    code += [0x48, 0xBA] + withUnsafeBytes(of: UInt64(0x40000).littleEndian, Array.init) + [0x0F, 0x22, 0xDA]
+                }
+                code += loop
+                var regs = RegisterFile()
+                regs.gpr[4] = EmulatedRunner.dataAddress + 0x8000
+                let (out, exit) = try r.run(code, regs, budget: 100_000)
+                XCTAssertEqual(exit, .haltedForever)
+                XCTAssertEqual(out.gpr[8], 3 * 1 + 3 * 2, "invlpg \(invlpg), translated \(translated)")
+            }
+        }
+    }
 }

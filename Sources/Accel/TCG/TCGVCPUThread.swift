@@ -2,6 +2,7 @@ import CKeel
 import Glibc
 import Loop
 import Machine
+import Synchronization
 import TCG
 
 /// One tcg vCPU's thread: runs the interpreter in slices; between slices (and whenever the CPU
@@ -15,6 +16,15 @@ final class TCGVCPUThread: @unchecked Sendable {
     unowned let accelerator: TCGAccelerator
     let control: VCPUThreadControl
     let wakeup: BigLock.Condition
+    /// Bumped (under the big lock) whenever this vCPU is woken or kicked, so halt polling can
+    /// watch for a wake-up without the lock.
+    private let wakeups = Atomic<UInt64>(0)
+    /// How long a HLT spins for a wake-up before sleeping (KVM's halt polling): the request,
+    /// completion, interrupt round trips of a disk or network device are often shorter than
+    /// putting the thread to sleep and waking it. Adapts between 0 and `maxHaltPoll`.
+    private var haltPoll: UInt64 = 0
+    static let maxHaltPoll: UInt64 = 200_000
+    static let initialHaltPoll: UInt64 = 10_000
 
     init(cpu: X86CPU, board: PCBoard, accelerator: TCGAccelerator) {
         self.cpu = cpu
@@ -26,7 +36,10 @@ final class TCGVCPUThread: @unchecked Sendable {
 
     /// Big lock held: the LocalAPIC wakes this thread when an event appears.
     func connectWakeup() {
-        cpu.apic?.wakeup = { [unowned(unsafe) wakeup] in wakeup.broadcast() }
+        cpu.apic?.wakeup = { [unowned(unsafe) self] in
+            self.wakeups.add(1, ordering: .releasing)
+            self.wakeup.broadcast()
+        }
     }
 
     /// Big lock held, after the thread ended (the APIC outlives this boot's accelerator).
@@ -45,13 +58,25 @@ final class TCGVCPUThread: @unchecked Sendable {
     /// Big lock held: leave guest code at the next block boundary, or the HLT sleep.
     func kickLocked() {
         cpu.kick()
+        wakeups.add(1, ordering: .releasing)
         wakeup.broadcast()
     }
 
     func join() { control.join() }
 
-    /// HLT or wait-for-SIPI: sleeps until the CPU has an event to take, or a stop or pause.
+    /// HLT or wait-for-SIPI: polls for a wake-up for `haltPoll` ns, then sleeps until the CPU
+    /// has an event to take, or a stop or pause.
     private func waitForEvent() {
+        let seen = wakeups.load(ordering: .acquiring)
+        let start = monotonicNanoseconds()
+        var now = start
+        if haltPoll > 0 {
+            while now &- start < haltPoll && wakeups.load(ordering: .acquiring) == seen {
+                for _ in 0..<64 { ckeel_cpu_relax() }
+                now = monotonicNanoseconds()
+            }
+        }
+        let polled = wakeups.load(ordering: .acquiring) != seen
         let lock = board.lock
         lock.lock()
         while !cpu.hasWakeupEvent && !control.isStopRequested
@@ -59,6 +84,16 @@ final class TCGVCPUThread: @unchecked Sendable {
             wakeup.wait()
         }
         lock.unlock()
+        // KVM's rule: a wake-up within the maximum after polling too little grows the window;
+        // a longer halt means an idle guest, and polling stops until halts are short again.
+        if !polled {
+            let halted = monotonicNanoseconds() &- start
+            if halted <= Self.maxHaltPoll {
+                haltPoll = min(max(haltPoll * 2, Self.initialHaltPoll), Self.maxHaltPoll)
+            } else {
+                haltPoll = 0
+            }
+        }
     }
 
     private func main() {

@@ -20,6 +20,8 @@
 static inline int ckeel_ioctl(int fd, unsigned long request, unsigned long arg) { return ioctl(fd, request, arg); }
 static inline int ckeel_ioctl_ptr(int fd, unsigned long request, void *arg) { return ioctl(fd, request, arg); }
 static inline int ckeel_fcntl_int(int fd, int cmd, int arg) { return fcntl(fd, cmd, arg); }
+/* PAUSE: a spin-wait hint (halt polling). */
+static inline void ckeel_cpu_relax(void) { __builtin_ia32_pause(); }
 // GNU extensions, compiled in shim.c so this header need not define _GNU_SOURCE.
 int ckeel_memfd_create(const char *name, unsigned flags);
 int ckeel_punch_hole(int fd, long offset, long length);

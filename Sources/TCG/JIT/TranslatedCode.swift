@@ -11,6 +11,7 @@ enum JITLayout {
     static let userTag = MemoryLayout<CPUState>.offset(of: \CPUState.jitUserTag)!
     static let lastExit = MemoryLayout<CPUState>.offset(of: \CPUState.jitLastExit)!
     static let context = MemoryLayout<CPUState>.offset(of: \CPUState.jitContext)!
+    static let jumpCache = MemoryLayout<CPUState>.offset(of: \CPUState.jitJumpCache)!
     static let fsBase = MemoryLayout<CPUState>.offset(of: \CPUState.fs)! + MemoryLayout<SegmentCache>.offset(of: \SegmentCache.base)!
     static let gsBase = MemoryLayout<CPUState>.offset(of: \CPUState.gs)! + MemoryLayout<SegmentCache>.offset(of: \SegmentCache.base)!
     /// A segment register's selector (SegReg numbering).
@@ -57,6 +58,9 @@ final class TranslatedCode {
     /// The indirect exit for a chainable exit whose target (RIP in r12) is a page-crossing
     /// block, which is entered only through the lookup's check of its second page.
     private(set) var indirectExitR12 = 0
+    /// The indirect exit's slow path (flags in the host's): where an empty VirtualJumpCache
+    /// entry leads.
+    private(set) var jumpCacheMiss = 0
     private var firstBlock = 0
 
     /// The trampoline at `base`: (CPUState, guest registers, TLB, countdown, block entry).
@@ -72,7 +76,7 @@ final class TranslatedCode {
         base = p.assumingMemoryBound(to: UInt8.self)
         var a = HostAssembler(base: base, start: 0, limit: Self.capacity)
         Self.emitTrampoline(&a, epilogue: &epilogue, keep: &epilogueKeepFlags)
-        (indirectExit, indirectExitStored) = Self.emitIndirectExit(&a, lookup: lookup, epilogue: epilogue, keep: epilogueKeepFlags)
+        (indirectExit, indirectExitStored, jumpCacheMiss) = Self.emitIndirectExit(&a, lookup: lookup, epilogue: epilogue, keep: epilogueKeepFlags)
         indirectExitR12 = a.pos
         a.store(HostAssembler.Mem(HostAssembler.rbx, JITLayout.rip), HostAssembler.r12, size: 3)
         a.jmp(to: indirectExit)
@@ -109,7 +113,7 @@ final class TranslatedCode {
 
     /// The shared indirect exit (see `indirectExit`). Entered with CPUState.rip set and the
     /// guest's flags in the host's; the lookup is a C call, so the flags go to CPUState around it.
-    private static func emitIndirectExit(_ a: inout HostAssembler, lookup: UInt64, epilogue: Int, keep: Int) -> (Int, Int) {
+    private static func emitIndirectExit(_ a: inout HostAssembler, lookup: UInt64, epilogue: Int, keep: Int) -> (Int, Int, Int) {
         typealias A = HostAssembler
         // Back to the dispatcher through `exit` when rcx is zero, nothing to link.
         func leaveIfRCXZero(_ a: inout HostAssembler, exit: Int) {
@@ -128,9 +132,12 @@ final class TranslatedCode {
         }
         let stored = a.pos
         countdown(&a, exit: keep)
+        emitJumpCacheProbe(&a, flagsStored: true)
         let toLookup = a.jmp()
         let start = a.pos
         countdown(&a, exit: epilogue)
+        emitJumpCacheProbe(&a, flagsStored: false)
+        let slowPath = a.pos
         a.pushfq(); a.pop(A.r11)
         storeFlags(&a)
         a.patch(toLookup, to: a.pos)
@@ -142,7 +149,49 @@ final class TranslatedCode {
         a.load(A.r12, A.Mem(A.rbx, JITLayout.rip), size: 3)
         loadFlags(&a, from: A.Mem(A.rbx, JITLayout.rflags))
         a.byte(0xFF); a.byte(0xE1)  // jmp rcx
-        return (start, stored)
+        return (start, stored, slowPath)
+    }
+
+    /// The inline probe of the VirtualJumpCache for the RIP in CPUState: on a hit (same linear
+    /// RIP in this privilege's half, its page's CodePageMap word unchanged) it jumps straight to
+    /// the block with r12 set (and, when `flagsStored`, the host's flags loaded from CPUState);
+    /// else it falls through. LEA, MOV, NOT, JRCXZ and BMI2 shifts only: the guest's flags in
+    /// the host's RFLAGS stay as they are (clobbers rax, rcx, rdx, rsi, r8).
+    private static func emitJumpCacheProbe(_ a: inout HostAssembler, flagsStored: Bool) {
+        typealias A = HostAssembler
+        typealias C = VirtualJumpCache
+        a.load(A.rax, A.Mem(A.rbx, JITLayout.rip), size: 3)
+        a.movImm64(A.r8, 12)
+        a.shiftx(.shrx, A.rsi, A.rax, count: A.r8)
+        a.lea(A.rsi, A.Mem(A.rsi, index: A.rax, scale: 0, disp: 0))        // la + (la >> 12)
+        a.movImm64(A.r8, UInt64(64 - C.indexBits))
+        a.shiftx(.shlx, A.rsi, A.rsi, count: A.r8)
+        a.movImm64(A.r8, UInt64(64 - C.indexBits - C.strideShift))
+        a.shiftx(.shrx, A.rsi, A.rsi, count: A.r8)                         // index * stride
+        a.load(A.rdx, A.Mem(A.rbx, JITLayout.userTag), size: 3)
+        a.movImm64(A.r8, UInt64(C.indexBits + C.strideShift))
+        a.shiftx(.shlx, A.rdx, A.rdx, count: A.r8)                         // the privilege's half
+        a.lea(A.rsi, A.Mem(A.rsi, index: A.rdx, scale: 0, disp: 0))
+        a.load(A.rdx, A.Mem(A.rbx, JITLayout.jumpCache), size: 3)
+        a.lea(A.rsi, A.Mem(A.rsi, index: A.rdx, scale: 0, disp: 0))        // the entry
+        a.load(A.rcx, A.Mem(A.rsi, 0), size: 3)
+        a.movRR(A.rdx, A.rax)
+        a.not64(A.rdx)
+        a.lea(A.rcx, A.Mem(A.rcx, index: A.rdx, scale: 0, disp: 1))        // entry's linear - la
+        a.byte(0xE3); a.byte(5)                                            // jrcxz: same RIP
+        let missRIP = a.jmp()
+        a.load(A.rdx, A.Mem(A.rsi, 16), size: 3)
+        a.load(A.rdx, A.Mem(A.rdx, 0), size: 2)                            // the page's word now
+        a.load(A.rcx, A.Mem(A.rsi, 24), size: 2)
+        a.rr(0xF7, size: 2, reg: 2, rm: A.rcx)                             // not ecx
+        a.mem(0x8D, size: 2, reg: A.rcx, A.Mem(A.rdx, index: A.rcx, scale: 0, disp: 1))  // lea ecx: word - tag
+        a.byte(0xE3); a.byte(5)                                            // jrcxz: unwritten
+        let missWord = a.jmp()
+        a.movRR(A.r12, A.rax)
+        if flagsStored { loadFlags(&a, from: A.Mem(A.rbx, JITLayout.rflags)) }
+        a.mem(0xFF, size: 2, reg: 4, A.Mem(A.rsi, 8))                      // jmp [entry.code]
+        a.patch(missRIP, to: a.pos)
+        a.patch(missWord, to: a.pos)
     }
 
     /// enter(st, gpr, tlb, countdown, block): saves the callee-saved registers, loads the

@@ -48,6 +48,7 @@ extension X86CPU {
             translated = TranslatedCode(lookup: UInt64(UInt(bitPattern: lookup)))
             translatedBase = translated?.base
             translatedIndirectExitR12 = translated?.indirectExitR12 ?? 0
+            if let t = translated { virtualJumpCache.reset(slowPath: UInt64(UInt(bitPattern: t.base + t.jumpCacheMiss))) }
             if translated == nil { translatesBlocks = false; return nil }
         }
         guard let code = translated else { return nil }
@@ -68,6 +69,7 @@ extension X86CPU {
     /// Drops the decode cache and all translated code with it.
     func flushTranslations() {
         jumpCache.update(repeating: JumpCacheEntry(), count: JumpCacheEntry.count)
+        virtualJumpCache.flush()
         cache.flush()
         translated?.reset()
         pendingLink = 0
@@ -103,7 +105,9 @@ extension X86CPU {
         // A small cache in front of the decode cache's big table (a cache miss per lookup there).
         let j = jumpCache + Int(truncatingIfNeeded: (phys ^ (phys >> 12)) & UInt64(JumpCacheEntry.count - 1))
         if j.pointee.key == phys &+ 1 && j.pointee.tag == word {
-            return UInt64(UInt(bitPattern: base)) &+ UInt64(j.pointee.code)
+            let code = UInt64(UInt(bitPattern: base)) &+ UInt64(j.pointee.code)
+            virtualJumpCache.fill(linear: la, user: st.pointee.userTag, code: code, word: codePageWords + Int(truncatingIfNeeded: page), tag: word)
+            return code
         }
         let key = DecodeCache.key(phys, .long64)
         let slot = cache.slot(key)
@@ -113,7 +117,9 @@ extension X86CPU {
             return nextPageIsCurrent(slot, la: la) ? UInt64(UInt(bitPattern: base)) &+ UInt64(slot.pointee.code) : 0
         }
         j.pointee = JumpCacheEntry(key: phys &+ 1, tag: word, code: slot.pointee.code)
-        return UInt64(UInt(bitPattern: base)) &+ UInt64(slot.pointee.code)
+        let code = UInt64(UInt(bitPattern: base)) &+ UInt64(slot.pointee.code)
+        virtualJumpCache.fill(linear: la, user: st.pointee.userTag, code: code, word: codePageWords + Int(truncatingIfNeeded: page), tag: word)
+        return code
     }
 
     func interpretForTranslatedCode(_ ip: UnsafeMutablePointer<Instruction>) -> Int32 {
