@@ -26,8 +26,8 @@ public struct GuestRegion: Sendable {
 
     public var end: UInt64 { guestAddress + size }
 
-    @inline(__always)
-    func contains(_ address: UInt64, length: UInt64) -> Bool {
+    @inlinable @inline(__always)
+    public func contains(_ address: UInt64, length: UInt64) -> Bool {
         guard address >= guestAddress else { return false }
         let offset = address - guestAddress
         return offset <= size && length <= size - offset
@@ -55,7 +55,10 @@ public final class GuestMemory: @unchecked Sendable {
     public let totalSize: UInt64
     /// `regions` in plain memory: the address lookup every device and the tcg page walk make
     /// walks it without an array's reference counting.
-    private let table: UnsafeMutableBufferPointer<GuestRegion>
+    /// The regions, in memory that lives as long as this GuestMemory: a hot path (the tcg CPU's
+    /// page walk and fetches) looks addresses up here without touching the class (each use of
+    /// the class reference across modules cost a retain and a release).
+    public let table: UnsafeMutableBufferPointer<GuestRegion>
     /// What deinit unmaps (a mapped region may start before its guest range: see `init(mapping:)`).
     private let mappings: [(start: UnsafeMutableRawPointer, length: Int)]
 
@@ -182,14 +185,14 @@ public final class GuestMemory: @unchecked Sendable {
         return t
     }
 
-    @inline(__always)
+    @inlinable @inline(__always)
     func region(containing address: UInt64, length: UInt64) -> GuestRegion? {
         for r in table where r.contains(address, length: length) { return r }
         return nil
     }
 
     /// Host pointer to `length` bytes at `address`, only if the whole range lies in one region.
-    @inline(__always)
+    @inlinable @inline(__always)
     public func hostPointer(_ address: UInt64, length: UInt64) -> UnsafeMutableRawPointer? {
         guard let r = region(containing: address, length: length) else { return nil }
         return r.host + Int(address - r.guestAddress)

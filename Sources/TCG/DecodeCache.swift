@@ -115,7 +115,7 @@ extension X86CPU {
         let start = cache.used
         var n = 0
         var offset = Int(phys & 0xFFF)
-        guard let page = platform.ramPage(phys) else {
+        guard let page = ramPage(phys) else {
             // Code outside RAM (MMIO): decode one instruction from bus reads, uncached.
             let insn = try decodeSlow(la: la, mode: mode)
             cache.pool[start] = insn
@@ -168,7 +168,7 @@ extension X86CPU {
                              mode: CodeMode) -> (insn: Instruction, next: (page: UInt32, tag: UInt32))? {
         guard mode == .long64, offset < 4096, offset > 4096 - 15 else { return nil }
         let nextLA = (la | 0xFFF) &+ 1
-        guard let nextPhys = try? translate(nextLA, .execute), let nextHost = platform.ramPage(nextPhys),
+        guard let nextPhys = try? translate(nextLA, .execute), let nextHost = ramPage(nextPhys),
               nextPhys >> 12 < UInt64(UInt32.max) else { return nil }
         var buf: (UInt64, UInt64) = (0, 0)
         let first = 4096 - offset
@@ -197,7 +197,7 @@ extension X86CPU {
             let chunk = min(15 - got, 4096 - Int(addr & 0xFFF))
             let phys: UInt64
             do throws(X86Exception) { phys = try translate(addr, .execute) } catch { fault = error; break }
-            let ram = platform.ramPage(phys)
+            let ram = ramPage(phys)
             withUnsafeMutableBytes(of: &buf) { b in
                 for k in 0..<chunk {
                     b[got + k] = ram.map { $0.load(fromByteOffset: Int(phys & 0xFFF) + k, as: UInt8.self) }

@@ -154,10 +154,10 @@ extension X86CPU {
         case 0x10: return tsc
         case 0x8B: return 1 << 32   // IA32_BIOS_SIGN_ID: microcode revision 1 (Intel's early_init_intel reads it)
         case 0x10A: return CPUIDModel.archCapabilitiesMSR
-        case 0x1B, 0x6E0, 0x800...0x8FF where apic != nil:
-            guard let apic else { throw X86Exception.gp(0) }
+        case 0x1B, 0x6E0, 0x800...0x8FF where unretainedAPIC != nil:
+            guard let apic = unretainedAPIC else { throw X86Exception.gp(0) }
             platform.lock.lock()
-            let v = apic.readMSR(index)
+            let v = apic._withUnsafeGuaranteedRef { $0.readMSR(index) }
             platform.lock.unlock()
             guard let v else { throw X86Exception.gp(0) }
             return v
@@ -192,10 +192,10 @@ extension X86CPU {
         switch index {
         case 0x10: setTSC(v)
         case 0x8B: break            // writing 0 before CPUID + RDMSR is how the revision is read
-        case 0x1B, 0x6E0, 0x800...0x8FF where apic != nil:
-            guard let apic else { throw X86Exception.gp(0) }
+        case 0x1B, 0x6E0, 0x800...0x8FF where unretainedAPIC != nil:
+            guard let apic = unretainedAPIC else { throw X86Exception.gp(0) }
             platform.lock.lock()
-            let ok = apic.writeMSR(index, v)
+            let ok = apic._withUnsafeGuaranteedRef { $0.writeMSR(index, v) }
             platform.lock.unlock()
             if !ok { throw X86Exception.gp(0) }
             if index == 0x1B { s.pointee.apicBase = v }

@@ -98,7 +98,7 @@ extension X86CPU {
             return v
         }
         let phys = try translate(la, access)
-        if let h = platform.ramPage(phys) {
+        if let h = ramPage(phys) {
             let off = Int(phys & 0xFFF)
             var v: UInt64 = 0
             for k in 0..<n { v |= UInt64(h.load(fromByteOffset: off + k, as: UInt8.self)) << UInt64(8 * k) }
@@ -118,10 +118,10 @@ extension X86CPU {
             return
         }
         let phys = try translate(la, .write)
-        if platform.codePages.contains(phys) {
+        if isCodePage(phys) {
             invalidateCode(physical: phys)
         }
-        if let h = platform.ramPage(phys) {
+        if let h = ramPage(phys) {
             let off = Int(phys & 0xFFF)
             for k in 0..<n { h.storeBytes(of: UInt8(truncatingIfNeeded: v >> UInt64(8 * k)), toByteOffset: off + k, as: UInt8.self) }
             return
@@ -173,7 +173,7 @@ extension X86CPU {
         } else {
             w = try walk(la, access, user: user)
         }
-        let host = platform.ramPage(w.physicalPage)
+        let host = ramPage(w.physicalPage)
         var n = TLBEntry()
         n.physicalPage = w.physicalPage
         n.host = host
@@ -183,7 +183,7 @@ extension X86CPU {
         if dataTags { n.readTag = key }
         // The walk for a write set D; only then may stores skip the walk.
         if !dataTags { }
-        else if access == .write && !platform.codePages.contains(w.physicalPage) { n.writeTag = key }
+        else if access == .write && !isCodePage(w.physicalPage) { n.writeTag = key }
         else if e.pointee.writeTag == key && e.pointee.physicalPage == w.physicalPage { n.writeTag = key }
         if w.executable { n.execTag = key }
         if !e.pointee.listed {
@@ -196,7 +196,7 @@ extension X86CPU {
             // Another vCPU may have marked the page as code since the check above (its revocation
             // scan may have run before this fill): look again after the fill is visible.
             atomicMemoryFence(ordering: .sequentiallyConsistent)
-            if platform.codePages.contains(w.physicalPage) { e.pointee.writeTag = ~0 }
+            if isCodePage(w.physicalPage) { e.pointee.writeTag = ~0 }
         }
         return w.physicalPage | (la & 0xFFF)
     }

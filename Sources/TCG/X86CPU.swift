@@ -1,6 +1,7 @@
 import Devices
 import Glibc
 import Synchronization
+import Memory
 
 /// An x86 exception raised by an instruction (SDM Vol. 3 §6.3). Thrown with typed throws so the
 /// fast path never boxes an error.
@@ -60,6 +61,8 @@ public final class X86CPU: @unchecked Sendable {
     private let platformOwner: TCGPlatform
     /// The platform's CodePageMap words, for the block lookup without reference counting.
     let codePageWords: UnsafeMutablePointer<Atomic<UInt32>>
+    /// Guest RAM's regions (GuestMemory.table), looked up without a class reference.
+    let ramRegions: UnsafeMutableBufferPointer<GuestRegion>
     let codePageCount: UInt64
     public let index: Int
     public var cpuid: CPUIDModel
@@ -68,7 +71,11 @@ public final class X86CPU: @unchecked Sendable {
     /// This vCPU's local APIC (the machine's interrupt controllers reach the CPU only through
     /// it): polled lock-free at block boundaries, acknowledged under the big lock. nil in unit
     /// tests that run the CPU alone.
-    public var apic: LocalAPIC?
+    public var apic: LocalAPIC? { didSet { unretainedAPIC = apic.map { Unmanaged.passUnretained($0) } } }
+    /// `apic` for the MSR paths, used without reference counting: the APIC is weakly referenced
+    /// elsewhere, so its count lives in a side table and every retain is a slow call; `apic`
+    /// keeps it alive.
+    var unretainedAPIC: Unmanaged<LocalAPIC>?
     /// The machine's clock as this vCPU sees it (RDTSC); nil: a 1 GHz TSC from host time.
     public var clock: VCPUClock?
     /// Monotonic time base (ns) at creation, for the TSC.
@@ -108,6 +115,7 @@ public final class X86CPU: @unchecked Sendable {
         self.platform = platform
         platformOwner = platform
         codePageWords = platform.codePages.words
+        ramRegions = platform.memory.table
         codePageCount = platform.codePages.pageCount
         self.index = index
         self.cpuid = cpuid
@@ -134,6 +142,26 @@ public final class X86CPU: @unchecked Sendable {
         tlbFilled.deallocate()
         jumpCache.deallocate()
         mtrrs.deallocate()
+    }
+
+    /// Host address of `length` bytes of guest RAM at `physical`, if one region holds them all.
+    @inline(__always) func ramHost(_ physical: UInt64, length: UInt64) -> UnsafeMutableRawPointer? {
+        for r in ramRegions where r.contains(physical, length: length) {
+            return r.host + Int(physical &- r.guestAddress)
+        }
+        return nil
+    }
+
+    /// Whether the page holding `physical` has decoded code (CodePageMap.contains, read through
+    /// the words this CPU holds).
+    @inline(__always) func isCodePage(_ physical: UInt64) -> Bool {
+        let page = physical >> 12
+        return page < codePageCount && codePageWords[Int(truncatingIfNeeded: page)].load(ordering: .relaxed) & 1 != 0
+    }
+
+    /// Host address of the 4 KiB RAM page holding `physical`, or nil (MMIO or nothing).
+    @inline(__always) func ramPage(_ physical: UInt64) -> UnsafeMutableRawPointer? {
+        ramHost(physical & ~0xFFF, length: 4096)
     }
 
     static func monotonicNanoseconds() -> UInt64 {
