@@ -1,3 +1,5 @@
+import Glibc
+
 /// The run loop's side of translated code: when to translate, entering it, linking exits to
 /// the next block, and the interpreter fallback translated code calls.
 extension X86CPU {
@@ -63,8 +65,20 @@ extension X86CPU {
         }
         code.used = t.a.pos
         slot.pointee.code = Int32(start)
+        if let map = Self.perfMap {
+            // perf's JIT symbol map (perf report names the block by its guest RIP).
+            fputs("\(String(UInt(bitPattern: code.base + start), radix: 16)) \(String(t.a.pos - start, radix: 16)) guest_\(String(st.pointee.rip, radix: 16))\n", map)
+        }
         return start
     }
+
+    /// KEEL_TCG_PERFMAP=1: each translated block is written to /tmp/perf-PID.map as
+    /// `guest_<RIP>`, so `perf report` attributes translated code to guest addresses.
+    nonisolated(unsafe) static let perfMap: UnsafeMutablePointer<FILE>? = {
+        guard getenv("KEEL_TCG_PERFMAP") != nil, let f = fopen("/tmp/perf-\(getpid()).map", "a") else { return nil }
+        setvbuf(f, nil, _IOLBF, 0)
+        return f
+    }()
 
     /// Drops the decode cache and all translated code with it.
     func flushTranslations() {
