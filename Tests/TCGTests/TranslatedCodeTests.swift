@@ -280,4 +280,19 @@ final class TranslatedCodeTests: XCTestCase {
             }
         }
     }
+
+    /// STI inside a translated loop (no interrupt pending) lets translated code go on: the same
+    /// registers, flags and retired count as interpreted, with IF set at the end.
+    func testSTIInATranslatedLoop() throws {
+        let body: [UInt8] = [0x49, 0x83, 0xC1, 0x03,   // add r9, 3
+                             0xFA,                     // cli
+                             0x49, 0x83, 0xC2, 0x05,   // add r10, 5
+                             0xFB]                     // sti
+        let code = program(body, loops: 50)
+        let (interpreted, _) = try run(code, RegisterFile(), data: [0], translated: false)
+        let (translated, r) = try run(code, RegisterFile(), data: [0], translated: true)
+        XCTAssertEqual(interpreted.regs.gpr[9], 150)
+        XCTAssertEqual(translated, interpreted)
+        XCTAssertNotEqual(r.cpu.st.pointee.rflags & RFlags.if, 0)
+    }
 }
