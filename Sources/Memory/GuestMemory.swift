@@ -34,6 +34,16 @@ public struct GuestRegion: Sendable {
     }
 }
 
+extension UnsafeMutableBufferPointer where Element == GuestRegion {
+    /// Host pointer to `length` bytes at `address`, only if the whole range lies in one region
+    /// (GuestMemory.table; also walked by hot paths that hold the table, not the class).
+    @inlinable @inline(__always)
+    public func hostPointer(_ address: UInt64, length: UInt64) -> UnsafeMutableRawPointer? {
+        for r in self where r.contains(address, length: length) { return r.host + Int(address - r.guestAddress) }
+        return nil
+    }
+}
+
 /// Guest physical RAM: a set of non-overlapping regions, carved out of one memfd or private
 /// anonymous memory. Narrow on purpose (as vm-memory's GuestMemory): reads, writes and
 /// bounds-checked slices.
@@ -185,17 +195,10 @@ public final class GuestMemory: @unchecked Sendable {
         return t
     }
 
-    @inlinable @inline(__always)
-    func region(containing address: UInt64, length: UInt64) -> GuestRegion? {
-        for r in table where r.contains(address, length: length) { return r }
-        return nil
-    }
-
     /// Host pointer to `length` bytes at `address`, only if the whole range lies in one region.
     @inlinable @inline(__always)
     public func hostPointer(_ address: UInt64, length: UInt64) -> UnsafeMutableRawPointer? {
-        guard let r = region(containing: address, length: length) else { return nil }
-        return r.host + Int(address - r.guestAddress)
+        table.hostPointer(address, length: length)
     }
 
     /// A bounds-checked window into guest RAM (valid while this GuestMemory lives).

@@ -79,18 +79,15 @@ extension X86CPU {
         let s = st
         let la = s.pointee.segmentBase(1) &+ s.pointee.rip
         // The TLB hit inline: the call into `translate` cost ~6% of a run.
-        let e = tlbEntry(tlb, la)
         let phys: UInt64
-        if e.pointee.execTag == ((la >> 12) << 1) | s.pointee.userTag {
-            phys = e.pointee.physicalPage | (la & 0xFFF)
+        if let p = executablePage(la) {
+            phys = p | (la & 0xFFF)
         } else {
             phys = try translate(la, .execute)
         }
         let key = DecodeCache.key(phys, s.pointee.codeMode)
         let slot = cache.slot(key)
-        let page = phys >> 12
-        if slot.pointee.key == key && page < codePageCount
-            && slot.pointee.tag == codePageWords[Int(truncatingIfNeeded: page)].load(ordering: .relaxed)
+        if slot.pointee.key == key && slot.pointee.tag == codePageWord(phys)
             && (slot.pointee.nextPage == 0 || nextPageIsCurrent(slot, la: la)) {
             return (cache.pool + Int(slot.pointee.start), Int(slot.pointee.count), slot)
         }
@@ -101,12 +98,8 @@ extension X86CPU {
     /// executable (a TLB hit) and unwritten since. No page walk: a miss re-decodes the block.
     @inline(__always)
     func nextPageIsCurrent(_ slot: UnsafeMutablePointer<DecodeCache.Slot>, la: UInt64) -> Bool {
-        let next = (la | 0xFFF) &+ 1
-        let e = tlbEntry(tlb, next)
-        guard e.pointee.execTag == ((next >> 12) << 1) | st.pointee.userTag else { return false }
-        let page = e.pointee.physicalPage >> 12
-        return page &+ 1 == UInt64(slot.pointee.nextPage) && page < codePageCount
-            && slot.pointee.nextTag == codePageWords[Int(truncatingIfNeeded: page)].load(ordering: .relaxed)
+        guard let next = executablePage((la | 0xFFF) &+ 1) else { return false }
+        return (next >> 12) &+ 1 == UInt64(slot.pointee.nextPage) && slot.pointee.nextTag == codePageWord(next)
     }
 
     func decodeBlock(la: UInt64, phys: UInt64, key: UInt64) throws(X86Exception) -> (UnsafeMutablePointer<Instruction>, Int, UnsafeMutablePointer<DecodeCache.Slot>?) {
@@ -135,7 +128,7 @@ extension X86CPU {
                 // RAM and executable now (checked again on every use), else run on its own,
                 // uncached (a fault fetching the next page is raised only if it is reached).
                 if let crossing = crossingInstruction(la: la &+ UInt64(offset - Int(phys & 0xFFF)),
-                                                      page: page, offset: offset, mode: mode) {
+                                                      offset: offset, mode: mode) {
                     insn = crossing.insn
                     next = crossing.next
                     break
@@ -161,25 +154,14 @@ extension X86CPU {
         return (cache.pool + start, n, slot)
     }
 
-    /// The instruction at `offset` in `page` (linear address `la`) that continues into the next
-    /// linear page, when that page is RAM and executable now (64-bit code only), with the next
-    /// page's number + 1 and CodePageMap word for the block's slot; nil otherwise.
-    func crossingInstruction(la: UInt64, page: UnsafeMutableRawPointer, offset: Int,
-                             mode: CodeMode) -> (insn: Instruction, next: (page: UInt32, tag: UInt32))? {
+    /// The instruction at `offset` in its page (linear address `la`) that continues into the
+    /// next linear page, when that page is RAM and executable now (64-bit code only), with the
+    /// next page's number + 1 and CodePageMap word for the block's slot; nil otherwise.
+    func crossingInstruction(la: UInt64, offset: Int, mode: CodeMode) -> (insn: Instruction, next: (page: UInt32, tag: UInt32))? {
         guard mode == .long64, offset < 4096, offset > 4096 - 15 else { return nil }
-        let nextLA = (la | 0xFFF) &+ 1
-        guard let nextPhys = try? translate(nextLA, .execute), let nextHost = ramPage(nextPhys),
-              nextPhys >> 12 < UInt64(UInt32.max) else { return nil }
-        var buf: (UInt64, UInt64) = (0, 0)
-        let first = 4096 - offset
-        withUnsafeMutableBytes(of: &buf) { b in
-            for k in 0..<first { b[k] = page.load(fromByteOffset: offset + k, as: UInt8.self) }
-            for k in first..<15 { b[k] = nextHost.load(fromByteOffset: k - first, as: UInt8.self) }
-        }
-        let r = withUnsafeBytes(of: &buf) { b in
-            Decoder.decode(b.baseAddress!.assumingMemoryBound(to: UInt8.self), count: 15, mode: mode)
-        }
-        guard case .success(let insn) = r, Int(insn.length) > first else { return nil }
+        guard let nextPhys = try? translate((la | 0xFFF) &+ 1, .execute), ramPage(nextPhys) != nil,
+              nextPhys >> 12 < UInt64(UInt32.max),
+              let insn = try? decodeSlow(la: la, mode: mode), Int(insn.length) > 4096 - offset else { return nil }
         let (tag, new) = platform.codePages.mark(nextPhys)
         if new { platform.revokeStoreFastPath(nextPhys) }
         return (insn, (UInt32(truncatingIfNeeded: nextPhys >> 12) &+ 1, tag))

@@ -22,7 +22,7 @@ extension X86CPU {
 
     /// Reads a paging-structure entry from RAM (entries outside RAM read as not present).
     @inline(__always) func loadEntry(_ pa: UInt64, wide: Bool) -> (UInt64, UnsafeMutableRawPointer?) {
-        guard let h = ramHost(pa, length: wide ? 8 : 4) else { return (0, nil) }
+        guard let h = ramRegions.hostPointer(pa, length: wide ? 8 : 4) else { return (0, nil) }
         return wide ? (h.loadUnaligned(as: UInt64.self), h) : (UInt64(h.loadUnaligned(as: UInt32.self)), h)
     }
 

@@ -44,11 +44,6 @@ public final class TCGPlatform: @unchecked Sendable {
         }
     }
 
-    /// Host pointer to the 4 KiB RAM page holding `physical`, or nil (MMIO or nothing).
-    @inline(__always) func ramPage(_ physical: UInt64) -> UnsafeMutableRawPointer? {
-        memory.hostPointer(physical & ~0xFFF, length: 4096)
-    }
-
     /// An MMIO read; the xAPIC page of the reading vCPU's own `apic` comes before the shared bus.
     func mmioRead(_ physical: UInt64, size: Int, apic: LocalAPIC?) -> UInt64 {
         var v: UInt64 = 0

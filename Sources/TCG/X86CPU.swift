@@ -1,7 +1,8 @@
 import Devices
 import Glibc
-import Synchronization
+import Loop
 import Memory
+import Synchronization
 
 /// An x86 exception raised by an instruction (SDM Vol. 3 §6.3). Thrown with typed throws so the
 /// fast path never boxes an error.
@@ -129,7 +130,7 @@ public final class X86CPU: @unchecked Sendable {
         cache = DecodeCache()
         mtrrs = .allocate(capacity: 27)
         mtrrs.initialize(repeating: 0, count: 27)
-        tscBase = X86CPU.monotonicNanoseconds()
+        tscBase = monotonicNanoseconds()
         platform.register(tlb: tlb)
         resetToPowerOn()
     }
@@ -144,37 +145,33 @@ public final class X86CPU: @unchecked Sendable {
         mtrrs.deallocate()
     }
 
-    /// Host address of `length` bytes of guest RAM at `physical`, if one region holds them all.
-    @inline(__always) func ramHost(_ physical: UInt64, length: UInt64) -> UnsafeMutableRawPointer? {
-        for r in ramRegions where r.contains(physical, length: length) {
-            return r.host + Int(physical &- r.guestAddress)
-        }
-        return nil
+    /// The CodePageMap word of the page holding `physical` (CodePageMap.tag, read through the
+    /// words this CPU holds): 0 outside RAM.
+    @inline(__always) func codePageWord(_ physical: UInt64) -> UInt32 {
+        let page = physical >> 12
+        return page < codePageCount ? codePageWords[Int(truncatingIfNeeded: page)].load(ordering: .relaxed) : 0
     }
 
-    /// Whether the page holding `physical` has decoded code (CodePageMap.contains, read through
-    /// the words this CPU holds).
-    @inline(__always) func isCodePage(_ physical: UInt64) -> Bool {
-        let page = physical >> 12
-        return page < codePageCount && codePageWords[Int(truncatingIfNeeded: page)].load(ordering: .relaxed) & 1 != 0
+    /// Whether the page holding `physical` has decoded code (CodePageMap.contains).
+    @inline(__always) func isCodePage(_ physical: UInt64) -> Bool { codePageWord(physical) & 1 != 0 }
+
+    /// The physical page the TLB maps `la` to for instruction fetch at the current privilege,
+    /// or nil when it has no such entry (no page walk).
+    @inline(__always) func executablePage(_ la: UInt64) -> UInt64? {
+        let e = tlbEntry(tlb, la)
+        return e.pointee.execTag == ((la >> 12) << 1) | st.pointee.userTag ? e.pointee.physicalPage : nil
     }
 
     /// Host address of the 4 KiB RAM page holding `physical`, or nil (MMIO or nothing).
     @inline(__always) func ramPage(_ physical: UInt64) -> UnsafeMutableRawPointer? {
-        ramHost(physical & ~0xFFF, length: 4096)
-    }
-
-    static func monotonicNanoseconds() -> UInt64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
+        ramRegions.hostPointer(physical & ~0xFFF, length: 4096)
     }
 
     /// The guest TSC: the machine clock's (which the LocalAPIC's TSC-deadline timer reads too),
     /// or without one nanoseconds since the vCPU was made (a 1 GHz TSC) plus the guest's offset.
     var tsc: UInt64 {
         if let clock { return clock.tsc }
-        return (X86CPU.monotonicNanoseconds() &- tscBase) &+ st.pointee.tscOffset
+        return (monotonicNanoseconds() &- tscBase) &+ st.pointee.tscOffset
     }
 
     /// WRMSR IA32_TSC.

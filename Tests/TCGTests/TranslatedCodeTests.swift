@@ -202,6 +202,18 @@ final class TranslatedCodeTests: XCTestCase {
         XCTAssertEqual(translated, interpreted)
     }
 
+    /// `body`, whose `add r9, 1` has its immediate incremented by the body each iteration, looped
+    /// 20 times: interpreted, r9 ends as 1 + 2 + ... + 20; translated, the same, in as many
+    /// instructions.
+    func assertSelfModifyingLoop(_ body: [UInt8], file: StaticString = #filePath, line: UInt = #line) throws {
+        let code = program(body, loops: 20)
+        let (interpreted, _) = try run(code, RegisterFile(), data: [0], translated: false)
+        let (translated, _) = try run(code, RegisterFile(), data: [0], translated: true)
+        XCTAssertEqual(interpreted.regs.gpr[9], (1...20).reduce(0, +), file: file, line: line)
+        XCTAssertEqual(translated.regs.gpr[9], interpreted.regs.gpr[9], file: file, line: line)
+        XCTAssertEqual(translated.retired, interpreted.retired, file: file, line: line)
+    }
+
     /// A translated loop that rewrites an immediate in its own code sees the new code on the
     /// next iteration.
     func testSelfModifyingCodeInATranslatedLoop() throws {
@@ -209,12 +221,7 @@ final class TranslatedCodeTests: XCTestCase {
         let body: [UInt8] = [0x48, 0x8D, 0x05, 0x03, 0x00, 0x00, 0x00,  // lea rax, [rip+3] -> the imm8 below
                              0x49, 0x83, 0xC1, 0x01,                    // add r9, 1
                              0xFE, 0x00]                                // inc byte [rax]
-        let code = program(body, loops: 20)
-        let (interpreted, _) = try run(code, RegisterFile(), data: [0], translated: false)
-        let (translated, _) = try run(code, RegisterFile(), data: [0], translated: true)
-        XCTAssertEqual(interpreted.regs.gpr[9], (1...20).reduce(0, +))
-        XCTAssertEqual(translated.regs.gpr[9], interpreted.regs.gpr[9])
-        XCTAssertEqual(translated.retired, interpreted.retired)
+        try assertSelfModifyingLoop(body)
     }
 
     /// An instruction that crosses into the next page is cached and translated with the block
@@ -228,12 +235,7 @@ final class TranslatedCodeTests: XCTestCase {
         body += [UInt8](repeating: 0x90, count: Int(boundary - 3 - leaEnd))   // nops up to boundary - 3
         body += [0x49, 0x83, 0xC1, 0x01]   // add r9, 1: its imm8 is the second page's first byte
         body += [0xFE, 0x00]               // inc byte [rax]
-        let code = program(body, loops: 20)
-        let (interpreted, _) = try run(code, RegisterFile(), data: [0], translated: false)
-        let (translated, _) = try run(code, RegisterFile(), data: [0], translated: true)
-        XCTAssertEqual(interpreted.regs.gpr[9], (1...20).reduce(0, +))
-        XCTAssertEqual(translated.regs.gpr[9], interpreted.regs.gpr[9])
-        XCTAssertEqual(translated.retired, interpreted.retired)
+        try assertSelfModifyingLoop(body)
     }
 
     /// Returns and indirect calls find blocks by linear RIP (VirtualJumpCache): after the

@@ -110,28 +110,28 @@ extension X86CPU {
     }
 
     func translatedEntry(_ la: UInt64) -> UInt64 {
-        let e = tlbEntry(tlb, la)
-        guard e.pointee.execTag == ((la >> 12) << 1) | st.pointee.userTag, let base = translatedBase else { return 0 }
-        let phys = e.pointee.physicalPage | (la & 0xFFF)
+        guard let physicalPage = executablePage(la), let base = translatedBase else { return 0 }
+        let phys = physicalPage | (la & 0xFFF)
         let page = phys >> 12
         guard page < codePageCount else { return 0 }
         let word = codePageWords[Int(truncatingIfNeeded: page)].load(ordering: .relaxed)
         // A small cache in front of the decode cache's big table (a cache miss per lookup there).
         let j = jumpCache + Int(truncatingIfNeeded: (phys ^ (phys >> 12)) & UInt64(JumpCacheEntry.count - 1))
+        let offset: Int32
         if j.pointee.key == phys &+ 1 && j.pointee.tag == word {
-            let code = UInt64(UInt(bitPattern: base)) &+ UInt64(j.pointee.code)
-            virtualJumpCache.fill(linear: la, user: st.pointee.userTag, code: code, word: codePageWords + Int(truncatingIfNeeded: page), tag: word)
-            return code
+            offset = j.pointee.code
+        } else {
+            let key = DecodeCache.key(phys, .long64)
+            let slot = cache.slot(key)
+            guard slot.pointee.key == key, slot.pointee.code > 0, slot.pointee.tag == word else { return 0 }
+            // Both jump caches check one page: a page-crossing block is checked here every time.
+            if slot.pointee.nextPage != 0 {
+                return nextPageIsCurrent(slot, la: la) ? UInt64(UInt(bitPattern: base)) &+ UInt64(slot.pointee.code) : 0
+            }
+            j.pointee = JumpCacheEntry(key: phys &+ 1, tag: word, code: slot.pointee.code)
+            offset = slot.pointee.code
         }
-        let key = DecodeCache.key(phys, .long64)
-        let slot = cache.slot(key)
-        guard slot.pointee.key == key, slot.pointee.code > 0, slot.pointee.tag == word else { return 0 }
-        // The jump cache checks one page: a page-crossing block is checked here every time.
-        if slot.pointee.nextPage != 0 {
-            return nextPageIsCurrent(slot, la: la) ? UInt64(UInt(bitPattern: base)) &+ UInt64(slot.pointee.code) : 0
-        }
-        j.pointee = JumpCacheEntry(key: phys &+ 1, tag: word, code: slot.pointee.code)
-        let code = UInt64(UInt(bitPattern: base)) &+ UInt64(slot.pointee.code)
+        let code = UInt64(UInt(bitPattern: base)) &+ UInt64(offset)
         virtualJumpCache.fill(linear: la, user: st.pointee.userTag, code: code, word: codePageWords + Int(truncatingIfNeeded: page), tag: word)
         return code
     }
