@@ -7,7 +7,13 @@ public final class BigLock: @unchecked Sendable {
 
     public init() {
         mutex = .allocate(capacity: 1)
-        pthread_mutex_init(mutex, nil)
+        // Adaptive: a thread finding it taken spins briefly before sleeping. Most holds (one
+        // device access) are shorter than a futex sleep and wake-up on a busy host.
+        var attributes = pthread_mutexattr_t()
+        pthread_mutexattr_init(&attributes)
+        pthread_mutexattr_settype(&attributes, Int32(PTHREAD_MUTEX_ADAPTIVE_NP))
+        pthread_mutex_init(mutex, &attributes)
+        pthread_mutexattr_destroy(&attributes)
     }
 
     deinit {

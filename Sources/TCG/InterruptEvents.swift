@@ -1,4 +1,5 @@
 import Devices
+import Loop
 
 /// What the CPU takes from its local APIC at an instruction boundary (SDM Vol. 3 §6.9 priority
 /// among simultaneous events): INIT, then a start-up IPI (only in wait-for-SIPI), then NMI, then
@@ -35,7 +36,11 @@ extension X86CPU {
             }
         }
         if e.contains(.interrupt) && s.pointee.rflags & RFlags.if != 0 {
-            lock.lock()
+            if !lock.tryLock() {
+                if deferInterrupt() { return true }
+                lock.lock()
+            }
+            interruptDeferredSince = 0
             let v = apic.acknowledgeInterrupt()
             lock.unlock()
             if let v {
@@ -44,6 +49,21 @@ extension X86CPU {
             }
         }
         return true
+    }
+
+    /// How long a running vCPU may go on without an interrupt the APIC has for it while the big
+    /// lock is busy (a device on the main loop moving a burst of packets, say): it retries at
+    /// each block boundary instead of sleeping on the lock, which on a busy host cost a context
+    /// switch each way per interrupt. Architecturally an interrupt's latency is unbounded; this
+    /// keeps it short.
+    static let defaultInterruptDeferral: UInt64 = 50_000
+
+    /// True: leave the interrupt pending for now (the lock was busy).
+    private func deferInterrupt() -> Bool {
+        if st.pointee.halted { return false }
+        let now = monotonicNanoseconds()
+        if interruptDeferredSince == 0 { interruptDeferredSince = now; return true }
+        return now &- interruptDeferredSince < interruptDeferral
     }
 
     /// Whether an event pending at the APIC ends HLT or wait-for-SIPI (the vCPU thread sleeps

@@ -108,6 +108,10 @@ public final class X86CPU: @unchecked Sendable {
     /// The exit of the last translated run that may be linked to the next block (see run).
     var pendingLink: UInt64 = 0
     var pendingLinkRIP: UInt64 = 0
+    /// When this vCPU first found the big lock busy as it went to take a pending interrupt (0:
+    /// not deferring); see `serviceEvents`.
+    var interruptDeferredSince: UInt64 = 0
+    var interruptDeferral = X86CPU.defaultInterruptDeferral
     var loggedUD = Set<UInt64>()
     /// Instructions executed (for measurements).
     public var instructionCount: UInt64 { st.pointee.instructionCount }

@@ -1,4 +1,5 @@
 import Devices
+import Foundation
 import Loop
 import XCTest
 @testable import TCG
@@ -67,6 +68,49 @@ final class InterruptControllerTests: XCTestCase {
         XCTAssertFalse(apic0.hasPendingEvent)
         XCTAssertEqual(try sys.stack(2) & RFlags.if, RFlags.if, "RFLAGS.IF pushed set")
         XCTAssertEqual(cpu.st.pointee.rflags & RFlags.if, 0, "interrupt gate clears IF")
+    }
+
+    /// The big lock held by another thread (`release` lets it go, else it does after `holdFor`).
+    func holdBigLock(holdFor seconds: Double) -> (release: DispatchSemaphore, done: DispatchSemaphore) {
+        let lock = cpu.platform.lock
+        let held = DispatchSemaphore(value: 0), release = DispatchSemaphore(value: 0), done = DispatchSemaphore(value: 0)
+        Thread {
+            lock.lock()
+            held.signal()
+            _ = release.wait(timeout: .now() + seconds)
+            lock.unlock()
+            done.signal()
+        }.start()
+        held.wait()
+        return (release, done)
+    }
+
+    /// sti; nop; then `inc rcx; jmp` forever.
+    static let stiThenCount: [UInt8] = [0xFB, 0x90, 0x48, 0xFF, 0xC1, 0xEB, 0xFB]
+
+    func testPendingInterruptWaitsOutABusyBigLockWhileTheCPURunsOn() throws {
+        cpu.interruptDeferral = .max
+        let holder = holdBigLock(holdFor: 30)
+        bus.deliver(APICMessage(destination: 0, vector: 0x41))
+        let exit = try sys.run(Self.stiThenCount)
+        holder.release.signal()
+        holder.done.wait()
+        XCTAssertEqual(exit, .budget, "the vCPU did not sleep on the lock")
+        XCTAssertGreaterThan(cpu.gpr[1], 100, "guest code ran meanwhile")
+        XCTAssertTrue(apic0.pendingEvents.contains(.interrupt), "still pending, not lost")
+        XCTAssertEqual(cpu.run(budget: 100), .halted)
+        XCTAssertEqual(cpu.st.pointee.rip, sys.handler(0x41), "taken once the lock was free")
+    }
+
+    func testPendingInterruptIsTakenWhenTheDeferralRunsOut() throws {
+        cpu.interruptDeferral = 0
+        let holder = holdBigLock(holdFor: 0.02)
+        bus.deliver(APICMessage(destination: 0, vector: 0x41))
+        let exit = try sys.run(Self.stiThenCount)
+        holder.done.wait()
+        XCTAssertEqual(exit, .halted)
+        XCTAssertEqual(cpu.st.pointee.rip, sys.handler(0x41), "the vCPU waited for the lock and took it")
+        XCTAssertLessThan(cpu.gpr[1], 100, "within a block or two, not a whole budget")
     }
 
     func testInterruptWaitsWhileIFIsClear() throws {

@@ -84,14 +84,17 @@ final class TCGVCPUThread: @unchecked Sendable {
             wakeup.wait()
         }
         lock.unlock()
-        // KVM's rule: a wake-up within the maximum after polling too little grows the window;
-        // a longer halt means an idle guest, and polling stops until halts are short again.
+        // KVM's rule (halt_poll_ns_grow/shrink = 2): a wake-up within the maximum after polling
+        // too little doubles the window; a longer halt halves it, and below the initial window
+        // polling stops. A request/response guest (a long idle halt, then a short one waiting
+        // for the reply) keeps polling; an idle guest stops within a few halts.
         if !polled {
             let halted = monotonicNanoseconds() &- start
             if halted <= Self.maxHaltPoll {
                 haltPoll = min(max(haltPoll * 2, Self.initialHaltPoll), Self.maxHaltPoll)
             } else {
-                haltPoll = 0
+                haltPoll /= 2
+                if haltPoll < Self.initialHaltPoll { haltPoll = 0 }
             }
         }
     }
