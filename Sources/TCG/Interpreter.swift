@@ -24,9 +24,10 @@ extension X86CPU {
             let shadow = s.pointee.interruptShadow
             s.pointee.interruptShadow = false
             updateAlignmentCheck()
-            if let apicRef, apicRef._withUnsafeGuaranteedRef({ $0.hasPendingEvent }), let apic {
+            if let apicRef, apicRef._withUnsafeGuaranteedRef({ $0.hasPendingEvent }) {
                 link = 0
-                if !serviceEvents(apic, shadow: shadow) { return .tripleFault }
+                // Unretained too: an interrupt waiting out a busy lock comes here every block.
+                if !apicRef._withUnsafeGuaranteedRef({ serviceEvents($0, shadow: shadow) }) { return .tripleFault }
             }
             if s.pointee.halted || s.pointee.waitingForSIPI {
                 // With a LocalAPIC an NMI or INIT can still end HLT with IF clear.

@@ -22,6 +22,9 @@ final class VirtioNetQueuePair: NetReceiver {
     var txHeld: DescriptorChain?
     var txScheduled = false
     var txSegments: [NetSegment] = []
+    /// The receive path's header and used-ring entries, kept between frames.
+    var rxHeader = [UInt8](repeating: 0, count: VirtioNetHeader.length)
+    var rxUsed: [(head: UInt16, length: UInt32)] = []
     /// Frames dropped on receive (filtered out, too large, offloads the driver did not take).
     var rxDropped = 0
     var txDropped = 0
@@ -78,10 +81,10 @@ final class VirtioNetQueuePair: NetReceiver {
             rxDropped += 1
             return true
         }
-        var header = [UInt8](repeating: 0, count: VirtioNetHeader.length)
+        // Reused per frame (no allocation on the receive path).
+        for i in 0..<VirtioNetHeader.length { rxHeader[i] = hasHeader && i < 10 ? frame[i] : 0 }
         if hasHeader {
-            for i in 0..<10 { header[i] = frame[i] }
-            guard sanitize(&header, d) else { rxDropped += 1; return true }
+            guard sanitize(&rxHeader, d) else { rxDropped += 1; return true }
         }
         let total = UInt64(VirtioNetHeader.length + payload.count)
         let mergeable = d.negotiated(VirtioNetFeature.mergeableRxBuffers)
@@ -99,21 +102,21 @@ final class VirtioNetQueuePair: NetReceiver {
             count += 1
         }
         guard room >= total else { rxDropped += 1; return true }
-        header[VirtioNetHeader.numBuffersOffset] = UInt8(truncatingIfNeeded: count)
-        header[VirtioNetHeader.numBuffersOffset + 1] = UInt8(truncatingIfNeeded: count >> 8)
-        var used: [(head: UInt16, length: UInt32)] = []
-        used.reserveCapacity(count)
+        rxHeader[VirtioNetHeader.numBuffersOffset] = UInt8(truncatingIfNeeded: count)
+        rxHeader[VirtioNetHeader.numBuffersOffset + 1] = UInt8(truncatingIfNeeded: count >> 8)
+        rxUsed.removeAll(keepingCapacity: true)
         var position: UInt64 = 0
-        header.withUnsafeBytes { h in
+        let memory = t.memory
+        rxHeader.withUnsafeBytes { h in
             for chain in rxHeld[0..<count] {
-                let n = copy(h, payload, from: position, into: chain, memory: t.memory)
+                let n = copy(h, payload, from: position, into: chain, memory: memory)
                 position += n
-                used.append((chain.head, UInt32(truncatingIfNeeded: n)))
+                rxUsed.append((chain.head, UInt32(truncatingIfNeeded: n)))
             }
         }
         for chain in rxHeld[0..<count] { rxHeldBytes -= chain.writableLength }
         rxHeld.removeFirst(count)
-        t.complete(queue: rxQueue, used: used)
+        t.complete(queue: rxQueue, used: rxUsed)
         return true
     }
 
