@@ -16,7 +16,7 @@
 # bench/blk-kvm.sh (the ring-3 polling device-path benchmark, its own BLK_KVM_* settings) with RUNS.
 #
 # Usage: bench/blk.sh [RUNS]   (median of RUNS interleaved runs, default 1)
-# Environment: BLK_SEQ_MIB (64), BLK_RAND_OPS (1000), BLK_VARIANTS, BLK_QEMU_MACHINE (pc),
+# Environment: BLK_SEQ_MIB (256), BLK_RAND_OPS (4000), BLK_VARIANTS, BLK_QEMU_MACHINE (pc),
 # BLK_LOG_DIR (append each run's console to DIR/<vmm>.log)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,8 +34,10 @@ gcc -static -O2 -o "$WORK/blkrand" bench/blk/blkrand.c
 python3 - "$RUNS" "$KEEL" "$WORK" <<'PY'
 import os, re, select, statistics, subprocess, sys, time
 runs, keel, work = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-seq_mib = int(os.environ.get("BLK_SEQ_MIB", "64"))
-rand_ops = int(os.environ.get("BLK_RAND_OPS", "1000"))
+# Each row lasts ~0.1 s or more: at 64 MiB and 1000 operations (the earlier defaults) a row took
+# 25-100 ms, in which dd's and blkrand's own start-up and one slow wake-up moved it by 10-30%.
+seq_mib = int(os.environ.get("BLK_SEQ_MIB", "256"))
+rand_ops = int(os.environ.get("BLK_RAND_OPS", "4000"))
 span_mib = 256
 variants = os.environ.get("BLK_VARIANTS", "default iothread=io0 aio=io_uring cache=none aio=io_uring,cache=none,iothread=io0").split()
 qemu_machine = os.environ.get("BLK_QEMU_MACHINE", "pc")
@@ -88,6 +90,10 @@ def command(vmm, variant):
 
 def one(cmd):
     """Boots, types the benchmark, returns ({(disk, row): seconds}, None) or (None, why)."""
+    # The host writes back the images' dirty pages 30 s after the run that dirtied them (and
+    # right after they were made): without a sync first, that writeback (and writes waiting on
+    # pages under it) lands in whichever VMM's run comes next.
+    os.sync()
     p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     out, sent, deadline = b"", 0, time.monotonic() + 600
     script = ["sh /bench.sh %d %d %d raw:/dev/vda qcow2:/dev/vdb" % (seq_mib, rand_ops, span_mib), "poweroff -f"]
