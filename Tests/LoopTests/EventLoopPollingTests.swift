@@ -1,3 +1,4 @@
+import Dispatch
 import Glibc
 import Loop
 import Synchronization
@@ -92,23 +93,26 @@ final class EventLoopPollingTests: XCTestCase {
     func testWindowGrowsAndShrinks() throws {
         let loop = try EventLoop()
         let source = Source()
-        loop.pollParameters = PollParameters(maxNanoseconds: 20_000_000, grow: 4, shrink: 2)
+        // A 100 ms maximum: the wake-ups below come within microseconds, but a host that stalls
+        // a thread for a few tens of milliseconds must not turn one into a "long wait".
+        loop.pollParameters = PollParameters(maxNanoseconds: 100_000_000, grow: 4, shrink: 2)
         let registered = expectation(description: "poller added")
         loop.post { loop.addPoller(source.poller); registered.fulfill() }
         let t = LoopThread(loop)
         wait(for: [registered], timeout: 5)
         var windows: [UInt64] = []
         for _ in 0..<4 {
-            let got = expectation(description: "window")
-            loop.post { windows.append(loop.pollNanoseconds); got.fulfill() }
-            wait(for: [got], timeout: 5)
+            // A semaphore, not an XCTest expectation: its wait returns without run-loop latency.
+            let got = DispatchSemaphore(value: 0)
+            loop.post { windows.append(loop.pollNanoseconds); got.signal() }
+            got.wait()
         }
-        // Each wake-up came well inside 20 ms after the previous poll ran out... or found the
-        // bottom half: the window only grows here.
+        // Each wake-up came well inside the maximum after the previous poll ran out... or found
+        // the bottom half: the window only grows here.
         XCTAssertEqual(windows.first, 4000)
         XCTAssertTrue(windows.contains(16_000), "\(windows)")
         XCTAssertEqual(windows, windows.sorted())
-        usleep(100_000)   // a long sleep: shrinks
+        usleep(300_000)   // a long sleep: shrinks
         let after = expectation(description: "after")
         var shrunk: UInt64 = 0
         loop.post { shrunk = loop.pollNanoseconds; after.fulfill() }
