@@ -22,6 +22,9 @@ public protocol BlockDevice: AnyObject {
     /// Whether [offset, offset + length) starts with data or with a range known to read as zeroes,
     /// and how long that run is (at least 1 byte, at most `length`). Lets copies skip holes.
     func blockStatus(offset: UInt64, length: UInt64) throws(BlockError) -> BlockStatus
+    /// Whether data transfers go to the disk without the host's page cache (cache=none,
+    /// O_DIRECT): each request is then a disk operation, so fewer, larger ones are cheaper.
+    var bypassesPageCache: Bool { get }
     func close()
 }
 
@@ -49,6 +52,8 @@ public struct BlockError: Error, Equatable, CustomStringConvertible {
 }
 
 extension BlockDevice {
+    public var bypassesPageCache: Bool { false }
+
     public func readVectored(into segments: [UnsafeMutableRawBufferPointer], at offset: UInt64) throws(BlockError) {
         var at = offset
         for s in segments {

@@ -116,6 +116,7 @@ public final class Qcow2Image: DirectMappedBlockDevice, @unchecked Sendable {
     deinit { close() }
 
     public var size: UInt64 { header.size }
+    public var bypassesPageCache: Bool { file.bypassesPageCache }
     public var clusterSize: Int { cs }
 
     public func close() {

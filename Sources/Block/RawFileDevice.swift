@@ -67,6 +67,7 @@ public final class RawFileDevice: BlockDevice, @unchecked Sendable {
     deinit { close() }
 
     public var size: UInt64 { sizeLock.lock(); defer { sizeLock.unlock() }; return cachedSize }
+    public var bypassesPageCache: Bool { cache.direct }
 
     public func close() {
         if fd >= 0 { Glibc.close(fd); fd = -1 }

@@ -129,12 +129,25 @@ final class VirtioBlockMergeTests: XCTestCase {
         XCTAssertEqual(try drv.queues[0].harvest().count, 40)
         XCTAssertEqual(exec.requests.count, 2)
         if case .read(let s, _) = exec.requests[0] { XCTAssertEqual(s.count, MergedTransfer.maxRequests) } else { XCTFail() }
-        // An executor that runs requests in parallel (the worker pool) gets them one by one.
-        exec.requests.removeAll()
-        exec.merges = false
-        _ = try queueRequests(drv, (0..<4).map { (0, UInt64($0), 0x300000 + 0x1000 * UInt64($0), 512) })
-        drv.kick(0)
-        XCTAssertEqual(try drv.queues[0].harvest().count, 4)
-        XCTAssertEqual(exec.requests.count, 4)
+    }
+
+    /// The worker pool gets page-cache requests one by one (its threads copy them in parallel),
+    /// but an O_DIRECT backend's merged: each request there is a disk operation.
+    func testWorkerPoolStyleExecutorMergesOnlyForDirectBackends() throws {
+        for direct in [false, true] {
+            let exec = RecordingBlockExecutor()
+            exec.merges = false
+            let disk = MemoryBlockDevice(size: 1 << 20)
+            disk.direct = direct
+            let (_, drv) = try makeDisk(disk, executor: exec)
+            try probe(drv)
+            _ = try queueRequests(drv, (0..<4).map { (0, UInt64($0), 0x300000 + 0x1000 * UInt64($0), 512) })
+            drv.kick(0)
+            XCTAssertEqual(try drv.queues[0].harvest().count, 4)
+            XCTAssertEqual(exec.requests.count, direct ? 1 : 4, "direct: \(direct)")
+            pio = Bus(name: "pio"); mmio = Bus(name: "mmio")
+            bridge = PCIHostBridge(pio: pio, mmio: mmio)
+            try bridge.attach(ecamBase: 0xE000_0000, busCount: 1)
+        }
     }
 }

@@ -9,6 +9,9 @@ final class MemoryBlockDevice: BlockDevice {
     let isReadOnly: Bool
     var flushes = 0
     var discards: [(UInt64, UInt64)] = []
+    /// Stands for an O_DIRECT file (cache=none).
+    var direct = false
+    var bypassesPageCache: Bool { direct }
     init(size: Int, readOnly: Bool = false) { bytes = [UInt8](repeating: 0, count: size); isReadOnly = readOnly }
     var size: UInt64 { UInt64(bytes.count) }
     func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(BlockError) {

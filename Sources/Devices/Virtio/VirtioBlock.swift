@@ -45,12 +45,17 @@ public final class VirtioBlock: VirtioDevice {
     private var merging: MergedTransfer?
     /// Requests that joined the transfer of the request before them (tests, KEEL_DEBUG_VIRTIO).
     public private(set) var mergedRequests: UInt64 = 0
+    /// Whether sequential requests are merged: where the executor asks for it, and where each
+    /// request is a disk operation (O_DIRECT). Linux splits a 1 MiB O_DIRECT read at seg_max
+    /// into 1016 KiB + 8 KiB; unmerged, the 8 KiB one costs a whole disk round trip.
+    private let mergesTransfers: Bool
 
     public init(backend: BlockDevice, configuration: Configuration, executor: VirtioRequestExecutor) {
         precondition(configuration.queueCount >= 1 && configuration.queueSize >= 4)
         self.backend = backend
         self.configuration = configuration
         self.executor = executor
+        mergesTransfers = executor.mergesSequentialRequests || backend.bypassesPageCache
         var w = [UInt8](repeating: 0, count: 64)
         func put(_ offset: Int, _ bytes: Int, _ v: UInt64) { for i in 0..<bytes { w[offset + i] = UInt8(truncatingIfNeeded: v >> (8 * UInt64(i))) } }
         put(0, 8, backend.size / Self.sectorSize)                 // capacity
@@ -181,11 +186,11 @@ public final class VirtioBlock: VirtioDevice {
     }
 
     /// Queues a checked read or write, merged with the one before it when it continues it on
-    /// the disk (QEMU's virtio_blk_submit_multireq) and the executor wants that: one io_uring
-    /// operation for a run of sequential requests.
+    /// the disk (QEMU's virtio_blk_submit_multireq) when `mergesTransfers`: one io_uring
+    /// operation, or one preadv/pwritev, for a run of sequential requests.
     private func enqueueTransfer(_ t: VirtioTransport, isRead: Bool, offset: UInt64, length: UInt64,
                                  segments: [UnsafeMutableRawBufferPointer], finish: @escaping (UInt8) -> Void) {
-        if !executor.mergesSequentialRequests {
+        if !mergesTransfers {
             return submitTransfer(t, MergedTransfer(isRead: isRead, offset: offset, length: length, segments: segments, finish: finish))
         }
         if var m = merging {
