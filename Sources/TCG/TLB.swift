@@ -32,7 +32,7 @@ extension X86CPU {
     /// Drops every entry, or every non-global one (a CR3 write with CR4.PGE): those filled
     /// since the last flush, the only ones that can hold anything.
     public func flushTLB(global: Bool) {
-        virtualJumpCache.flush()
+        virtualJumpCache.flush(keepGlobal: !global)
         var kept = 0
         for j in 0..<tlbFilledCount {
             let k = Int(tlbFilled[j])
@@ -48,7 +48,7 @@ extension X86CPU {
 
     /// INVLPG: drops the entry for one linear page (both privilege tags share the slot).
     func flushTLBPage(_ linear: UInt64) {
-        virtualJumpCache.flush()
+        virtualJumpCache.flushPage(linear)
         let e = tlbSlot(linear)
         let listed = e.pointee.listed
         e.pointee = TLBEntry()

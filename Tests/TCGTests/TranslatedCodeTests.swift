@@ -1,4 +1,5 @@
 import XCTest
+import Synchronization
 @testable import TCG
 
 /// Translated code (JIT/) against the interpreter: generated programs of the forms the
@@ -240,12 +241,14 @@ final class TranslatedCodeTests: XCTestCase {
 
     /// Returns and indirect calls find blocks by linear RIP (VirtualJumpCache): after the
     /// mapping of that RIP changes (a CR3 switch, or the PTE rewritten and INVLPG), an indirect
-    /// call to it runs the newly mapped code.
+    /// call to it runs the newly mapped code. A global page's mapping (CR4.PGE) outlives the CR3
+    /// switch, in the jump cache as in the TLB (SDM Vol. 3 §4.10.4.1), but not INVLPG.
     func testIndirectCallsFollowAChangedMapping() throws {
-        for invlpg in [false, true] {
+        for (invlpg, global) in [(false, false), (true, false), (false, true), (true, true)] {
             for translated in [false, true] {
                 let r = try EmulatedRunner(translated: translated)
                 let m = r.memory
+                if global { r.cpu.st.pointee.cr4 |= CR4.pge }
                 let linear: UInt64 = 256 << 30   // PML4 0, PDPT 256, PD 0, PT 0
                 // A second root with the same identity GiB, and `linear` mapped to 0x31000; the
                 // first root maps it to 0x30000.
@@ -255,7 +258,7 @@ final class TranslatedCodeTests: XCTestCase {
                         [(EmulatedRunner.pdpt, 0x44000, 0x45000, 0x30000), (0x41000, 0x42000, 0x43000, 0x31000)] {
                     try m.store(pd | 7, at: pdpt + 8 * 256)
                     try m.store(pt | 7, at: pd)
-                    try m.store(page | 7, at: pt)
+                    try m.store(page | 7 | (global ? 0x100 : 0), at: pt)
                 }
                 try m.write([0xB8, 1, 0, 0, 0, 0xC3], at: 0x30000)   // mov eax, 1; ret
                 try m.write([0xB8, 2, 0, 0, 0, 0xC3], at: 0x31000)   // mov eax, 2; ret
@@ -278,7 +281,7 @@ final class TranslatedCodeTests: XCTestCase {
                 regs.gpr[4] = EmulatedRunner.dataAddress + 0x8000
                 let (out, exit) = try r.run(code, regs, budget: 100_000)
                 XCTAssertEqual(exit, .haltedForever)
-                XCTAssertEqual(out.gpr[8], 3 * 1 + 3 * 2, "invlpg \(invlpg), translated \(translated)")
+                XCTAssertEqual(out.gpr[8], 3 * 1 + 3 * (global && !invlpg ? 1 : 2), "invlpg \(invlpg), global \(global), translated \(translated)")
             }
         }
     }
@@ -296,5 +299,34 @@ final class TranslatedCodeTests: XCTestCase {
         XCTAssertEqual(interpreted.regs.gpr[9], 150)
         XCTAssertEqual(translated, interpreted)
         XCTAssertNotEqual(r.cpu.st.pointee.rflags & RFlags.if, 0)
+    }
+
+    /// The jump cache's own flushes: a CR3 write (non-global flush) keeps entries filled through
+    /// global pages, a full flush does not, and INVLPG empties only its page's entries.
+    func testVirtualJumpCacheKeepsGlobalEntriesAcrossNonGlobalFlushes() {
+        let cache = VirtualJumpCache()
+        cache.reset(slowPath: 0x1000)
+        let word = UnsafeMutablePointer<Atomic<UInt32>>.allocate(capacity: 1)
+        defer { word.deallocate() }
+        let kernel: UInt64 = 0xFFFF_FFFF_8100_0040, kernel2: UInt64 = 0xFFFF_FFFF_8100_2000, user: UInt64 = 0x40_1000
+        func present(_ la: UInt64, _ u: UInt64) -> Bool { cache.entries[VirtualJumpCache.index(la, user: u)].linear == la }
+        func fillAll() {
+            cache.fill(linear: kernel, user: 0, code: 0x2000, word: word, tag: 1, global: true)
+            cache.fill(linear: kernel2, user: 0, code: 0x3000, word: word, tag: 1, global: true)
+            cache.fill(linear: user, user: 1, code: 0x4000, word: word, tag: 1, global: false)
+        }
+        fillAll()
+        cache.flush(keepGlobal: true)
+        XCTAssertTrue(present(kernel, 0) && present(kernel2, 0))
+        XCTAssertFalse(present(user, 1))
+        XCTAssertEqual(cache.entries[VirtualJumpCache.index(user, user: 1)].code, 0x1000, "an emptied entry leads to the slow path")
+        cache.flushPage(kernel2 + 0x123)
+        XCTAssertTrue(present(kernel, 0))
+        XCTAssertFalse(present(kernel2, 0))
+        // A kept entry is still listed: the next full flush empties it.
+        fillAll()
+        cache.flush(keepGlobal: true)
+        cache.flush()
+        XCTAssertFalse(present(kernel, 0) || present(kernel2, 0) || present(user, 1))
     }
 }

@@ -132,7 +132,8 @@ extension X86CPU {
             offset = slot.pointee.code
         }
         let code = UInt64(UInt(bitPattern: base)) &+ UInt64(offset)
-        virtualJumpCache.fill(linear: la, user: st.pointee.userTag, code: code, word: codePageWords + Int(truncatingIfNeeded: page), tag: word)
+        virtualJumpCache.fill(linear: la, user: st.pointee.userTag, code: code, word: codePageWords + Int(truncatingIfNeeded: page),
+                              tag: word, global: tlbEntry(tlb, la).pointee.global)
         return code
     }
 

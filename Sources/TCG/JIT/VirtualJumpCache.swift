@@ -4,8 +4,10 @@ import Synchronization
 /// at the indirect exit (TranslatedCode.emitJumpCacheProbe) without leaving translated code: a
 /// guest linear RIP, per privilege (one half each), to its block's host code, valid while the
 /// block's page keeps its CodePageMap word. Linear addresses stand for physical ones only until
-/// the mapping may change, so the cache empties with every TLB flush (INVLPG, CR3, paging
-/// controls) and with the translations (QEMU's tb_jmp_cache, flushed with its TLB).
+/// the mapping may change, so the cache empties with the TLB (CR3, paging controls; INVLPG
+/// empties the page's entries) and with the translations (QEMU's tb_jmp_cache, flushed with its
+/// TLB). Like the TLB, it keeps entries reached through a global page across a CR3 write: the
+/// kernel's code stays cached across context switches.
 struct VirtualJumpCacheEntry {
     var linear: UInt64 = 0
     /// Host address of the block's translated code; in an empty entry, the lookup's slow path.
@@ -27,6 +29,8 @@ final class VirtualJumpCache {
     /// The entries filled since the last flush (each once), so a flush costs what was used.
     private let listed: UnsafeMutablePointer<Bool>
     private let filled: UnsafeMutablePointer<UInt16>
+    /// Whether the entry's code page was reached through a global TLB entry (SDM Vol. 3 §4.10.2.4).
+    private let global: UnsafeMutablePointer<Bool>
     private var filledCount = 0
     /// Where an empty entry leads (the lookup's slow path); set when translated code exists.
     private var missCode: UInt64 = 0
@@ -37,6 +41,8 @@ final class VirtualJumpCache {
         listed = .allocate(capacity: Self.count)
         listed.initialize(repeating: false, count: Self.count)
         filled = .allocate(capacity: Self.count)
+        global = .allocate(capacity: Self.count)
+        global.initialize(repeating: false, count: Self.count)
         for k in 0..<Self.count { empty(k) }
     }
 
@@ -44,6 +50,7 @@ final class VirtualJumpCache {
         entries.deallocate()
         listed.deallocate()
         filled.deallocate()
+        global.deallocate()
     }
 
     /// Empties every entry, pointing them at `slowPath` (translated code was made or dropped).
@@ -53,21 +60,46 @@ final class VirtualJumpCache {
         filledCount = 0
     }
 
-    /// Empties the entries filled since the last flush.
-    func flush() {
+    /// Empties the entries filled since the last flush, or (a CR3 write with CR4.PGE) those
+    /// not reached through a global page.
+    func flush(keepGlobal: Bool = false) {
+        var kept = 0
         for j in 0..<filledCount {
             let k = Int(filled[j])
-            empty(k)
-            listed[k] = false
+            if keepGlobal && global[k] {
+                filled[kept] = filled[j]
+                kept += 1
+            } else {
+                empty(k)
+                listed[k] = false
+            }
         }
-        filledCount = 0
+        filledCount = kept
+    }
+
+    /// INVLPG: empties the entries whose block starts on `linear`'s page (blocks that cross a
+    /// page are never entered here).
+    func flushPage(_ linear: UInt64) {
+        let page = linear >> 12
+        var kept = 0
+        for j in 0..<filledCount {
+            let k = Int(filled[j])
+            if entries[k].linear >> 12 == page {
+                empty(k)
+                listed[k] = false
+            } else {
+                filled[kept] = filled[j]
+                kept += 1
+            }
+        }
+        filledCount = kept
     }
 
     @inline(__always) static func index(_ linear: UInt64, user: UInt64) -> Int {
         Int(truncatingIfNeeded: ((linear &+ (linear >> 12)) & UInt64(half - 1)) | (user & 1) << UInt64(indexBits))
     }
 
-    func fill(linear: UInt64, user: UInt64, code: UInt64, word: UnsafeMutablePointer<Atomic<UInt32>>, tag: UInt32) {
+    func fill(linear: UInt64, user: UInt64, code: UInt64, word: UnsafeMutablePointer<Atomic<UInt32>>, tag: UInt32, global isGlobal: Bool) {
         guard missCode != 0 else { return }
         let k = Self.index(linear, user: user)
         if !listed[k] {
@@ -75,6 +107,7 @@ final class VirtualJumpCache {
             filled[filledCount] = UInt16(truncatingIfNeeded: k)
             filledCount += 1
         }
+        global[k] = isGlobal
         entries[k] = VirtualJumpCacheEntry(linear: linear, code: code, word: UInt64(UInt(bitPattern: word)), tag: tag)
     }
 
