@@ -286,6 +286,25 @@ final class TranslatedCodeTests: XCTestCase {
         }
     }
 
+    /// A store whose TLB lookup may change the host's flags (an XOR sets them all after it)
+    /// faults with the guest's flags of the CMP before it, as interpreted, and a miss in the
+    /// middle of such a region (the first store's page is mapped, the loads hit) resumes with
+    /// them too.
+    func testFaultInsideAFlagChangingLookupRegionHasTheGuestsFlags() throws {
+        let body: [UInt8] = [0x48, 0x81, 0xC3, 0x00, 0x00, 0x00, 0x10,  // add rbx, 0x10000000
+                             0x49, 0x81, 0xFF, 0xE8, 0x03, 0x00, 0x00,  // cmp r15, 1000: CF, SF
+                             0x4C, 0x8B, 0x0C, 0x24,                    // mov r9, [rsp]
+                             0x4C, 0x89, 0x03,                          // mov [rbx], r8
+                             0x4C, 0x89, 0x0C, 0x24,                    // mov [rsp], r9
+                             0x31, 0xC0]                                // xor eax, eax
+        let code = program(body, loops: 100)
+        let (interpreted, _) = try run(code, RegisterFile(), data: [0], translated: false)
+        let (translated, _) = try run(code, RegisterFile(), data: [0], translated: true)
+        XCTAssertEqual(interpreted.exit, .tripleFault)
+        XCTAssertEqual(interpreted.regs.rflags & (RFlags.cf | RFlags.sf), RFlags.cf | RFlags.sf)
+        XCTAssertEqual(translated, interpreted)
+    }
+
     /// STI inside a translated loop (no interrupt pending) lets translated code go on: the same
     /// registers, flags and retired count as interpreted, with IF set at the end.
     func testSTIInATranslatedLoop() throws {

@@ -16,15 +16,32 @@ struct BlockTranslator {
     let interpreter: UInt64
     var offsets: [Int] = []
     /// An out-of-line path: the interpreter runs instruction k, entered from `sites`, then
-    /// translated code resumes at `resume` (-1: exits). `flagsInR11`: the guest's flags were
-    /// saved in r11 before a check that changed them.
+    /// translated code resumes at `resume` (-1: exits). `flags`: where the guest's status flags
+    /// are when it is entered.
     struct Cold {
+        enum Flags {
+            /// In the host's RFLAGS.
+            case host
+            /// A PUSHF image in r11, saved before a check that changed them.
+            case r11
+            /// LAHF's AH and SETO's AL in r11, saved before a TLB lookup that changed them.
+            case r11AX
+        }
         var k: Int
         var sites: [Int]
         var resume: Int
-        var flagsInR11 = false
+        var flags = Flags.host
     }
     var colds: [Cold] = []
+    /// Per instruction: its TLB lookup may change the host's flags (`lookupMayChangeFlags`).
+    var lookupChangesFlags: [Bool] = []
+    /// Per instruction: its lookup changed the flags, whose guest values r11 keeps (its cold
+    /// paths take them from there).
+    var flagsInR11AX: [Bool] = []
+    /// r11 holds the guest's flags (LAHF's AH, SETO's AL) while the host's are the lookups'.
+    var flagsSaved = false
+    /// The instruction being emitted.
+    var current = 0
 
     init(assembler: A, insns: UnsafeMutablePointer<Instruction>, count: Int, pageOffset: Int,
          code: TranslatedCode, interpreter: UInt64) {
@@ -60,6 +77,61 @@ struct BlockTranslator {
         }
     }
 
+    /// What an instruction does with CF, PF, AF, ZF, SF and OF, for `lookupMayChangeFlags`.
+    enum FlagUse {
+        /// Neither reads nor writes any of them.
+        case none
+        /// Sets all six without reading them (undefined ones included: ADD OR AND SUB XOR CMP
+        /// TEST NEG).
+        case writesAll
+        /// Anything else: reads some, or writes some and keeps others (INC, DEC, shifts, and
+        /// IMUL, whose undefined ones are this host's and may be those before it).
+        case other
+    }
+
+    static func flagUse(_ i: Instruction) -> FlagUse {
+        guard isNative(i) else { return .other }
+        let alu: FlagUse = i.sub & 7 == 2 || i.sub & 7 == 3 ? .other : .writesAll  // ADC, SBB read CF
+        switch i.fast {
+        case FastForm.aluToRM, FastForm.aluToReg, FastForm.aluImm, FastForm.aluLoad: return alu
+        case FastForm.cmpMemReg, FastForm.cmpMemImm, FastForm.testRegReg, FastForm.testRegImm,
+             FastForm.testLoadImm:
+            return .writesAll
+        case FastForm.movToRM, FastForm.movToReg, FastForm.load, FastForm.store, FastForm.movImm,
+             FastForm.storeImm, FastForm.lea, FastForm.movzxReg, FastForm.movzxLoad, FastForm.movsxReg,
+             FastForm.movsxLoad, FastForm.movsxdReg, FastForm.movsxdLoad, FastForm.push64, FastForm.pop64,
+             FastForm.nop:
+            return .none
+        case FastForm.none:
+            switch i.op {
+            case .aluRMReg, .aluRMImm: return alu
+            case .negRM: return .writesAll
+            case .notRM: return .none
+            default: return .other
+            }
+        default: return .other
+        }
+    }
+
+    /// Per instruction, whether its TLB lookup may change the host's flags (the guest's are
+    /// there): when the guest's flags are set anew before anything reads them, by the
+    /// instruction itself or by a later one with only flag-free instructions in between (a
+    /// region). The first lookup of a region saves the guest's flags in r11 (LAHF, SETO), and
+    /// every cold path in it hands the interpreter those: a fault is as precise as interpreted.
+    static func lookupMayChangeFlags(_ insns: UnsafeMutablePointer<Instruction>, _ n: Int) -> [Bool] {
+        var may = [Bool](repeating: false, count: n)
+        var writerAhead = false   // instructions k + 1... reach a writer through flag-free ones
+        for k in stride(from: n - 1, through: 0, by: -1) {
+            switch flagUse(insns[k]) {
+            case .writesAll: writerAhead = true
+            case .none: break
+            case .other: writerAhead = false
+            }
+            may[k] = writerAhead
+        }
+        return may
+    }
+
     /// Worth translating: at least one instruction becomes host code.
     static func worthTranslating(_ insns: UnsafeMutablePointer<Instruction>, _ n: Int) -> Bool {
         for k in 0..<n where isNative(insns[k]) { return true }
@@ -72,10 +144,16 @@ struct BlockTranslator {
     mutating func translate() -> Int? {
         var off = 0
         for k in 0..<n { offsets.append(off); off += Int(insns[k].length) }
+        lookupChangesFlags = Self.lookupMayChangeFlags(insns, n)
+        flagsInR11AX = [Bool](repeating: false, count: n)
+        flagsSaved = false
         let start = a.pos
         a.lea(A.r14, A.Mem(A.r14, n))
         for k in 0..<n {
+            current = k
             if Self.isNative(insns[k]) { emitNative(k) } else { emitInterpreted(k) }
+            // A writer ends the region: the host's flags are the guest's again.
+            if Self.flagUse(insns[k]) != .none { flagsSaved = false }
         }
         // A block that ends without a branch (size limit, page end) falls through.
         if n > 0, !endsWithBranch { exitStub(delta: offsets[n - 1] + Int(insns[n - 1].length)) }
@@ -135,7 +213,8 @@ struct BlockTranslator {
     /// address; a miss, MMIO or a page-crossing access jumps to the cold path (`sites`). Only
     /// LEA, MOV, NOT, JRCXZ and BMI2 shifts: the guest's flags in the host's RFLAGS stay as
     /// they are (clobbers rcx, rdx, rdi, r8-r10).
-    mutating func tlb(bytes: Int, write: Bool, cold: inout [Int]) {
+    mutating func tlb(bytes: Int, write: Bool, cold: inout [Int], changingFlags: Bool = false) {
+        if changingFlags { return tlbChangingFlags(bytes: bytes, write: write, cold: &cold) }
         a.movImm64(A.r8, 12)
         a.shiftx(.shrx, A.rdi, A.rsi, count: A.r8)
         a.lea(A.rdx, A.Mem(A.rsi, bytes - 1))   // a tag from the last byte: page-crossing misses
@@ -163,11 +242,43 @@ struct BlockTranslator {
         a.lea(A.rsi, A.Mem(A.rsi, index: A.rdx, scale: 0, disp: 0))
     }
 
+    /// `tlb` where it may change the flags (`lookupMayChangeFlags`): SHR, AND, CMP/JNE and
+    /// TEST/JZ instead of the flag-free detours, about two thirds of the instructions (clobbers
+    /// rax, rdx, rdi, and r11 in a region's first lookup).
+    mutating func tlbChangingFlags(bytes: Int, write: Bool, cold: inout [Int]) {
+        flagsInR11AX[current] = true
+        if !flagsSaved { saveFlagsInR11(&a); flagsSaved = true }
+        a.movRR(A.rdi, A.rsi)
+        a.shift(digit: 5, size: 3, A.rdi, count: 12)                     // shr rdi, 12
+        a.lea(A.rdx, A.Mem(A.rsi, bytes - 1))
+        a.shift(digit: 5, size: 3, A.rdx, count: 12)                     // the last byte's page
+        a.aluImm(4, size: 2, dst: A.rdi, UInt64(TLBEntry.count - 1))      // and edi: the index
+        a.lea(A.rdi, A.Mem(A.rdi, index: A.rdi, scale: 1, disp: 0))      // * 3
+        a.shift(digit: 4, size: 3, A.rdi, count: 4)                      // * 48
+        a.aluRR(0, size: 3, dst: A.rdi, src: A.r15)                      // + TLB
+        a.aluRR(0, size: 3, dst: A.rdx, src: A.rdx)
+        a.mem(0x0B, size: 3, reg: A.rdx, A.Mem(A.rbx, JITLayout.userTag))  // or: page << 1 | user
+        a.mem(0x3B, size: 3, reg: A.rdx, A.Mem(A.rdi, write ? JITLayout.tlbWriteTag : JITLayout.tlbReadTag))
+        cold.append(a.jcc(5))                                            // jne: miss
+        a.load(A.rdx, A.Mem(A.rdi, JITLayout.tlbHost), size: 3)
+        a.testRR(size: 3, A.rdx, A.rdx)
+        cold.append(a.jcc(4))                                            // jz: MMIO
+        a.aluImm(4, size: 2, dst: A.rsi, 0xFFF)                          // and esi: offset in page
+        a.aluRR(0, size: 3, dst: A.rsi, src: A.rdx)
+    }
+
+    /// r11 = the host's status flags as LAHF's AH and SETO's AL (clobbers rax).
+    func saveFlagsInR11(_ a: inout A) {
+        a.byte(0x9F)                                                     // lahf
+        a.byte(0x0F); a.byte(0x90); a.byte(0xC0)                         // seto al
+        a.movRR(A.r11, A.rax, size: 2)
+    }
+
     /// Address + TLB for instruction k's memory operand; returns the cold-path jump sites.
     mutating func memoryOperand(_ k: Int, bytes: Int, write: Bool) -> [Int] {
         address(k, segment: true)
         var sites: [Int] = []
-        tlb(bytes: bytes, write: write, cold: &sites)
+        tlb(bytes: bytes, write: write, cold: &sites, changingFlags: lookupChangesFlags[k])
         return sites
     }
 
@@ -227,7 +338,18 @@ struct BlockTranslator {
     /// A cold path: the interpreter runs instruction k (its memory access missed the TLB).
     mutating func emitCold(_ c: Cold) {
         for s in c.sites { a.patch(s, to: a.pos) }
-        if !c.flagsInR11 { a.pushfq(); a.pop(A.r11) }
+        switch c.flags {
+        case .host: a.pushfq(); a.pop(A.r11)
+        case .r11: break
+        case .r11AX:
+            // r11 = AH (SF ZF AF PF CF at their RFLAGS bits) | AL (OF) << 11
+            a.movRR(A.rax, A.r11, size: 2)
+            a.shift(digit: 5, size: 2, A.r11, count: 8)
+            a.rr(0x0FB6, size: 2, reg: A.r11, rm: A.r11)
+            a.aluImm(4, size: 2, dst: A.rax, 1)
+            a.shift(digit: 4, size: 2, A.rax, count: 11)
+            a.aluRR(1, size: 2, dst: A.r11, src: A.rax)
+        }
         TranslatedCode.storeFlags(&a)
         callInterpreter(c.k)
         let bail = a.jcc(5)
@@ -236,6 +358,9 @@ struct BlockTranslator {
             return
         }
         TranslatedCode.loadFlags(&a, from: A.Mem(A.rbx, JITLayout.rflags))
+        // Back into a region: its later cold paths take the guest's flags from r11 (the call
+        // clobbered it).
+        if c.flags == .r11AX { saveFlagsInR11(&a) }
         a.jmp(to: c.resume)
         exitAfterInterpreter(c.k, from: [bail], last: true)
     }

@@ -126,6 +126,6 @@ extension BlockTranslator {
         storeGuest(Reg.rax, A.rax, size)
         storeGuest(Reg.rdx, A.rdx, size)
         colds.append(Cold(k: k, sites: sites, resume: a.pos))
-        colds.append(Cold(k: k, sites: [overflow], resume: a.pos, flagsInR11: true))
+        colds.append(Cold(k: k, sites: [overflow], resume: a.pos, flags: .r11))
     }
 }

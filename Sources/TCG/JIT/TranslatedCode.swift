@@ -69,8 +69,9 @@ final class TranslatedCode {
 
     /// lookup(cpu, rip) -> the translated entry for that RIP, or 0 (X86CPU.translatedEntryLookup).
     init?(lookup: UInt64) {
-        // The inline TLB lookup hard-codes the entry stride and count, and uses BMI2's shifts.
-        guard JITLayout.tlbStride == 48, TLBEntry.count == 1 << TLBEntry.indexBits, Self.hostHasBMI2 else { return nil }
+        // The inline TLB lookup hard-codes the entry stride and count, uses BMI2's shifts, and
+        // LAHF (in 64-bit mode a CPUID bit) to keep the guest's flags around a lookup that changes them.
+        guard JITLayout.tlbStride == 48, TLBEntry.count == 1 << TLBEntry.indexBits, Self.hostHasBMI2AndLAHF else { return nil }
         let p = mmap(nil, Self.capacity, PROT_READ | PROT_WRITE | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
         guard let p, p != MAP_FAILED else { return nil }
         base = p.assumingMemoryBound(to: UInt8.self)
@@ -86,8 +87,8 @@ final class TranslatedCode {
 
     deinit { munmap(base, Self.capacity) }
 
-    /// Whether this host CPU has BMI2 (/proc/cpuinfo's flags).
-    static let hostHasBMI2: Bool = {
+    /// Whether this host CPU has BMI2 and LAHF in 64-bit mode (/proc/cpuinfo's flags).
+    static let hostHasBMI2AndLAHF: Bool = {
         guard let f = fopen("/proc/cpuinfo", "r") else { return false }
         defer { fclose(f) }
         var line: UnsafeMutablePointer<CChar>? = nil
@@ -95,7 +96,10 @@ final class TranslatedCode {
         defer { free(line) }
         while getline(&line, &cap, f) > 0, let line {
             let s = String(cString: line)
-            if s.hasPrefix("flags") { return s.split(separator: " ").contains { $0 == "bmi2" || $0 == "bmi2\n" } }
+            if s.hasPrefix("flags") {
+                let flags = s.split(whereSeparator: { $0 == " " || $0 == "\n" })
+                return flags.contains("bmi2") && flags.contains("lahf_lm")
+            }
         }
         return false
     }()
