@@ -8,7 +8,7 @@
 # bench/blk/tsc-hz.c; both VMMs pass the TSC through). Interleaved, median of RUNS.
 #
 # Usage: bench/blk-kvm.sh [RUNS]   (default 3)
-# Environment: BLK_KVM_DEPTH (32), BLK_KVM_SEQ_N (1024 x 1 MiB), BLK_KVM_RAND_N (20000 x 4 KiB),
+# Environment: BLK_DIR (/dev/shm), BLK_KVM_DEPTH (32), BLK_KVM_SEQ_N (1024 x 1 MiB), BLK_KVM_RAND_N (20000 x 4 KiB),
 #   BLK_KVM_SEG (65536: data segment size of a 1 MiB request), BLK_KVM_OPTS
 #   ("aio=io_uring,cache=none,iothread=io0"; "default" for none), BLK_KVM_LOG (append consoles here),
 #   BLK_KVM_ROWS (comma-separated rows to run, e.g. "seqread,seqwrite"; all by default),
@@ -24,7 +24,11 @@ if [ -z "${KEEL:-}" ]; then
     swift build -c release --product keel 2>&1 | grep -E "error" && exit 1
     KEEL=$(swift build -c release --product keel --show-bin-path)/keel
 fi
-WORK=$(mktemp -d /var/tmp/keel-bench-blk-kvm.XXXXXX)
+# The images live in memory (tmpfs, which takes O_DIRECT too): the rows compare the two VMMs'
+# paths, not the host's disk, whose latency moved cache=none rows by +-30% between runs.
+# BLK_DIR=/var/tmp puts them on the disk.
+BLK_DIR=${BLK_DIR:-$( [ -d /dev/shm ] && echo /dev/shm || echo /var/tmp )}
+WORK=$(mktemp -d "$BLK_DIR/keel-bench-blk-kvm.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 bench/guests/build-guest.sh "$WORK/blk-bench.elf" bench/guests/blk-bench.gc >/dev/null
 gcc -O2 -o "$WORK/tsc-hz" bench/blk/tsc-hz.c

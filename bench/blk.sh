@@ -16,7 +16,7 @@
 # bench/blk-kvm.sh (the ring-3 polling device-path benchmark, its own BLK_KVM_* settings) with RUNS.
 #
 # Usage: bench/blk.sh [RUNS]   (median of RUNS interleaved runs, default 1)
-# Environment: BLK_SEQ_MIB (256), BLK_RAND_OPS (4000), BLK_VARIANTS, BLK_QEMU_MACHINE (pc),
+# Environment: BLK_DIR (/dev/shm), BLK_SEQ_MIB (256), BLK_RAND_OPS (4000), BLK_VARIANTS, BLK_QEMU_MACHINE (pc),
 # BLK_LOG_DIR (append each run's console to DIR/<vmm>.log)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,7 +27,11 @@ KEEL=$(swift build -c release --product keel --show-bin-path)/keel
 for tool in qemu-system-x86_64 qemu-img gcc; do
     command -v $tool >/dev/null || { echo "$tool missing (scripts/install-dependencies.sh)"; exit 2; }
 done
-WORK=$(mktemp -d /var/tmp/keel-bench-blk.XXXXXX)
+# The images live in memory (tmpfs, which takes O_DIRECT too): the rows compare the two VMMs'
+# paths, not the host's disk, whose latency moved cache=none rows by +-30% between runs.
+# BLK_DIR=/var/tmp puts them on the disk.
+BLK_DIR=${BLK_DIR:-$( [ -d /dev/shm ] && echo /dev/shm || echo /var/tmp )}
+WORK=$(mktemp -d "$BLK_DIR/keel-bench-blk.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 gcc -static -O2 -o "$WORK/blkrand" bench/blk/blkrand.c
 [ -e /dev/kvm ] && [ "${BLK_KVM:-1}" != 0 ] && bench/guests/build-guest.sh "$WORK/virtio-blk.elf" Tests/KeelTests/Guests/virtio-blk.gc >/dev/null
