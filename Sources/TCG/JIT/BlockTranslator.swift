@@ -38,7 +38,8 @@ struct BlockTranslator {
     /// Per instruction: its lookup changed the flags, whose guest values r11 keeps (its cold
     /// paths take them from there).
     var flagsInR11AX: [Bool] = []
-    /// r11 holds the guest's flags (LAHF's AH, SETO's AL) while the host's are the lookups'.
+    /// r11 holds the guest's flags (LAHF's AH, SETO's AL) while the host's are the lookups'
+    /// (`lookupMayChangeFlags`).
     var flagsSaved = false
     /// The instruction being emitted.
     var current = 0
@@ -114,22 +115,13 @@ struct BlockTranslator {
     }
 
     /// Per instruction, whether its TLB lookup may change the host's flags (the guest's are
-    /// there): when the guest's flags are set anew before anything reads them, by the
-    /// instruction itself or by a later one with only flag-free instructions in between (a
-    /// region). The first lookup of a region saves the guest's flags in r11 (LAHF, SETO), and
-    /// every cold path in it hands the interpreter those: a fault is as precise as interpreted.
+    /// there): when the instruction neither reads them nor keeps some (`flagUse` not `.other`).
+    /// The first such lookup saves the guest's flags in r11 (LAHF, SETO); from there until an
+    /// instruction sets all six, the host's are the lookups' and r11 has the guest's: every cold
+    /// path hands the interpreter those (a fault is as precise as interpreted), and before an
+    /// instruction that uses them, or the block's end, they are put back (`restoreFlags`).
     static func lookupMayChangeFlags(_ insns: UnsafeMutablePointer<Instruction>, _ n: Int) -> [Bool] {
-        var may = [Bool](repeating: false, count: n)
-        var writerAhead = false   // instructions k + 1... reach a writer through flag-free ones
-        for k in stride(from: n - 1, through: 0, by: -1) {
-            switch flagUse(insns[k]) {
-            case .writesAll: writerAhead = true
-            case .none: break
-            case .other: writerAhead = false
-            }
-            may[k] = writerAhead
-        }
-        return may
+        (0..<n).map { flagUse(insns[$0]) != .other }
     }
 
     /// Worth translating: at least one instruction becomes host code.
@@ -151,11 +143,14 @@ struct BlockTranslator {
         a.lea(A.r14, A.Mem(A.r14, n))
         for k in 0..<n {
             current = k
+            let use = Self.flagUse(insns[k])
+            if flagsSaved && use == .other { restoreFlags() }
             if Self.isNative(insns[k]) { emitNative(k) } else { emitInterpreted(k) }
-            // A writer ends the region: the host's flags are the guest's again.
-            if Self.flagUse(insns[k]) != .none { flagsSaved = false }
+            // One that sets all six makes the host's flags the guest's again.
+            if use == .writesAll { flagsSaved = false }
         }
         // A block that ends without a branch (size limit, page end) falls through.
+        if flagsSaved { restoreFlags() }
         if n > 0, !endsWithBranch { exitStub(delta: offsets[n - 1] + Int(insns[n - 1].length)) }
         for c in colds { emitCold(c) }
         return a.full ? nil : start
@@ -214,7 +209,8 @@ struct BlockTranslator {
     /// LEA, MOV, NOT, JRCXZ and BMI2 shifts: the guest's flags in the host's RFLAGS stay as
     /// they are (clobbers rcx, rdx, rdi, r8-r10).
     mutating func tlb(bytes: Int, write: Bool, cold: inout [Int], changingFlags: Bool = false) {
-        if changingFlags { return tlbChangingFlags(bytes: bytes, write: write, cold: &cold) }
+        // With the guest's flags in r11 the host's are not theirs: no reason to keep them.
+        if changingFlags || flagsSaved { return tlbChangingFlags(bytes: bytes, write: write, cold: &cold) }
         a.movImm64(A.r8, 12)
         a.shiftx(.shrx, A.rdi, A.rsi, count: A.r8)
         a.lea(A.rdx, A.Mem(A.rsi, bytes - 1))   // a tag from the last byte: page-crossing misses
@@ -244,7 +240,7 @@ struct BlockTranslator {
 
     /// `tlb` where it may change the flags (`lookupMayChangeFlags`): SHR, AND, CMP/JNE and
     /// TEST/JZ instead of the flag-free detours, about two thirds of the instructions (clobbers
-    /// rax, rdx, rdi, and r11 in a region's first lookup).
+    /// rax, rdx, rdi, and r11 when it saves the guest's flags there).
     mutating func tlbChangingFlags(bytes: Int, write: Bool, cold: inout [Int]) {
         flagsInR11AX[current] = true
         if !flagsSaved { saveFlagsInR11(&a); flagsSaved = true }
@@ -265,6 +261,15 @@ struct BlockTranslator {
         cold.append(a.jcc(4))                                            // jz: MMIO
         a.aluImm(4, size: 2, dst: A.rsi, 0xFFF)                          // and esi: offset in page
         a.aluRR(0, size: 3, dst: A.rsi, src: A.rdx)
+    }
+
+    /// The host's status flags from r11 (`saveFlagsInR11`): ADD sets OF from AL, SAHF the rest
+    /// from AH (clobbers rax).
+    mutating func restoreFlags() {
+        a.movRR(A.rax, A.r11, size: 2)
+        a.byte(0x04); a.byte(0x7F)                                       // add al, 0x7f
+        a.byte(0x9E)                                                     // sahf
+        flagsSaved = false
     }
 
     /// r11 = the host's status flags as LAHF's AH and SETO's AL (clobbers rax).
