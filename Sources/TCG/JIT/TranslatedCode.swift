@@ -83,6 +83,9 @@ final class TranslatedCode {
         a.jmp(to: indirectExit)
         used = a.pos
         firstBlock = a.pos
+        // The shared code is the same every time: a short jump out of reach is a bug here, not
+        // a full buffer (HostAssembler leaves such a jump 0 and only sets `full`).
+        precondition(!a.full, "the translated-code trampoline and exits do not fit their jumps")
     }
 
     deinit { munmap(base, Self.capacity) }
