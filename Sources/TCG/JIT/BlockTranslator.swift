@@ -33,13 +33,8 @@ struct BlockTranslator {
         var flags = Flags.host
     }
     var colds: [Cold] = []
-    /// Per instruction: its TLB lookup may change the host's flags (`lookupMayChangeFlags`).
-    var lookupChangesFlags: [Bool] = []
-    /// Per instruction: its lookup changed the flags, whose guest values r11 keeps (its cold
-    /// paths take them from there).
-    var flagsInR11AX: [Bool] = []
     /// r11 holds the guest's flags (LAHF's AH, SETO's AL) while the host's are the lookups'
-    /// (`lookupMayChangeFlags`).
+    /// (`lookupMayChangeFlags`); a cold path made meanwhile takes them from there.
     var flagsSaved = false
     /// The instruction being emitted.
     var current = 0
@@ -114,15 +109,18 @@ struct BlockTranslator {
         }
     }
 
-    /// Per instruction, whether its TLB lookup may change the host's flags (the guest's are
-    /// there): when the instruction neither reads them nor keeps some (`flagUse` not `.other`).
-    /// The first such lookup saves the guest's flags in r11 (LAHF, SETO); from there until an
-    /// instruction sets all six, the host's are the lookups' and r11 has the guest's: every cold
-    /// path hands the interpreter those (a fault is as precise as interpreted), and before an
-    /// instruction that uses them, or the block's end, they are put back (`restoreFlags`).
-    static func lookupMayChangeFlags(_ insns: UnsafeMutablePointer<Instruction>, _ n: Int) -> [Bool] {
-        (0..<n).map { flagUse(insns[$0]) != .other }
-    }
+    /// Whether the current instruction's TLB lookup may change the host's flags (the guest's are
+    /// there): when the instruction neither reads them nor keeps some (`flagUse` not `.other`),
+    /// or they are in r11 already. The first such lookup saves the guest's flags in r11 (LAHF,
+    /// SETO); from there until an instruction sets all six, the host's are the lookups' and r11
+    /// has the guest's: every cold path hands the interpreter those (a fault is as precise as
+    /// interpreted), and before an instruction that uses them, or the block's end, they are put
+    /// back (`restoreFlags`).
+    var lookupMayChangeFlags: Bool { flagsSaved || Self.flagUse(insns[current]) != .other }
+
+    /// Where a cold path made now finds the guest's flags (none of the checks before it changed
+    /// them but a TLB lookup).
+    var coldFlags: Cold.Flags { flagsSaved ? .r11AX : .host }
 
     /// Worth translating: at least one instruction becomes host code.
     static func worthTranslating(_ insns: UnsafeMutablePointer<Instruction>, _ n: Int) -> Bool {
@@ -136,8 +134,6 @@ struct BlockTranslator {
     mutating func translate() -> Int? {
         var off = 0
         for k in 0..<n { offsets.append(off); off += Int(insns[k].length) }
-        lookupChangesFlags = Self.lookupMayChangeFlags(insns, n)
-        flagsInR11AX = [Bool](repeating: false, count: n)
         flagsSaved = false
         let start = a.pos
         a.lea(A.r14, A.Mem(A.r14, n))
@@ -205,12 +201,11 @@ struct BlockTranslator {
     }
 
     /// The TLB lookup for `bytes` at the linear address in rsi: on a hit rsi becomes the host
-    /// address; a miss, MMIO or a page-crossing access jumps to the cold path (`sites`). Only
-    /// LEA, MOV, NOT, JRCXZ and BMI2 shifts: the guest's flags in the host's RFLAGS stay as
-    /// they are (clobbers rcx, rdx, rdi, r8-r10).
-    mutating func tlb(bytes: Int, write: Bool, cold: inout [Int], changingFlags: Bool = false) {
-        // With the guest's flags in r11 the host's are not theirs: no reason to keep them.
-        if changingFlags || flagsSaved { return tlbChangingFlags(bytes: bytes, write: write, cold: &cold) }
+    /// address; a miss, MMIO or a page-crossing access jumps to the cold path (`sites`). Unless
+    /// `lookupMayChangeFlags`, only LEA, MOV, NOT, JRCXZ and BMI2 shifts: the guest's flags in
+    /// the host's RFLAGS stay as they are (clobbers rcx, rdx, rdi, r8-r10).
+    mutating func tlb(bytes: Int, write: Bool, cold: inout [Int]) {
+        if lookupMayChangeFlags { return tlbChangingFlags(bytes: bytes, write: write, cold: &cold) }
         a.movImm64(A.r8, 12)
         a.shiftx(.shrx, A.rdi, A.rsi, count: A.r8)
         a.lea(A.rdx, A.Mem(A.rsi, bytes - 1))   // a tag from the last byte: page-crossing misses
@@ -242,8 +237,7 @@ struct BlockTranslator {
     /// TEST/JZ instead of the flag-free detours, about two thirds of the instructions (clobbers
     /// rax, rdx, rdi, and r11 when it saves the guest's flags there).
     mutating func tlbChangingFlags(bytes: Int, write: Bool, cold: inout [Int]) {
-        flagsInR11AX[current] = true
-        if !flagsSaved { saveFlagsInR11(&a); flagsSaved = true }
+        if !flagsSaved { Self.saveFlagsInR11(&a); flagsSaved = true }
         a.movRR(A.rdi, A.rsi)
         a.shift(digit: 5, size: 3, A.rdi, count: 12)                     // shr rdi, 12
         a.lea(A.rdx, A.Mem(A.rsi, bytes - 1))
@@ -263,17 +257,22 @@ struct BlockTranslator {
         a.aluRR(0, size: 3, dst: A.rsi, src: A.rdx)
     }
 
-    /// The host's status flags from r11 (`saveFlagsInR11`): ADD sets OF from AL, SAHF the rest
-    /// from AH (clobbers rax).
+    /// The guest's flags back in the host's, from r11: the region of changing lookups ends.
     mutating func restoreFlags() {
-        a.movRR(A.rax, A.r11, size: 2)
-        a.byte(0x04); a.byte(0x7F)                                       // add al, 0x7f
-        a.byte(0x9E)                                                     // sahf
+        Self.loadFlagsFromR11(&a)
         flagsSaved = false
     }
 
+    /// The host's status flags from r11 (`saveFlagsInR11`): ADD sets OF from AL, SAHF the rest
+    /// from AH (clobbers rax).
+    static func loadFlagsFromR11(_ a: inout A) {
+        a.movRR(A.rax, A.r11, size: 2)
+        a.byte(0x04); a.byte(0x7F)                                       // add al, 0x7f
+        a.byte(0x9E)                                                     // sahf
+    }
+
     /// r11 = the host's status flags as LAHF's AH and SETO's AL (clobbers rax).
-    func saveFlagsInR11(_ a: inout A) {
+    static func saveFlagsInR11(_ a: inout A) {
         a.byte(0x9F)                                                     // lahf
         a.byte(0x0F); a.byte(0x90); a.byte(0xC0)                         // seto al
         a.movRR(A.r11, A.rax, size: 2)
@@ -283,7 +282,7 @@ struct BlockTranslator {
     mutating func memoryOperand(_ k: Int, bytes: Int, write: Bool) -> [Int] {
         address(k, segment: true)
         var sites: [Int] = []
-        tlb(bytes: bytes, write: write, cold: &sites, changingFlags: lookupChangesFlags[k])
+        tlb(bytes: bytes, write: write, cold: &sites)
         return sites
     }
 
@@ -343,18 +342,10 @@ struct BlockTranslator {
     /// A cold path: the interpreter runs instruction k (its memory access missed the TLB).
     mutating func emitCold(_ c: Cold) {
         for s in c.sites { a.patch(s, to: a.pos) }
-        switch c.flags {
-        case .host: a.pushfq(); a.pop(A.r11)
-        case .r11: break
-        case .r11AX:
-            // r11 = AH (SF ZF AF PF CF at their RFLAGS bits) | AL (OF) << 11
-            a.movRR(A.rax, A.r11, size: 2)
-            a.shift(digit: 5, size: 2, A.r11, count: 8)
-            a.rr(0x0FB6, size: 2, reg: A.r11, rm: A.r11)
-            a.aluImm(4, size: 2, dst: A.rax, 1)
-            a.shift(digit: 4, size: 2, A.rax, count: 11)
-            a.aluRR(1, size: 2, dst: A.r11, src: A.rax)
-        }
+        // The PUSHF image storeFlags wants in r11: the host's flags, after putting the guest's
+        // back there when a lookup changed them.
+        if c.flags == .r11AX { Self.loadFlagsFromR11(&a) }
+        if c.flags != .r11 { a.pushfq(); a.pop(A.r11) }
         TranslatedCode.storeFlags(&a)
         callInterpreter(c.k)
         let bail = a.jcc(5)
@@ -365,7 +356,7 @@ struct BlockTranslator {
         TranslatedCode.loadFlags(&a, from: A.Mem(A.rbx, JITLayout.rflags))
         // Back into a region: its later cold paths take the guest's flags from r11 (the call
         // clobbered it).
-        if c.flags == .r11AX { saveFlagsInR11(&a) }
+        if c.flags == .r11AX { Self.saveFlagsInR11(&a) }
         a.jmp(to: c.resume)
         exitAfterInterpreter(c.k, from: [bail], last: true)
     }

@@ -144,7 +144,7 @@ extension BlockTranslator {
                 t.a.lea(A.rax, A.Mem(A.r12, t.offsets[k] + Int(i.length)))
                 t.a.store(A.Mem(A.rsi), A.rax, size: 3)
             }
-            colds.append(Cold(k: k, sites: sites, resume: -1, flags: flagsInR11AX[k] ? .r11AX : .host))
+            colds.append(Cold(k: k, sites: sites, resume: -1, flags: coldFlags))
             exitStub(delta: offsets[k] + Int(i.length) + Int(Int64(bitPattern: i.imm)))
         case FastForm.ret64:
             loadGuest(A.rsi, Reg.rsp, 3)
@@ -162,10 +162,10 @@ extension BlockTranslator {
             sites.append(a.jmp())
             adjustRSP(8)
             a.store(A.Mem(A.rbx, JITLayout.rip), A.rax, size: 3)
-            colds.append(Cold(k: k, sites: sites, resume: -1, flags: flagsInR11AX[k] ? .r11AX : .host))
+            colds.append(Cold(k: k, sites: sites, resume: -1, flags: coldFlags))
             a.jmp(to: code.indirectExit)
         case FastForm.push64:
-            let sites = pushToGuestStack(changingFlags: lookupChangesFlags[k]) { t in
+            let sites = pushToGuestStack { t in
                 t.loadGuest(A.rax, i.rm & 15, 3)
                 t.a.store(A.Mem(A.rsi), A.rax, size: 3)
             }
@@ -173,7 +173,7 @@ extension BlockTranslator {
         case FastForm.pop64:
             loadGuest(A.rsi, Reg.rsp, 3)
             var sites: [Int] = []
-            tlb(bytes: 8, write: false, cold: &sites, changingFlags: lookupChangesFlags[k])
+            tlb(bytes: 8, write: false, cold: &sites)
             a.load(A.rax, A.Mem(A.rsi), size: 3)
             adjustRSP(8)
             storeGuest(i.rm & 15, A.rax, 3)
@@ -185,7 +185,7 @@ extension BlockTranslator {
 
     /// Where instruction k's cold path returns: after its host code.
     mutating func resume(_ k: Int, _ sites: [Int]) {
-        colds.append(Cold(k: k, sites: sites, resume: a.pos, flags: flagsInR11AX[k] ? .r11AX : .host))
+        colds.append(Cold(k: k, sites: sites, resume: a.pos, flags: coldFlags))
     }
 
     mutating func aluRegisters(_ op: UInt8, _ size: UInt8, dst: UInt8, src: UInt8) {
@@ -217,11 +217,11 @@ extension BlockTranslator {
 
     /// A 64-bit push: the TLB lookup for RSP - 8 (rsi then the host address), `store` writing
     /// the value there (rax and r11 are free for it), RSP lowered. Returns the cold-path sites.
-    mutating func pushToGuestStack(changingFlags: Bool = false, _ store: (inout BlockTranslator) -> Void) -> [Int] {
+    mutating func pushToGuestStack(_ store: (inout BlockTranslator) -> Void) -> [Int] {
         loadGuest(A.rsi, Reg.rsp, 3)
         a.lea(A.rsi, A.Mem(A.rsi, -8))
         var sites: [Int] = []
-        tlb(bytes: 8, write: true, cold: &sites, changingFlags: changingFlags)
+        tlb(bytes: 8, write: true, cold: &sites)
         store(&self)
         adjustRSP(-8)
         return sites

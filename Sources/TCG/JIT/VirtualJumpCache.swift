@@ -63,28 +63,22 @@ final class VirtualJumpCache {
     /// Empties the entries filled since the last flush, or (a CR3 write with CR4.PGE) those
     /// not reached through a global page.
     func flush(keepGlobal: Bool = false) {
-        var kept = 0
-        for j in 0..<filledCount {
-            let k = Int(filled[j])
-            if keepGlobal && global[k] {
-                filled[kept] = filled[j]
-                kept += 1
-            } else {
-                empty(k)
-                listed[k] = false
-            }
-        }
-        filledCount = kept
+        empty { k in !(keepGlobal && global[k]) }
     }
 
     /// INVLPG: empties the entries whose block starts on `linear`'s page (blocks that cross a
     /// page are never entered here).
     func flushPage(_ linear: UInt64) {
         let page = linear >> 12
+        empty { k in entries[k].linear >> 12 == page }
+    }
+
+    /// Empties the filled entries `chosen` picks; the others stay listed.
+    private func empty(where chosen: (Int) -> Bool) {
         var kept = 0
         for j in 0..<filledCount {
             let k = Int(filled[j])
-            if entries[k].linear >> 12 == page {
+            if chosen(k) {
                 empty(k)
                 listed[k] = false
             } else {
