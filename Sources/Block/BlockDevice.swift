@@ -25,6 +25,12 @@ public protocol BlockDevice: AnyObject {
     /// Whether data transfers go to the disk without the host's page cache (cache=none,
     /// O_DIRECT): each request is then a disk operation, so fewer, larger ones are cheaper.
     var bypassesPageCache: Bool { get }
+    /// Reads the request only where that waits for no disk: every byte already in the host's
+    /// page cache and no metadata to read (preadv2 RWF_NOWAIT). True when the buffers hold the
+    /// data; false when the caller must use `readVectored` on a thread that may block (the
+    /// buffers may then hold part of it). Lets a loop finish a cached read without a thread
+    /// hand-off, as io_uring does for its own submissions.
+    func readVectoredIfCached(into segments: [UnsafeMutableRawBufferPointer], at offset: UInt64) -> Bool
     func close()
 }
 
@@ -53,6 +59,7 @@ public struct BlockError: Error, Equatable, CustomStringConvertible {
 
 extension BlockDevice {
     public var bypassesPageCache: Bool { false }
+    public func readVectoredIfCached(into segments: [UnsafeMutableRawBufferPointer], at offset: UInt64) -> Bool { false }
 
     public func readVectored(into segments: [UnsafeMutableRawBufferPointer], at offset: UInt64) throws(BlockError) {
         var at = offset

@@ -304,6 +304,39 @@ extension Qcow2Image {
         return true
     }
 
+    /// A read whose clusters are all in place (the L2 tables cached, nothing from a backing file
+    /// or compressed) and whose data is in the page cache; false for anything else.
+    public func readVectoredIfCached(into segments: [UnsafeMutableRawBufferPointer], at offset: UInt64) -> Bool {
+        guard !file.cache.direct || file.isInMemoryFileSystem, let total = totalLength(segments), total > 0,
+              (try? checkRange(offset: offset, length: UInt64(total))) != nil else { return false }
+        lock.lock()
+        let mapped = !closed && l2TablesCachedLocked(offset, total)
+        lock.unlock()
+        guard mapped else { return false }
+        var extents: [BlockHostExtent] = []
+        guard beginDirectIO(offset: offset, length: total, isWrite: false, into: &extents) else { return false }
+        defer { endDirectIO() }
+        for e in extents {
+            if let h = e.hostOffset {
+                guard file.readIfCached(segments, from: e.requestOffset, count: e.length, at: h) else { return false }
+            } else {
+                zeroSegments(segments, from: e.requestOffset, count: e.length)
+            }
+        }
+        return true
+    }
+
+    /// Whether mapping [offset, offset + length) reads no L2 table from the file.
+    private func l2TablesCachedLocked(_ offset: UInt64, _ length: Int) -> Bool {
+        let span = UInt64(cs) * UInt64(l2Entries)
+        for i in offset / span ... (offset + UInt64(length) - 1) / span {
+            guard i < UInt64(l1.count) else { break }
+            let table = l1[Int(i)] & Self.offsetMask
+            if table != 0 && l2Cache[table] == nil { return false }
+        }
+        return true
+    }
+
     public func endDirectIO() {
         lock.lock()
         transfersInFlight -= 1

@@ -1,5 +1,6 @@
 import CKeel
 import Glibc
+import Synchronization
 
 /// How the host page cache is used, as QEMU's -drive cache= modes.
 public enum CacheMode: String, Sendable, CaseIterable {
@@ -30,6 +31,11 @@ public final class RawFileDevice: BlockDevice, @unchecked Sendable {
     public var guardsFormatProbe = false
     /// Serializes read-modify-write cycles of unaligned O_DIRECT writes.
     private let bounceLock = BlockLock()
+    /// A tmpfs or ramfs file: its pages are memory, so a read waits for no disk (bar swap-in,
+    /// which guest RAM may need as much), and these file systems refuse RWF_NOWAIT.
+    public let isInMemoryFileSystem: Bool
+    /// The kernel answered RWF_NOWAIT with EOPNOTSUPP for this file: cached reads are not tried.
+    private let noWaitRefused = Atomic<Bool>(false)
 
     public init(path: String, readOnly: Bool, cache: CacheMode = .writeback) throws(BlockError) {
         self.path = path
@@ -62,6 +68,8 @@ public final class RawFileDevice: BlockDevice, @unchecked Sendable {
         } else {
             cachedSize = UInt64(st.st_size)
         }
+        let fsType = isBlockDevice ? -1 : ckeel_fs_type(fd)
+        isInMemoryFileSystem = fsType == 0x0102_1994 || fsType == 0x8584_58F6   // TMPFS_MAGIC, RAMFS_MAGIC
     }
 
     deinit { close() }
@@ -99,6 +107,35 @@ public final class RawFileDevice: BlockDevice, @unchecked Sendable {
         v.reserveCapacity(segments.count)
         appendIOVecs(segments, from: 0, count: total, to: &v)
         try v.withUnsafeMutableBufferPointer { (p) throws(BlockError) in try preadv(p, at: offset) }
+    }
+
+    public func readVectoredIfCached(into segments: [UnsafeMutableRawBufferPointer], at offset: UInt64) -> Bool {
+        guard let total = totalLength(segments), total > 0,
+              (try? checkRange(offset: offset, length: UInt64(total))) != nil else { return false }
+        return readIfCached(segments, from: 0, count: total, at: offset)
+    }
+
+    /// `count` bytes of the request's buffers from byte `start` on, read from the file at
+    /// `fileOffset` if the page cache holds all of them (the protocol layer of
+    /// `readVectoredIfCached`: not bounded by `size`). O_DIRECT reads are disk operations,
+    /// except in a file system in memory (aligned, for the O_DIRECT rules of older kernels).
+    public func readIfCached(_ segments: [UnsafeMutableRawBufferPointer], from start: Int, count: Int, at fileOffset: UInt64) -> Bool {
+        guard !cache.direct || isInMemoryFileSystem, fd >= 0, count > 0, segments.count <= 1024,   // UIO_MAXIOV
+              fileOffset <= UInt64(Int.max) - UInt64(count),
+              isInMemoryFileSystem || !noWaitRefused.load(ordering: .relaxed) else { return false }
+        var v: [iovec] = []
+        v.reserveCapacity(segments.count)
+        appendIOVecs(segments, from: start, count: count, to: &v)
+        if cache.direct {
+            guard fileOffset % UInt64(Self.directAlignment) == 0, v.allSatisfy({ e in
+                e.iov_base.map { Self.isAligned(UnsafeRawPointer($0), 0, e.iov_len) } ?? false
+            }) else { return false }
+        }
+        if isInMemoryFileSystem { return Glibc.preadv(fd, v, Int32(v.count), Int(fileOffset)) == count }
+        let r = ckeel_preadv_nowait(fd, v, Int32(v.count), Int(fileOffset))
+        if r < 0 && errno == EOPNOTSUPP { noWaitRefused.store(true, ordering: .relaxed) }
+        // Short (part cached, or the end of the file) or EAGAIN: the blocking path does it all.
+        return r == count
     }
 
     public func writeVectored(_ segments: [UnsafeMutableRawBufferPointer], at offset: UInt64) throws(BlockError) {

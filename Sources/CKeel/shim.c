@@ -22,6 +22,12 @@ int ckeel_o_direct(void) { return O_DIRECT; }
 long ckeel_seek_data(int fd, long offset) { return lseek(fd, offset, SEEK_DATA); }
 long ckeel_seek_hole(int fd, long offset) { return lseek(fd, offset, SEEK_HOLE); }
 int ckeel_blkgetsize64(int fd, unsigned long long *size) { return ioctl(fd, BLKGETSIZE64, size); }
+#include <sys/vfs.h>
+long ckeel_fs_type(int fd) { struct statfs s; return fstatfs(fd, &s) == 0 ? (long)s.f_type : -1; }
+#include <sys/uio.h>
+long ckeel_preadv_nowait(int fd, const struct iovec *iov, int count, long offset) {
+    return preadv2(fd, iov, count, offset, RWF_NOWAIT);
+}
 
 #include <string.h>
 #include <net/if.h>

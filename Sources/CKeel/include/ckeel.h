@@ -34,6 +34,11 @@ int ckeel_o_direct(void);
 long ckeel_seek_data(int fd, long offset);
 long ckeel_seek_hole(int fd, long offset);
 int ckeel_blkgetsize64(int fd, unsigned long long *size);
+/* fstatfs's f_type (the file system's magic), -1 on error. */
+long ckeel_fs_type(int fd);
+#include <sys/uio.h>
+/* preadv2(RWF_NOWAIT): -1 with EAGAIN where the data is not all in the page cache. */
+long ckeel_preadv_nowait(int fd, const struct iovec *iov, int count, long offset);
 static const int CKEEL_FALLOC_PUNCH_HOLE = 0x02 | 0x01;  /* PUNCH_HOLE | KEEP_SIZE */
 static const int CKEEL_FALLOC_ZERO_RANGE = 0x10 | 0x01;  /* ZERO_RANGE | KEEP_SIZE */
 static inline int ckeel_open(const char *path, int flags, unsigned mode) { return open(path, flags, mode); }
