@@ -52,8 +52,6 @@ public final class IoUringExecutor: VirtioRequestExecutor, @unchecked Sendable {
     private var nextToken: UInt64 = 1
     /// Operations that went through the ring (KEEL_DEBUG_VIRTIO, tests).
     public private(set) var ringOperations: UInt64 = 0
-    /// Reads of in-memory files done on the loop's thread instead (tests, KEEL_DEBUG_VIRTIO).
-    public private(set) var readsCompletedInline: UInt64 = 0
     /// io_uring_enter calls that submitted them.
     public private(set) var ringSubmissions: UInt64 = 0
     /// Operations prepared since the last submission (the device submits once per batch).
@@ -94,16 +92,17 @@ public final class IoUringExecutor: VirtioRequestExecutor, @unchecked Sendable {
 
     public func execute(_ request: BlockRequest, on backend: BlockDevice, work: @escaping () -> UInt8,
                         completion: @escaping (UInt8) -> Void) {
+        let mapped = backend as? DirectMappedBlockDevice
+        let dataFile = mapped?.dataFile ?? backend as? RawFileDevice
         // The ring copies page-cache hits inside io_uring_enter, but hands reads of files whose
         // file system has no RWF_NOWAIT (tmpfs) to its io-wq threads: copied here instead.
-        if Self.isInMemory(backend), request.readIfCached(on: backend) {
-            readsCompletedInline &+= 1
+        if dataFile?.isInMemoryFileSystem == true, request.readIfCached(on: backend) {
             return completion(VirtioBlock.statusOK)
         }
-        if let d = backend as? DirectMappedBlockDevice {
+        if let d = mapped {
             return executeMapped(request, d, work: work, completion: completion)
         }
-        guard let file = backend as? RawFileDevice, file.fd >= 0,
+        guard let file = dataFile, file.fd >= 0,
               let (op, iovecs, expected, kind) = Self.operation(request, file) else {
             return fallback.execute(work, completion: completion)
         }
@@ -113,11 +112,6 @@ public final class IoUringExecutor: VirtioRequestExecutor, @unchecked Sendable {
             iovecs?.deallocate()
             return fallback.execute(work, completion: completion)
         }
-    }
-
-    private static func isInMemory(_ backend: BlockDevice) -> Bool {
-        if let file = backend as? RawFileDevice { return file.isInMemoryFileSystem }
-        return (backend as? DirectMappedBlockDevice)?.dataFile.isInMemoryFileSystem ?? false
     }
 
     /// Puts one operation of `group` in the ring; false when the ring cannot take it.

@@ -9,8 +9,9 @@ import Synchronization
 public protocol VirtioRequestExecutor: AnyObject {
     func execute(_ work: @escaping () -> UInt8, completion: @escaping (UInt8) -> Void)
     /// A block request described as data, for executors that issue the I/O themselves
-    /// (io_uring); `work` does the same synchronously and is what the others run. `completion`
-    /// gets a virtio-blk status.
+    /// (io_uring) or complete a read whose data is at hand on the spot (`readIfCached`); `work`
+    /// does the same synchronously and is what runs otherwise. `completion` gets a virtio-blk
+    /// status.
     func execute(_ request: BlockRequest, on backend: BlockDevice, work: @escaping () -> UInt8,
                  completion: @escaping (UInt8) -> Void)
     /// The device took every chain it had: hand what was queued to the kernel (one io_uring
@@ -60,12 +61,13 @@ extension BlockRequest {
 }
 
 /// Runs the work on a `WorkerPool` thread; `completion` runs on `loop` (the device's owner).
+/// A read whose data is already in memory is done and completed on the submitting thread.
 public final class WorkerPoolExecutor: VirtioRequestExecutor, @unchecked Sendable {
     let pool: WorkerPool
     let loop: EventLoop
     /// Jobs whose work (which reads and writes guest memory) has not finished yet.
     private let running = Atomic<Int>(0)
-    /// Reads that completed on the submitting thread from the page cache (tests, diagnostics).
+    /// Reads that completed on the submitting thread (tests).
     public var readsCompletedInline: UInt64 { inlineReads.load(ordering: .relaxed) }
     private let inlineReads = Atomic<UInt64>(0)
     public init(pool: WorkerPool, loop: EventLoop) { self.pool = pool; self.loop = loop }
