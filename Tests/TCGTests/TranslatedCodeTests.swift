@@ -321,31 +321,128 @@ final class TranslatedCodeTests: XCTestCase {
     }
 
     /// The jump cache's own flushes: a CR3 write (non-global flush) keeps entries filled through
-    /// global pages, a full flush does not, and INVLPG empties only its page's entries.
+    /// global pages, a full flush does not, and INVLPG empties only its page's entries (both
+    /// pages' for a block that crosses into the next).
     func testVirtualJumpCacheKeepsGlobalEntriesAcrossNonGlobalFlushes() {
         let cache = VirtualJumpCache()
         cache.reset(slowPath: 0x1000)
         let word = UnsafeMutablePointer<Atomic<UInt32>>.allocate(capacity: 1)
         defer { word.deallocate() }
         let kernel: UInt64 = 0xFFFF_FFFF_8100_0040, kernel2: UInt64 = 0xFFFF_FFFF_8100_2000, user: UInt64 = 0x40_1000
-        func present(_ la: UInt64, _ u: UInt64) -> Bool { cache.entries[VirtualJumpCache.index(la, user: u)].linear == la }
+        let crossing: UInt64 = 0xFFFF_FFFF_8100_4FFE
         func fillAll() {
-            cache.fill(linear: kernel, user: 0, code: 0x2000, word: word, tag: 1, global: true)
-            cache.fill(linear: kernel2, user: 0, code: 0x3000, word: word, tag: 1, global: true)
-            cache.fill(linear: user, user: 1, code: 0x4000, word: word, tag: 1, global: false)
+            cache.fill(linear: kernel, user: 0, code: 0x2000, word: word, tag: 1, global: true, crossesPage: false)
+            cache.fill(linear: kernel2, user: 0, code: 0x3000, word: word, tag: 1, global: true, crossesPage: false)
+            cache.fill(linear: user, user: 1, code: 0x4000, word: word, tag: 1, global: false, crossesPage: false)
+            cache.fill(linear: crossing, user: 0, code: 0x5000, word: word, tag: 1, global: true, crossesPage: true)
         }
         fillAll()
         cache.flush(keepGlobal: true)
-        XCTAssertTrue(present(kernel, 0) && present(kernel2, 0))
-        XCTAssertFalse(present(user, 1))
-        XCTAssertEqual(cache.entries[VirtualJumpCache.index(user, user: 1)].code, 0x1000, "an emptied entry leads to the slow path")
+        XCTAssertTrue(present(cache, kernel, 0) && present(cache, kernel2, 0) && present(cache, crossing, 0))
+        XCTAssertFalse(present(cache, user, 1))
+        XCTAssertEqual(cache.entries[VirtualJumpCache.set(user, user: 1) * VirtualJumpCache.ways].code, 0x1000,
+                       "an emptied entry leads to the slow path")
         cache.flushPage(kernel2 + 0x123)
-        XCTAssertTrue(present(kernel, 0))
-        XCTAssertFalse(present(kernel2, 0))
+        XCTAssertTrue(present(cache, kernel, 0))
+        XCTAssertFalse(present(cache, kernel2, 0))
+        // INVLPG of a crossing block's second page empties it; of its first page's neighbour below, not.
+        cache.flushPage(crossing - 0x1000)
+        XCTAssertTrue(present(cache, crossing, 0))
+        cache.flushPage(crossing + 0x2)
+        XCTAssertFalse(present(cache, crossing, 0))
         // A kept entry is still listed: the next full flush empties it.
         fillAll()
         cache.flush(keepGlobal: true)
         cache.flush()
-        XCTAssertFalse(present(kernel, 0) || present(kernel2, 0) || present(user, 1))
+        XCTAssertFalse(present(cache, kernel, 0) || present(cache, kernel2, 0) || present(cache, user, 1) || present(cache, crossing, 0))
+    }
+
+    /// Whether `la` is in either way of its set.
+    func present(_ cache: VirtualJumpCache, _ la: UInt64, _ user: UInt64) -> Bool {
+        let first = VirtualJumpCache.set(la, user: user) * VirtualJumpCache.ways
+        return (0..<VirtualJumpCache.ways).contains { cache.entries[first + $0].linear == la }
+    }
+
+    /// Two RIPs that share a set both stay; a third evicts the older one; a refill of a present
+    /// RIP replaces its entry without evicting the other way. Neighbouring RIPs (a page apart,
+    /// the same byte offset back: what the first hash collided on) get different sets.
+    func testVirtualJumpCacheIsTwoWaySetAssociative() {
+        let cache = VirtualJumpCache()
+        cache.reset(slowPath: 0x1000)
+        let word = UnsafeMutablePointer<Atomic<UInt32>>.allocate(capacity: 1)
+        defer { word.deallocate() }
+        let base: UInt64 = 0xFFFF_FFFF_8100_0000
+        let set = VirtualJumpCache.set(base, user: 0)
+        var same: [UInt64] = []
+        var la = base
+        while same.count < 2 { la += 16; if VirtualJumpCache.set(la, user: 0) == set { same.append(la) } }
+        let (a, b, c) = (base, same[0], same[1])
+        func fill(_ x: UInt64, _ code: UInt64) {
+            cache.fill(linear: x, user: 0, code: code, word: word, tag: 0, global: false, crossesPage: false)
+        }
+        fill(a, 0x2000); fill(b, 0x3000)
+        XCTAssertTrue(present(cache, a, 0) && present(cache, b, 0))
+        fill(a, 0x2100)
+        XCTAssertTrue(present(cache, a, 0) && present(cache, b, 0))
+        XCTAssertTrue((0..<2).contains { cache.entries[set * 2 + $0].linear == a && cache.entries[set * 2 + $0].code == 0x2100 })
+        fill(c, 0x4000)
+        XCTAssertTrue(present(cache, c, 0))
+        XCTAssertEqual([a, b].filter { present(cache, $0, 0) }.count, 1)
+        var collisions = 0
+        for k in 1...64 as ClosedRange<UInt64> {
+            let p = base + k * 0x1000 - k * 16
+            if VirtualJumpCache.set(p, user: 0) == VirtualJumpCache.set(base, user: 0) { collisions += 1 }
+        }
+        XCTAssertLessThan(collisions, 2)
+        XCTAssertNotEqual(VirtualJumpCache.set(a, user: 0), VirtualJumpCache.set(a, user: 1))
+    }
+
+    /// JMP and CALL through a register and through memory, translated: the same registers,
+    /// flags (CF from a CMP read after the CALL), memory and retired count as interpreted.
+    func testIndirectJumpsAndCallsInATranslatedLoop() throws {
+        let body: [UInt8] = [0x48, 0x8D, 0x05, 0x02, 0x00, 0x00, 0x00,  // lea rax, [rip+2]
+                             0xFF, 0xE0,                                // jmp rax
+                             0x49, 0x83, 0xC1, 0x03,                    // add r9, 3
+                             0x49, 0x83, 0xF9, 0x64,                    // cmp r9, 100: CF while below
+                             0x48, 0x8D, 0x0D, 0x08, 0x00, 0x00, 0x00,  // lea rcx, [rip+8]: f
+                             0xFF, 0xD1,                                // call rcx
+                             0x49, 0x83, 0xD2, 0x00,                    // adc r10, 0
+                             0xEB, 0x04,                                // jmp over f
+                             0x49, 0xFF, 0xC3, 0xC3,                    // f: inc r11; ret
+                             0x48, 0x89, 0x0B,                          // mov [rbx], rcx
+                             0xFF, 0x13,                                // call [rbx]
+                             0x48, 0x8D, 0x15, 0x07, 0x00, 0x00, 0x00,  // lea rdx, [rip+7]
+                             0x48, 0x89, 0x53, 0x08,                    // mov [rbx+8], rdx
+                             0xFF, 0x63, 0x08]                          // jmp [rbx+8]
+        let code = program(body, loops: 50)
+        let data = [UInt8](repeating: 0, count: 16)
+        let (interpreted, _) = try run(code, RegisterFile(), data: data, translated: false)
+        let (translated, runner) = try run(code, RegisterFile(), data: data, translated: true)
+        XCTAssertEqual(interpreted.regs.gpr[9], 150)
+        XCTAssertEqual(interpreted.regs.gpr[10], 33)
+        XCTAssertEqual(interpreted.regs.gpr[11], 100)
+        XCTAssertGreaterThan(runner.cpu.translated?.used ?? 0, 0)
+        XCTAssertEqual(translated, interpreted)
+    }
+
+    /// A translated JMP or CALL to a non-canonical address (on the loop's last iteration) is
+    /// the interpreter's #GP: nothing pushed, RIP at the branch, as interpreted.
+    func testIndirectBranchToANonCanonicalAddressFaults() throws {
+        for branch: [UInt8] in [[0xFF, 0xE0], [0xFF, 0xD0]] {          // jmp rax, call rax
+            var body: [UInt8] = [0x48, 0x8D, 0x05, 0x14, 0x00, 0x00, 0x00]   // lea rax, [rip+20]: after the branch
+            body += [0x48, 0xBA] + withUnsafeBytes(of: UInt64(0x8000_0000_0000).littleEndian, Array.init)  // mov rdx, non-canonical
+            body += [0x49, 0x83, 0xFF, 0x01,                           // cmp r15, 1
+                     0x48, 0x0F, 0x44, 0xC2]                           // cmove rax, rdx
+            body += branch
+            if branch[1] == 0xD0 { body += [0x48, 0x83, 0xC4, 0x08] }  // add rsp, 8: drop the return address
+            body += [0x49, 0x83, 0xC1, 0x01]                           // add r9, 1
+            let code = program(body, loops: 10)
+            let (interpreted, _) = try run(code, RegisterFile(), data: [0], translated: false)
+            let (translated, runner) = try run(code, RegisterFile(), data: [0], translated: true)
+            XCTAssertEqual(interpreted.exit, .tripleFault)
+            XCTAssertEqual(interpreted.regs.gpr[9], 9)
+            XCTAssertGreaterThan(runner.cpu.translated?.used ?? 0, 0)
+            XCTAssertEqual(translated, interpreted)
+        }
     }
 }

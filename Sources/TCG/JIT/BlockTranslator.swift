@@ -63,6 +63,7 @@ struct BlockTranslator {
         case .bsf, .bsr, .tzcnt, .lzcnt, .popcnt: return i.size >= 1
         case .shld, .shrd: return !i.isMem && i.size >= 1
         case .pushf: return i.size == 3
+        case .jmpRM, .callRM: return i.size == 3 && i.prefixes & Prefix.lock == 0
         default: break
         }
         if i.prefixes & Prefix.lock != 0 { return false }
@@ -155,6 +156,7 @@ struct BlockTranslator {
     var endsWithBranch: Bool {
         let i = insns[n - 1]
         if !Self.isNative(i) { return true }  // the interpreter's exit handles it
+        if i.op == .jmpRM || i.op == .callRM { return true }
         switch i.fast {
         case FastForm.jcc64, FastForm.jmp64, FastForm.call64, FastForm.ret64: return true
         default: return false

@@ -99,12 +99,44 @@ extension BlockTranslator {
             a.movRR(A.r11, A.rcx)
             let sites = pushToGuestStack { t in t.a.store(A.Mem(A.rsi), A.r11, size: 3) }
             resume(k, sites)
+        case .jmpRM, .callRM:
+            emitIndirectBranch(k)
         case .fence:
             // MFENCE as itself (see the interpreter's); LFENCE and SFENCE need nothing on TSO.
             if i.sub == 6 { a.byte(0x0F); a.byte(0xAE); a.byte(0xF0) }
         default:
             emitInterpreted(k)
         }
+    }
+
+    /// JMP or CALL through a register or memory (FF /4, FF /2, 64-bit operand): the target to
+    /// CPUState.rip, the return address pushed, then the shared indirect exit, as RET does. The
+    /// kernel's indirect-branch thunks are one such JMP each: interpreted, every indirect call
+    /// went back to the dispatcher. A non-canonical target (#GP) or a TLB miss on the operand or
+    /// the stack: the interpreter runs the instruction.
+    mutating func emitIndirectBranch(_ k: Int) {
+        let i = insns[k]
+        var sites: [Int] = []
+        source(k, into: A.rax, size: 3, sites: &sites)
+        // rcx = rax - sign-extended bits 0-47 of rax, flag-free: zero when canonical.
+        a.movImm64(A.r8, 16)
+        a.shiftx(.shlx, A.rdx, A.rax, count: A.r8)
+        a.shiftx(.sarx, A.rdx, A.rdx, count: A.r8)
+        a.not64(A.rdx)
+        a.lea(A.rcx, A.Mem(A.rax, index: A.rdx, scale: 0, disp: 1))
+        a.byte(0xE3); a.byte(5)
+        sites.append(a.jmp())
+        colds.append(Cold(k: k, sites: sites, resume: -1, flags: coldFlags))
+        a.store(A.Mem(A.rbx, JITLayout.rip), A.rax, size: 3)
+        if i.op == .callRM {
+            let pushed = pushToGuestStack { t in
+                t.a.lea(A.rax, A.Mem(A.r12, t.offsets[k] + Int(i.length)))
+                t.a.store(A.Mem(A.rsi), A.rax, size: 3)
+            }
+            colds.append(Cold(k: k, sites: pushed, resume: -1, flags: coldFlags))
+        }
+        if flagsSaved { restoreFlags() }
+        a.jmp(to: code.indirectExit)
     }
 
     /// The r/m source operand of `size` into host register `h` (zero-extended): a memory

@@ -247,6 +247,15 @@ struct HostAssembler {
         byte(0xC0 | (dst & 7) << 3 | (src & 7))
     }
 
+    /// BMI2 MULX high, low, src (VEX.LZ.F2.0F38.W1 F6): rdx * src into high:low, flags untouched.
+    mutating func mulx(high: UInt8, low: UInt8, _ src: UInt8) {
+        byte(0xC4)
+        byte((high & 8 == 0 ? 0x80 : 0) | 0x40 | (src & 8 == 0 ? 0x20 : 0) | 0x02)
+        byte(0x80 | ((~low & 15) << 3) | 0x03)
+        byte(0xF6)
+        byte(0xC0 | (high & 7) << 3 | (src & 7))
+    }
+
     /// NOT r64 (no flags).
     mutating func not64(_ r: UInt8) { rr(0xF7, size: 3, reg: 2, rm: r) }
 

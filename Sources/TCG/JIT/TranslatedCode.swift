@@ -1,4 +1,5 @@
 import Glibc
+import Synchronization
 
 /// Where translated code finds the vCPU's state: byte offsets taken from the Swift layout at run
 /// time, so the structs can change without the translator knowing.
@@ -160,33 +161,39 @@ final class TranslatedCode {
     }
 
     /// The inline probe of the VirtualJumpCache for the RIP in CPUState: on a hit (same linear
-    /// RIP in this privilege's half, its page's CodePageMap word unchanged) it jumps straight to
-    /// the block with r12 set (and, when `flagsStored`, the host's flags loaded from CPUState);
-    /// else it falls through. LEA, MOV, NOT, JRCXZ and BMI2 shifts only: the guest's flags in
-    /// the host's RFLAGS stay as they are (clobbers rax, rcx, rdx, rsi, r8).
+    /// RIP in either way of its set in this privilege's half, its page's CodePageMap word
+    /// unchanged) it jumps straight to the block with r12 set (and, when `flagsStored`, the
+    /// host's flags loaded from CPUState); else it falls through. LEA, MOV, NOT, JRCXZ and BMI2
+    /// only: the guest's flags in the host's RFLAGS stay as they are (clobbers rax, rcx, rdx,
+    /// rsi, r8).
     private static func emitJumpCacheProbe(_ a: inout HostAssembler, flagsStored: Bool) {
         typealias A = HostAssembler
         typealias C = VirtualJumpCache
         a.load(A.rax, A.Mem(A.rbx, JITLayout.rip), size: 3)
-        a.movImm64(A.r8, 12)
-        a.shiftx(.shrx, A.rsi, A.rax, count: A.r8)
-        a.lea(A.rsi, A.Mem(A.rsi, index: A.rax, scale: 0, disp: 0))        // la + (la >> 12)
+        a.movRR(A.rdx, A.rax)
+        a.movImm64(A.r8, C.multiplier)
+        a.mulx(high: A.rcx, low: A.rsi, A.r8)                              // la * multiplier
         a.movImm64(A.r8, UInt64(64 - C.indexBits))
-        a.shiftx(.shlx, A.rsi, A.rsi, count: A.r8)
-        a.movImm64(A.r8, UInt64(64 - C.indexBits - C.strideShift))
-        a.shiftx(.shrx, A.rsi, A.rsi, count: A.r8)                         // index * stride
+        a.shiftx(.shrx, A.rsi, A.rsi, count: A.r8)
+        a.movImm64(A.r8, UInt64(C.setShift))
+        a.shiftx(.shlx, A.rsi, A.rsi, count: A.r8)                         // set * stride
         a.load(A.rdx, A.Mem(A.rbx, JITLayout.userTag), size: 3)
-        a.movImm64(A.r8, UInt64(C.indexBits + C.strideShift))
+        a.movImm64(A.r8, UInt64(C.indexBits + C.setShift))
         a.shiftx(.shlx, A.rdx, A.rdx, count: A.r8)                         // the privilege's half
         a.lea(A.rsi, A.Mem(A.rsi, index: A.rdx, scale: 0, disp: 0))
         a.load(A.rdx, A.Mem(A.rbx, JITLayout.jumpCache), size: 3)
-        a.lea(A.rsi, A.Mem(A.rsi, index: A.rdx, scale: 0, disp: 0))        // the entry
-        a.load(A.rcx, A.Mem(A.rsi, 0), size: 3)
+        a.lea(A.rsi, A.Mem(A.rsi, index: A.rdx, scale: 0, disp: 0))        // the set's first way
         a.movRR(A.rdx, A.rax)
         a.not64(A.rdx)
-        a.lea(A.rcx, A.Mem(A.rcx, index: A.rdx, scale: 0, disp: 1))        // entry's linear - la
+        a.load(A.rcx, A.Mem(A.rsi, 0), size: 3)
+        a.lea(A.rcx, A.Mem(A.rcx, index: A.rdx, scale: 0, disp: 1))        // way 0's linear - la
+        let hitFirst = a.jrcxz()
+        a.lea(A.rsi, A.Mem(A.rsi, 1 << C.strideShift))                     // the second way
+        a.load(A.rcx, A.Mem(A.rsi, 0), size: 3)
+        a.lea(A.rcx, A.Mem(A.rcx, index: A.rdx, scale: 0, disp: 1))
         a.byte(0xE3); a.byte(5)                                            // jrcxz: same RIP
         let missRIP = a.jmp()
+        a.patch8(hitFirst, to: a.pos)
         a.load(A.rdx, A.Mem(A.rsi, 16), size: 3)
         a.load(A.rdx, A.Mem(A.rdx, 0), size: 2)                            // the page's word now
         a.load(A.rcx, A.Mem(A.rsi, 24), size: 2)
@@ -199,6 +206,25 @@ final class TranslatedCode {
         a.mem(0xFF, size: 2, reg: 4, A.Mem(A.rsi, 8))                      // jmp [entry.code]
         a.patch(missRIP, to: a.pos)
         a.patch(missWord, to: a.pos)
+    }
+
+    /// Bytes of `emitNextPageCheck`, which sits right before its block.
+    static let nextPageCheckSize = 32
+
+    /// Where the VirtualJumpCache enters a block that crosses into the next page: goes on into
+    /// the block when that page's CodePageMap word is still `tag` (the page's mapping is the
+    /// cache's to keep: it empties the entry with that page's TLB entry), else to the lookup's
+    /// slow path, which drops the block. Flags untouched; clobbers rcx, rdx.
+    static func emitNextPageCheck(_ a: inout HostAssembler, word: UnsafeMutablePointer<Atomic<UInt32>>, tag: UInt32, miss: Int) {
+        typealias A = HostAssembler
+        let start = a.pos
+        a.movImm64(A.rdx, UInt64(UInt(bitPattern: word)))
+        a.load(A.rcx, A.Mem(A.rdx, 0), size: 2)
+        a.mem(0x8D, size: 2, reg: A.rcx, A.Mem(A.rcx, Int(Int32(bitPattern: 0 &- tag))))  // lea ecx: word - tag
+        a.byte(0xE3); a.byte(5)                                          // jrcxz: unwritten
+        a.jmp(to: miss)
+        while a.pos - start < nextPageCheckSize { a.byte(0x90) }
+        precondition(a.full || a.pos - start == nextPageCheckSize, "the next-page check changed size")
     }
 
     /// enter(st, gpr, tlb, countdown, block): saves the callee-saved registers, loads the

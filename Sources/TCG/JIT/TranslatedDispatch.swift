@@ -55,7 +55,13 @@ extension X86CPU {
         }
         guard let code = translated else { return nil }
         let entry = unsafeBitCast(X86CPU.interpreterEntry, to: UnsafeRawPointer.self)
-        var t = BlockTranslator(assembler: HostAssembler(base: code.base, start: code.used, limit: TranslatedCode.capacity),
+        var a = HostAssembler(base: code.base, start: code.used, limit: TranslatedCode.capacity)
+        let nextPage = Int(slot.pointee.nextPage) - 1
+        if nextPage >= 0 {
+            guard nextPage < codePageCount else { return nil }
+            TranslatedCode.emitNextPageCheck(&a, word: codePageWords + nextPage, tag: slot.pointee.nextTag, miss: code.jumpCacheMiss)
+        }
+        var t = BlockTranslator(assembler: a,
                                 insns: insns, count: count, pageOffset: Int((slot.pointee.key >> 2) & 0xFFF), code: code,
                                 interpreter: UInt64(UInt(bitPattern: entry)))
         guard let start = t.translate() else {
@@ -124,16 +130,24 @@ extension X86CPU {
             let key = DecodeCache.key(phys, .long64)
             let slot = cache.slot(key)
             guard slot.pointee.key == key, slot.pointee.code > 0, slot.pointee.tag == word else { return 0 }
-            // Both jump caches check one page: a page-crossing block is checked here every time.
+            // The physical jump cache checks one page; the virtual one enters such a block
+            // through the check of its next page in front of it, and empties the entry with
+            // either page's TLB entry.
             if slot.pointee.nextPage != 0 {
-                return nextPageIsCurrent(slot, la: la) ? UInt64(UInt(bitPattern: base)) &+ UInt64(slot.pointee.code) : 0
+                guard nextPageIsCurrent(slot, la: la) else { return 0 }
+                let code = UInt64(UInt(bitPattern: base)) &+ UInt64(slot.pointee.code)
+                let next = (la | 0xFFF) &+ 1
+                virtualJumpCache.fill(linear: la, user: st.pointee.userTag, code: code &- UInt64(TranslatedCode.nextPageCheckSize),
+                                      word: codePageWords + Int(truncatingIfNeeded: page), tag: word,
+                                      global: tlbEntry(tlb, la).pointee.global && tlbEntry(tlb, next).pointee.global, crossesPage: true)
+                return code
             }
             j.pointee = JumpCacheEntry(key: phys &+ 1, tag: word, code: slot.pointee.code)
             offset = slot.pointee.code
         }
         let code = UInt64(UInt(bitPattern: base)) &+ UInt64(offset)
         virtualJumpCache.fill(linear: la, user: st.pointee.userTag, code: code, word: codePageWords + Int(truncatingIfNeeded: page),
-                              tag: word, global: tlbEntry(tlb, la).pointee.global)
+                              tag: word, global: tlbEntry(tlb, la).pointee.global, crossesPage: false)
         return code
     }
 
