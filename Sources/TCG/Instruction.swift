@@ -103,7 +103,7 @@ public struct Instruction {
         case .jcc, .jmpRel, .callRel, .jmpRM, .callRM, .ret, .retf, .jmpFarM, .callFarM, .jmpFarImm, .iret,
              .loop, .jrcxz, .int3, .intN, .int1, .into, .ud2, .invalid, .hlt, .syscall, .sysret,
              .movToCR, .movSregRM, .popSreg, .wrmsr, .group7Mem, .group6, .sti, .popf, .cli, .rdrand, .cpuid,
-             .string, .inPort, .outPort, .clts, .movToDR, .swapgs, .pause:
+             .string, .inPort, .outPort, .clts, .movToDR, .pause:
             return true
         default:
             return false

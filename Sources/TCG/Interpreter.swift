@@ -24,8 +24,12 @@ extension X86CPU {
             let shadow = s.pointee.interruptShadow
             s.pointee.interruptShadow = false
             updateAlignmentCheck()
+            // An event held back by the shadow of STI or MOV SS is taken after one block: that
+            // block is not chained on (up to 1024 blocks could run before the next poll).
+            var heldBack = false
             if let apicRef, apicRef._withUnsafeGuaranteedRef({ $0.hasPendingEvent }) {
                 link = 0
+                heldBack = shadow
                 // Unretained too: an interrupt waiting out a busy lock comes here every block.
                 if !apicRef._withUnsafeGuaranteedRef({ serviceEvents($0, shadow: shadow) }) { return .tripleFault }
             }
@@ -55,7 +59,7 @@ extension X86CPU {
             // the block's first instruction completed.
             let resuming = s.pointee.rflags & RFlags.rf != 0
             if !stepping && !resuming, let slot, s.pointee.codeMode == .long64,
-               let done = runTranslated(slot, insns, count, budget: remaining,
+               let done = runTranslated(slot, insns, count, budget: heldBack ? 1 : remaining,
                                         link: s.pointee.rip == pendingLinkRIP ? link : 0) {
                 remaining &-= done > 0 ? done : 1
                 if s.pointee.tripleFaulted {

@@ -113,6 +113,31 @@ final class InterruptControllerTests: XCTestCase {
         XCTAssertLessThan(cpu.gpr[1], 100, "within a block or two, not a whole budget")
     }
 
+    /// A loop of `cli; inc rcx; ...; sti; inc r8` that sends itself vector 0x41 (xAPIC ICR, self
+    /// shorthand) on its 40th pass, IF clear: the STI lets it in after the shadow (the INC
+    /// after it), interpreted and translated alike. Translated, an STI with nothing pending goes
+    /// on to the next block; this one must not.
+    func testSelfIPIWithIFClearIsTakenAfterSTIsShadow() throws {
+        let code: [UInt8] = [0x48, 0xBA] + withUnsafeBytes(of: UInt64(0xFEE0_0300).littleEndian, Array.init)  // mov rdx, ICR
+            + [0xFA,                                  // loop: cli
+               0x48, 0xFF, 0xC1,                      // inc rcx
+               0x48, 0x83, 0xF9, 0x28,                // cmp rcx, 40
+               0x75, 0x06,                            // jne sti
+               0xC7, 0x02, 0x41, 0x00, 0x04, 0x00,    // mov dword [rdx], 0x40041: self, fixed, 0x41
+               0xFB,                                  // sti
+               0x49, 0xFF, 0xC0,                      // inc r8
+               0xEB, 0xEA]                            // jmp loop
+        for translated in [false, true] {
+            try setUpWithError()
+            cpu.translatesBlocks = translated
+            XCTAssertEqual(try sys.run(code), .halted, "translated \(translated)")
+            XCTAssertEqual(cpu.st.pointee.rip, sys.handler(0x41), "translated \(translated)")
+            XCTAssertEqual(cpu.gpr[1], 40, "translated \(translated)")
+            XCTAssertEqual(cpu.gpr[8], 40, "the instruction after STI ran first; translated \(translated)")
+            if translated { XCTAssertGreaterThan(cpu.translated?.used ?? 0, 0) }
+        }
+    }
+
     func testInterruptWaitsWhileIFIsClear() throws {
         bus.deliver(APICMessage(destination: 0, vector: 0x41))
         XCTAssertEqual(try sys.run([0xFA, 0x90]), .halted)   // cli; nop; hlt

@@ -445,4 +445,31 @@ final class TranslatedCodeTests: XCTestCase {
             XCTAssertEqual(translated, interpreted)
         }
     }
+
+    /// SWAPGS no longer ends its block: translated, accesses through GS after each SWAPGS in the
+    /// same block use the swapped base, as interpreted.
+    func testSWAPGSInsideATranslatedBlock() throws {
+        func wrmsr(_ index: UInt32, _ value: UInt64) -> [UInt8] {
+            [0xB9] + withUnsafeBytes(of: index.littleEndian, Array.init)
+                + [0xB8] + withUnsafeBytes(of: UInt32(truncatingIfNeeded: value).littleEndian, Array.init)
+                + [0xBA] + withUnsafeBytes(of: UInt32(truncatingIfNeeded: value >> 32).littleEndian, Array.init)
+                + [0x0F, 0x30]
+        }
+        let data = Self.dataBase - 64   // where `run` puts `data`: two qwords, 5 and 7
+        let setup = wrmsr(0xC000_0101, data) + wrmsr(0xC000_0102, data + 8)   // GS base, KernelGSbase
+        let body: [UInt8] = [0x0F, 0x01, 0xF8,                       // swapgs
+                             0x65, 0x48, 0x8B, 0x04, 0x25, 0, 0, 0, 0,  // mov rax, gs:[0]
+                             0x49, 0x01, 0xC1,                       // add r9, rax
+                             0x0F, 0x01, 0xF8,                       // swapgs
+                             0x65, 0x48, 0x8B, 0x04, 0x25, 0, 0, 0, 0,  // mov rax, gs:[0]
+                             0x49, 0x01, 0xC2]                       // add r10, rax
+        let code = setup + program(body, loops: 30)
+        let values: [UInt8] = withUnsafeBytes(of: UInt64(5).littleEndian, Array.init) + withUnsafeBytes(of: UInt64(7).littleEndian, Array.init)
+        let (interpreted, _) = try run(code, RegisterFile(), data: values, translated: false)
+        let (translated, runner) = try run(code, RegisterFile(), data: values, translated: true)
+        XCTAssertEqual(interpreted.regs.gpr[9], 210)
+        XCTAssertEqual(interpreted.regs.gpr[10], 150)
+        XCTAssertGreaterThan(runner.cpu.translated?.used ?? 0, 0)
+        XCTAssertEqual(translated, interpreted)
+    }
 }

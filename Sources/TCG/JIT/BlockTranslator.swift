@@ -59,7 +59,7 @@ struct BlockTranslator {
         case .pushImm: return i.size == 3
         case .movRMSreg: return !i.isMem
         case .divRM: return i.size >= 2
-        case .cli, .mulRM, .imulRM, .cbw, .cwd, .imulRegRM, .cmpxchg8b16b, .setcc, .fence: return true
+        case .cli, .swapgs, .mulRM, .imulRM, .cbw, .cwd, .imulRegRM, .cmpxchg8b16b, .setcc, .fence: return true
         case .bsf, .bsr, .tzcnt, .lzcnt, .popcnt: return i.size >= 1
         case .shld, .shrd: return !i.isMem && i.size >= 1
         case .pushf: return i.size == 3
@@ -126,7 +126,8 @@ struct BlockTranslator {
     /// Worth translating: at least one instruction becomes host code.
     static func worthTranslating(_ insns: UnsafeMutablePointer<Instruction>, _ n: Int) -> Bool {
         for k in 0..<n where isNative(insns[k]) { return true }
-        return false
+        // A lone STI, translated, goes on to the next block when nothing is pending.
+        return n > 0 && insns[n - 1].op == .sti
     }
 
     // MARK: - Emission
@@ -306,6 +307,13 @@ struct BlockTranslator {
         callInterpreter(k)
         let bail = a.jcc(5)
         let last = k == n - 1
+        if last && insns[k].op == .sti {
+            // Nothing pending (the interpreter returned 0): on to the next block.
+            TranslatedCode.loadFlags(&a, from: A.Mem(A.rbx, JITLayout.rflags))
+            exitStub(delta: offsets[k] + Int(insns[k].length))
+            exitAfterInterpreter(k, from: [bail], last: true)
+            return
+        }
         if last && Self.continuesAfterInterpreting(insns[k]) { a.jmp(to: code.indirectExitStored) }
         exitAfterInterpreter(k, from: [bail], last: last)
         if !last { TranslatedCode.loadFlags(&a, from: A.Mem(A.rbx, JITLayout.rflags)) }

@@ -1,8 +1,8 @@
 /// More native forms: multiplies and sign extensions of RAX, bit scans and counts, double
-/// shifts of registers, CMPXCHG8B/16B, SETcc to memory, and the two the kernel's
-/// local_irq_save() is made of, PUSHF and CLI. A register destination is loaded and stored
-/// whole (64 bits), so whatever the host leaves in its upper half (a dword result
-/// zero-extended, a word merged, a BSF of zero unchanged) is what the guest gets.
+/// shifts of registers, CMPXCHG8B/16B, SETcc to memory, the two the kernel's local_irq_save()
+/// is made of (PUSHF and CLI), SWAPGS, and indirect JMP and CALL. A register destination is
+/// loaded and stored whole (64 bits), so whatever the host leaves in its upper half (a dword
+/// result zero-extended, a word merged, a BSF of zero unchanged) is what the guest gets.
 extension BlockTranslator {
     mutating func emitNativeOther(_ k: Int) {
         let i = insns[k]
@@ -85,6 +85,17 @@ extension BlockTranslator {
             a.store(A.Mem(A.rbx, JITLayout.rflags), A.rax, size: 3)
             a.movRR(A.rax, A.r11, size: 2)
             TranslatedCode.loadFlagsFromRAX(&a)
+            resume(k, sites)
+        case .swapgs:
+            // CPL 0 only (else the interpreter's #GP). Translated code reads the GS base from
+            // CPUState at every access, so SWAPGS need not end its block.
+            a.load(A.rcx, A.Mem(A.rbx, JITLayout.cpl), size: 0)
+            a.byte(0xE3); a.byte(5)
+            let sites = [a.jmp()]
+            a.load(A.rax, A.Mem(A.rbx, JITLayout.gsBase), size: 3)
+            a.load(A.rdx, A.Mem(A.rbx, JITLayout.kernelGSBase), size: 3)
+            a.store(A.Mem(A.rbx, JITLayout.gsBase), A.rdx, size: 3)
+            a.store(A.Mem(A.rbx, JITLayout.kernelGSBase), A.rax, size: 3)
             resume(k, sites)
         case .pushf:
             // The image: RFLAGS without RF and VM, the status flags from the host's.

@@ -15,6 +15,7 @@ enum JITLayout {
     static let jumpCache = MemoryLayout<CPUState>.offset(of: \CPUState.jitJumpCache)!
     static let fsBase = MemoryLayout<CPUState>.offset(of: \CPUState.fs)! + MemoryLayout<SegmentCache>.offset(of: \SegmentCache.base)!
     static let gsBase = MemoryLayout<CPUState>.offset(of: \CPUState.gs)! + MemoryLayout<SegmentCache>.offset(of: \SegmentCache.base)!
+    static let kernelGSBase = MemoryLayout<CPUState>.offset(of: \CPUState.kernelGSBase)!
     /// A segment register's selector (SegReg numbering).
     static func selector(_ n: UInt8) -> Int {
         let segment: KeyPath<CPUState, SegmentCache>

@@ -165,7 +165,19 @@ extension X86CPU {
             s.pointee.breakBlock = false
             return 2
         }
+        if ip.pointee.op == .sti { return stiMayGoOn() ? 0 : 2 }
         return 0
+    }
+
+    /// After STI, which ends its block: translated code goes on to the next block (linked, as
+    /// after any block) when the APIC has nothing pending, for then the interrupt shadow (SDM
+    /// Vol. 3 §6.8.3) has nothing to hold back; else the dispatcher takes the event after the
+    /// shadow. The kernel's spin_unlock_irq() and local_irq_enable() are an STI each: every one
+    /// went back to the dispatcher.
+    @inline(__always) func stiMayGoOn() -> Bool {
+        guard let apic = unretainedAPIC, !apic._withUnsafeGuaranteedRef({ $0.hasPendingEvent }) else { return false }
+        st.pointee.interruptShadow = false
+        return true
     }
 }
 
