@@ -35,14 +35,15 @@
     }
 }
 
-@_transparent func tlbEntry(_ tlb: UnsafeMutablePointer<TLBEntry>, _ la: UInt64) -> UnsafeMutablePointer<TLBEntry> {
-    tlb + Int(truncatingIfNeeded: (la >> 12) & UInt64(TLBEntry.count - 1))
+/// The entry for `la` in the table of privilege `user` (the tag's privilege bit).
+@_transparent func tlbEntry(_ tlb: UnsafeMutablePointer<TLBEntry>, _ la: UInt64, user: UInt64) -> UnsafeMutablePointer<TLBEntry> {
+    tlb + Int(truncatingIfNeeded: ((la >> 12) & UInt64(TLBEntry.count - 1)) | (user & 1) << UInt64(TLBEntry.indexBits))
 }
 
 /// A TLB hit for a read of `1 << size` bytes inside one RAM page; nil: take the slow path.
 /// `user` is the tag's privilege bit (1 at CPL 3).
 @_transparent func tlbRead(_ tlb: UnsafeMutablePointer<TLBEntry>, _ la: UInt64, _ size: UInt8, user: UInt64) -> UInt64? {
-    let e = tlbEntry(tlb, la)
+    let e = tlbEntry(tlb, la, user: user)
     let off = Int(la & 0xFFF)
     guard e.pointee.readTag == ((la >> 12) << 1) | user, off <= 4096 - (1 << Int(size)), let h = e.pointee.host else { return nil }
     switch size {
@@ -55,7 +56,7 @@
 
 /// A TLB hit for a write; false: take the slow path (nothing was written).
 @_transparent func tlbWrite(_ tlb: UnsafeMutablePointer<TLBEntry>, _ la: UInt64, _ size: UInt8, _ v: UInt64, user: UInt64) -> Bool {
-    let e = tlbEntry(tlb, la)
+    let e = tlbEntry(tlb, la, user: user)
     let off = Int(la & 0xFFF)
     guard e.pointee.writeTag == ((la >> 12) << 1) | user, off <= 4096 - (1 << Int(size)), let h = e.pointee.host else { return false }
     switch size {

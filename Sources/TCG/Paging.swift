@@ -7,6 +7,9 @@ struct PageWalk {
     var user: Bool
     var executable: Bool
     var global: Bool
+    /// The leaf entry's D bit was already set and a write would be allowed: a store needs no
+    /// walk of its own to set D.
+    var writableDirty: Bool = false
 }
 
 /// Page-table entry bits (SDM Vol. 3 §4.5).
@@ -147,6 +150,7 @@ extension X86CPU {
         if access == .execute && !exec && nxe { throw pageFault(la, access, user: user, present: true) }
         setBits(leafHost, leafEntry, access == .write ? PTE.a | PTE.d : PTE.a, wide: wide)
         return PageWalk(physicalPage: physicalPage, writable: writable, user: usr, executable: exec || !nxe,
-                        global: global && s.pointee.cr4 & CR4.pge != 0)
+                        global: global && s.pointee.cr4 & CR4.pge != 0,
+                        writableDirty: leafEntry & PTE.d != 0 && (writable || (!user && !wp)))
     }
 }

@@ -36,7 +36,7 @@ public final class TCGPlatform: @unchecked Sendable {
         atomicMemoryFence(ordering: .sequentiallyConsistent)
         tlbs.withLock { all in
             for tlb in all {
-                for k in 0..<TLBEntry.count where (tlb + k).pointee.physicalPage == page && (tlb + k).pointee.writeTag != ~0 {
+                for k in 0..<TLBEntry.total where (tlb + k).pointee.physicalPage == page && (tlb + k).pointee.writeTag != ~0 {
                     let p = UnsafeMutableRawPointer(tlb + k) + writeTag
                     p.assumingMemoryBound(to: Atomic<UInt64>.self).pointee.store(~0, ordering: .relaxed)
                 }

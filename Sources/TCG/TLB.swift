@@ -4,11 +4,16 @@ import Synchronization
 /// a page walk. A tag is `(linear >> 12) << 1 | user`, so an entry filled at CPL 0 never serves
 /// CPL 3 (and the reverse). A tag of ~0 never matches.
 struct TLBEntry {
-    /// 4096 entries (192 KiB): a flush costs only the entries filled since the last one (see
-    /// X86CPU.tlbFilled), so the size is what the guest's working set needs, not what CR3
-    /// writes can afford.
-    static let count = 4096
-    static let indexBits = 12
+    /// 8192 entries a privilege (384 KiB each): a flush costs only the entries filled since the
+    /// last one (see X86CPU.tlbFilled), so the size is what the guest's working set needs, not
+    /// what CR3 writes can afford. Supervisor (CPL 0-2) and user (CPL 3) accesses have a table
+    /// each, as QEMU has a TLB per MMU index: in one table the kernel's copies to and from user
+    /// buffers took turns evicting the user's entries for the same pages, nearly every steady-state
+    /// miss of a guest's network path.
+    static let count = 8192
+    static let indexBits = 13
+    /// Both privileges' tables, supervisor's first.
+    static let total = 2 * count
     var readTag: UInt64 = ~0
     var writeTag: UInt64 = ~0
     var execTag: UInt64 = ~0
@@ -26,7 +31,7 @@ extension X86CPU {
     @inline(__always) var userBit: UInt64 { st.pointee.cpl == 3 ? 1 : 0 }
 
     @inline(__always) func tlbSlot(_ linear: UInt64) -> UnsafeMutablePointer<TLBEntry> {
-        tlb + Int(truncatingIfNeeded: (linear >> 12) & UInt64(TLBEntry.count - 1))
+        tlbEntry(tlb, linear, user: userBit)
     }
 
     /// Drops every entry, or every non-global one (a CR3 write with CR4.PGE): those filled
@@ -46,13 +51,15 @@ extension X86CPU {
         tlbFilledCount = kept
     }
 
-    /// INVLPG: drops the entry for one linear page (both privilege tags share the slot).
+    /// INVLPG: drops the entries for one linear page, in both privileges' tables.
     func flushTLBPage(_ linear: UInt64) {
         virtualJumpCache.flushPage(linear)
-        let e = tlbSlot(linear)
-        let listed = e.pointee.listed
-        e.pointee = TLBEntry()
-        e.pointee.listed = listed
+        for user: UInt64 in [0, 1] {
+            let e = tlbEntry(tlb, linear, user: user)
+            let listed = e.pointee.listed
+            e.pointee = TLBEntry()
+            e.pointee.listed = listed
+        }
     }
 
     // MARK: - Fast paths
@@ -181,9 +188,9 @@ extension X86CPU {
         // With alignment checking on, user data accesses stay off the fast paths (see CPUState).
         let dataTags = !(user && s.pointee.alignmentCheck)
         if dataTags { n.readTag = key }
-        // The walk for a write set D; only then may stores skip the walk.
+        // The walk for a write set D, or D was set already: only then may stores skip the walk.
         if !dataTags { }
-        else if access == .write && !isCodePage(w.physicalPage) { n.writeTag = key }
+        else if (access == .write || w.writableDirty) && !isCodePage(w.physicalPage) { n.writeTag = key }
         else if e.pointee.writeTag == key && e.pointee.physicalPage == w.physicalPage { n.writeTag = key }
         if w.executable { n.execTag = key }
         if !e.pointee.listed {

@@ -128,9 +128,9 @@ public final class X86CPU: @unchecked Sendable {
         st.initialize(to: CPUState())
         gpr = .allocate(capacity: 16)
         gpr.initialize(repeating: 0, count: 16)
-        tlb = .allocate(capacity: TLBEntry.count)
-        tlb.initialize(repeating: TLBEntry(), count: TLBEntry.count)
-        tlbFilled = .allocate(capacity: TLBEntry.count)
+        tlb = .allocate(capacity: TLBEntry.total)
+        tlb.initialize(repeating: TLBEntry(), count: TLBEntry.total)
+        tlbFilled = .allocate(capacity: TLBEntry.total)
         cache = DecodeCache()
         mtrrs = .allocate(capacity: 27)
         mtrrs.initialize(repeating: 0, count: 27)
@@ -162,7 +162,7 @@ public final class X86CPU: @unchecked Sendable {
     /// The physical page the TLB maps `la` to for instruction fetch at the current privilege,
     /// or nil when it has no such entry (no page walk).
     @inline(__always) func executablePage(_ la: UInt64) -> UInt64? {
-        let e = tlbEntry(tlb, la)
+        let e = tlbEntry(tlb, la, user: st.pointee.userTag)
         return e.pointee.execTag == ((la >> 12) << 1) | st.pointee.userTag ? e.pointee.physicalPage : nil
     }
 

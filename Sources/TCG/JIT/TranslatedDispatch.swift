@@ -31,7 +31,9 @@ extension X86CPU {
         // Chained blocks between polls of the APIC and the exit request.
         let countdown = UInt64(min(max(budget >> 3, 1), 1024))
         let entry = unsafeBitCast(UnsafeRawPointer(base), to: TranslatedCode.Entry.self)
-        entry(UnsafeMutableRawPointer(s), UnsafeMutableRawPointer(gpr), UnsafeMutableRawPointer(tlb), countdown,
+        // Translated code runs at one privilege (a change leaves it): its table's base.
+        let table = tlb + Int(truncatingIfNeeded: s.pointee.jitUserTag & 1) << TLBEntry.indexBits
+        entry(UnsafeMutableRawPointer(s), UnsafeMutableRawPointer(gpr), UnsafeMutableRawPointer(table), countdown,
               UnsafeRawPointer(base + offset))
         pendingLink = s.pointee.jitLastExit
         pendingLinkRIP = s.pointee.rip
@@ -139,7 +141,7 @@ extension X86CPU {
                 let next = (la | 0xFFF) &+ 1
                 virtualJumpCache.fill(linear: la, user: st.pointee.userTag, code: code &- UInt64(TranslatedCode.nextPageCheckSize),
                                       word: codePageWords + Int(truncatingIfNeeded: page), tag: word,
-                                      global: tlbEntry(tlb, la).pointee.global && tlbEntry(tlb, next).pointee.global, crossesPage: true)
+                                      global: tlbEntry(tlb, la, user: st.pointee.userTag).pointee.global && tlbEntry(tlb, next, user: st.pointee.userTag).pointee.global, crossesPage: true)
                 return code
             }
             j.pointee = JumpCacheEntry(key: phys &+ 1, tag: word, code: slot.pointee.code)
@@ -147,7 +149,7 @@ extension X86CPU {
         }
         let code = UInt64(UInt(bitPattern: base)) &+ UInt64(offset)
         virtualJumpCache.fill(linear: la, user: st.pointee.userTag, code: code, word: codePageWords + Int(truncatingIfNeeded: page),
-                              tag: word, global: tlbEntry(tlb, la).pointee.global, crossesPage: false)
+                              tag: word, global: tlbEntry(tlb, la, user: st.pointee.userTag).pointee.global, crossesPage: false)
         return code
     }
 
