@@ -87,11 +87,14 @@ def command(vmm):
     vm = [keel, "-M", "pc"] if vmm == "keel" else ["qemu-system-x86_64", "-M", qemu_machine]
     return ["ip", "netns", "exec", ns] + vm + args
 
-def one(vmm):
-    """Boots, runs the workload, returns {row: value}."""
+retried = []
+
+def one(vmm, retry=True):
+    """Boots, runs the workload, returns {row: value}. A run that stalls (QEMU 7.2's TCP stream
+    under tcg stopped for good in 2 of ~15 runs on 2026-11-26) is retried once, and said so."""
     cmd = command(vmm)
     p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    out, sent, deadline = b"", 0, time.monotonic() + 420
+    out, sent, deadline = b"", 0, time.monotonic() + 90 + 8 * seconds
     while time.monotonic() < deadline:
         r, _, _ = select.select([p.stdout], [], [], 1)
         if r:
@@ -121,6 +124,10 @@ def one(vmm):
     m = re.search(r"^NET-FEATURES ([01]+)$", text, re.M)
     if m:
         res["features"] = m.group(1)
+    if (sent < 2 or len(res) < 6) and retry:
+        print("%s run failed (exit %s, parsed %s); retrying it once" % (vmm, rc, sorted(res)), flush=True)
+        retried.append(vmm)
+        return one(vmm, retry=False)
     if sent < 2 or len(res) < 6:
         sys.exit("%s run failed (exit %s, parsed %s): %s\n%s" % (vmm, rc, sorted(res), " ".join(cmd), text[-3000:]))
     return res
@@ -157,4 +164,6 @@ for key, label, unit in rows:
     else:
         ratio = "%.2fx k/q" % (k / q) if q else "n/a"
         print("   %-28s %7.1f %s %7.1f %s %10s" % (label, k, unit, q, unit, ratio))
+if retried:
+    print("   runs that stalled and were run again: %s" % ", ".join(retried))
 PY
