@@ -151,15 +151,7 @@ extension BlockTranslator {
             var sites: [Int] = []
             tlb(bytes: 8, write: false, cold: &sites)
             a.load(A.rax, A.Mem(A.rsi), size: 3)
-            // A non-canonical return address is the interpreter's #GP: rcx = rax - sign-extended
-            // bits 0-47 of rax, flag-free.
-            a.movImm64(A.r8, 16)
-            a.shiftx(.shlx, A.rdx, A.rax, count: A.r8)
-            a.shiftx(.sarx, A.rdx, A.rdx, count: A.r8)
-            a.not64(A.rdx)
-            a.lea(A.rcx, A.Mem(A.rax, index: A.rdx, scale: 0, disp: 1))
-            a.byte(0xE3); a.byte(5)
-            sites.append(a.jmp())
+            requireCanonicalRAX(&sites)
             adjustRSP(8)
             a.store(A.Mem(A.rbx, JITLayout.rip), A.rax, size: 3)
             colds.append(Cold(k: k, sites: sites, resume: -1, flags: coldFlags))
@@ -181,6 +173,19 @@ extension BlockTranslator {
         default:
             emitNativeOp(k)
         }
+    }
+
+    /// A branch target in rax that is not canonical is the interpreter's #GP: a jump to the cold
+    /// path when rax minus its sign-extended bits 0-47 is not zero (flag-free; clobbers rcx,
+    /// rdx, r8).
+    mutating func requireCanonicalRAX(_ sites: inout [Int]) {
+        a.movImm64(A.r8, 16)
+        a.shiftx(.shlx, A.rdx, A.rax, count: A.r8)
+        a.shiftx(.sarx, A.rdx, A.rdx, count: A.r8)
+        a.not64(A.rdx)
+        a.lea(A.rcx, A.Mem(A.rax, index: A.rdx, scale: 0, disp: 1))
+        a.byte(0xE3); a.byte(5)
+        sites.append(a.jmp())
     }
 
     /// Where instruction k's cold path returns: after its host code.

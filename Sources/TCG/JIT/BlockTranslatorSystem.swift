@@ -129,14 +129,7 @@ extension BlockTranslator {
         let i = insns[k]
         var sites: [Int] = []
         source(k, into: A.rax, size: 3, sites: &sites)
-        // rcx = rax - sign-extended bits 0-47 of rax, flag-free: zero when canonical.
-        a.movImm64(A.r8, 16)
-        a.shiftx(.shlx, A.rdx, A.rax, count: A.r8)
-        a.shiftx(.sarx, A.rdx, A.rdx, count: A.r8)
-        a.not64(A.rdx)
-        a.lea(A.rcx, A.Mem(A.rax, index: A.rdx, scale: 0, disp: 1))
-        a.byte(0xE3); a.byte(5)
-        sites.append(a.jmp())
+        requireCanonicalRAX(&sites)
         colds.append(Cold(k: k, sites: sites, resume: -1, flags: coldFlags))
         a.store(A.Mem(A.rbx, JITLayout.rip), A.rax, size: 3)
         if i.op == .callRM {
