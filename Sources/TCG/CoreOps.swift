@@ -35,9 +35,14 @@
     }
 }
 
-/// The entry for `la` in the table of privilege `user` (the tag's privilege bit).
+/// The table of privilege `user` (the tag's privilege bit): supervisor's first, then user's.
+@_transparent func tlbTable(_ tlb: UnsafeMutablePointer<TLBEntry>, user: UInt64) -> UnsafeMutablePointer<TLBEntry> {
+    tlb + Int(truncatingIfNeeded: (user & 1) << UInt64(TLBEntry.indexBits))
+}
+
+/// The entry for `la` in the table of privilege `user`.
 @_transparent func tlbEntry(_ tlb: UnsafeMutablePointer<TLBEntry>, _ la: UInt64, user: UInt64) -> UnsafeMutablePointer<TLBEntry> {
-    tlb + Int(truncatingIfNeeded: ((la >> 12) & UInt64(TLBEntry.count - 1)) | (user & 1) << UInt64(TLBEntry.indexBits))
+    tlbTable(tlb, user: user) + Int(truncatingIfNeeded: (la >> 12) & UInt64(TLBEntry.count - 1))
 }
 
 /// A TLB hit for a read of `1 << size` bytes inside one RAM page; nil: take the slow path.

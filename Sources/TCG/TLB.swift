@@ -54,7 +54,7 @@ extension X86CPU {
     /// INVLPG: drops the entries for one linear page, in both privileges' tables.
     func flushTLBPage(_ linear: UInt64) {
         virtualJumpCache.flushPage(linear)
-        for user: UInt64 in [0, 1] {
+        for user: UInt64 in 0...1 {
             let e = tlbEntry(tlb, linear, user: user)
             let listed = e.pointee.listed
             e.pointee = TLBEntry()

@@ -31,8 +31,8 @@ extension X86CPU {
         // Chained blocks between polls of the APIC and the exit request.
         let countdown = UInt64(min(max(budget >> 3, 1), 1024))
         let entry = unsafeBitCast(UnsafeRawPointer(base), to: TranslatedCode.Entry.self)
-        // Translated code runs at one privilege (a change leaves it): its table's base.
-        let table = tlb + Int(truncatingIfNeeded: s.pointee.jitUserTag & 1) << TLBEntry.indexBits
+        // Translated code runs at one privilege (a change leaves it): that privilege's table.
+        let table = tlbTable(tlb, user: s.pointee.jitUserTag)
         entry(UnsafeMutableRawPointer(s), UnsafeMutableRawPointer(gpr), UnsafeMutableRawPointer(table), countdown,
               UnsafeRawPointer(base + offset))
         pendingLink = s.pointee.jitLastExit
@@ -138,10 +138,10 @@ extension X86CPU {
             if slot.pointee.nextPage != 0 {
                 guard nextPageIsCurrent(slot, la: la) else { return 0 }
                 let code = UInt64(UInt(bitPattern: base)) &+ UInt64(slot.pointee.code)
-                let next = (la | 0xFFF) &+ 1
+                let global = tlbSlot(la).pointee.global && tlbSlot((la | 0xFFF) &+ 1).pointee.global
                 virtualJumpCache.fill(linear: la, user: st.pointee.userTag, code: code &- UInt64(TranslatedCode.nextPageCheckSize),
                                       word: codePageWords + Int(truncatingIfNeeded: page), tag: word,
-                                      global: tlbEntry(tlb, la, user: st.pointee.userTag).pointee.global && tlbEntry(tlb, next, user: st.pointee.userTag).pointee.global, crossesPage: true)
+                                      global: global, crossesPage: true)
                 return code
             }
             j.pointee = JumpCacheEntry(key: phys &+ 1, tag: word, code: slot.pointee.code)
@@ -149,7 +149,7 @@ extension X86CPU {
         }
         let code = UInt64(UInt(bitPattern: base)) &+ UInt64(offset)
         virtualJumpCache.fill(linear: la, user: st.pointee.userTag, code: code, word: codePageWords + Int(truncatingIfNeeded: page),
-                              tag: word, global: tlbEntry(tlb, la, user: st.pointee.userTag).pointee.global, crossesPage: false)
+                              tag: word, global: tlbSlot(la).pointee.global, crossesPage: false)
         return code
     }
 
